@@ -1,0 +1,394 @@
+"""The yts-mirror command line: a thin click layer over sync, store and the simulator."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from . import __version__, store
+from .client import FetchError, YTSError
+from .config import ENDPOINTS, Config, ConfigError, resolve
+from .sync import LockedError, Progress, Syncer, make_client, writer_lock
+
+log = logging.getLogger("mirror")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    """Print one clear line to stderr and exit."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one line on stderr and a meaningful exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as error:
+            fail(str(error), EXIT_USAGE)
+        except store.SearchSyntaxError as error:
+            fail(str(error), EXIT_USAGE)
+        except LockedError as error:
+            fail(str(error), EXIT_LOCKED)
+        except (FetchError, YTSError) as error:
+            fail(f"API request failed: {error}")
+        except store.StoreError as error:
+            fail(str(error))
+        except OSError as error:
+            fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
+
+    return wrapper
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+class TerminalProgress:
+    """A progress bar on a terminal; periodic log lines otherwise."""
+
+    def __init__(self, label: str, unit: str = "movies", quiet: bool = False, interval: float = 10.0):
+        self.label = label
+        self.unit = unit
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.interval = interval
+        self.bar: Any = None
+        self.done = 0
+        self.total_count = 0
+        self.started = time.monotonic()
+        self.last_log = 0.0
+
+    def total(self, total: int) -> None:
+        self.total_count = max(total, self.done)
+        if self.quiet or not self.tty:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.total_count, label=self.label, file=sys.stderr,
+                                         show_pos=True, show_eta=True, width=30)
+            self.bar.__enter__()
+            self.bar.update(self.done)
+        self.bar.length = self.total_count
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(count)
+        elif not self.tty and time.monotonic() - self.last_log >= self.interval:
+            self.last_log = time.monotonic()
+            rate = self.done / max(1e-9, time.monotonic() - self.started)
+            click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            click.echo(("\n" if self.bar is not None else "") + text, err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def callbacks(self) -> Progress:
+        return Progress(total=self.total, advance=self.advance, message=self.message)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT ask the run to stop after the page in flight."""
+    stop = threading.Event()
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(f"\n{signal.Signals(signum).name}: finishing the current page, then stopping", err=True)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def config_from(ctx: click.Context, **overrides: Any) -> Config:
+    """Resolve the config with the flags given to this command."""
+    return resolve(config_path=overrides.pop("config_path", None) or ctx.obj.get("config_path"), **overrides)
+
+
+# ---- the group --------------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="yts-mirror")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """An offline mirror of the YTS movie catalog in one SQLite file."""
+    setup_logging(verbose, quiet)
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+
+
+db_option = click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
+                         help="Database file [env YTS_MIRROR_DB; default yts-mirror.db].")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                             help="TOML config file [env YTS_MIRROR_CONFIG].")
+
+
+def rate_type(value: Any) -> float:
+    return click.FloatRange(min=0).convert(value, None, None)
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--base-url", default=None, help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
+@click.option("--rate", type=click.FloatRange(min=0), default=None,
+              help="Requests per second (default 0.4; 0 = unlimited, for local sources only).")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None, help="Enrichment worker threads.")
+@click.option("--no-enrich", is_flag=True, help="Only crawl the list; skip per-movie endpoints.")
+@click.option("--full", is_flag=True, help="Re-crawl every list page (updates seeds, marks removals).")
+@click.option("--wait", is_flag=True, help="Wait for another sync on the same database instead of exiting.")
+@click.pass_context
+@handle_errors
+def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None, rate: float | None,
+         concurrency: int | None, no_enrich: bool, full: bool, wait: bool) -> None:
+    """Copy the catalog into the database: incremental, or --full."""
+    config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
+    summary = run_sync(config, full=full, enrich=not no_enrich, wait=wait, quiet=ctx.obj["quiet"])
+    if not ctx.obj["quiet"]:
+        c = summary.counts
+        click.echo(
+            f"{summary.kind} sync {summary.status}: {c['pages']} pages, {c['requests']} requests "
+            f"({c['retries']} retries), {c['movies_new']} new, {c['movies_updated']} updated, "
+            f"{c['movies_removed']} removed, {c['enriched']} enriched", err=True)
+
+
+def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,
+             stop: threading.Event | None = None) -> Any:
+    """Run one sync under the writer lock, with progress output and signal handling."""
+    with writer_lock(config.db, wait=wait):
+        db = store.open_db(config.db)
+        client = make_client(config)
+        progress = TerminalProgress("sync", quiet=quiet)
+        try:
+            with stop_on_signals() as signal_stop:
+                event = stop or signal_stop
+                syncer = Syncer(db, client, config, progress.callbacks(), event)
+                after = enrich_after_crawl(db, client, config, event, quiet) if enrich else None
+                return syncer.run(full=full, after_crawl=after)
+        finally:
+            progress.close()
+            client.close()
+            db.close()
+
+
+def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Event, quiet: bool) -> Callable[[Any], None] | None:
+    """The enrichment step a sync runs after its crawl, when enrichment is available."""
+    try:
+        from .enrich import enrich_backlog
+    except ImportError:
+        return None
+
+    def step(summary: Any) -> None:
+        progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
+        try:
+            report = enrich_backlog(db, client, config, stop=stop, progress=progress.callbacks())
+        finally:
+            progress.close()
+        summary.counts["enriched"] += report.movies_done
+        for message in report.messages():
+            progress.message(message)
+
+    return step
+
+
+@cli.command()
+@click.argument("query")
+@db_option
+@config_option
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--include-removed", is_flag=True, help="Also show movies removed upstream.")
+@handle_errors
+def search(query: str, db: str | None, config_path: str | None, limit: int, as_json: bool,
+           include_removed: bool) -> None:
+    """Full-text search over titles, descriptions and cast (FTS5 syntax)."""
+    config = resolve(config_path, db=db)
+    database = open_existing(config.db)
+    rows = store.search(database, query, limit, include_removed)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no matches", err=True)
+        return
+    for row in rows:
+        removed = "  [removed]" if row["removed_at"] else ""
+        rating = f"{row['rating']:.1f}" if row["rating"] is not None else "  - "
+        click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
+
+
+def open_existing(path: str) -> Any:
+    """Open a mirror that must already exist."""
+    import os
+
+    if not os.path.exists(path):
+        raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+    return store.open_db(path)
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
+    """Counts, freshness, the enrichment backlog, the last runs and the database size."""
+    config = resolve(config_path, db=db)
+    database = open_existing(config.db)
+    report = collect_stats(database, config)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(format_stats(report))
+
+
+def collect_stats(database: Any, config: Config) -> dict[str, Any]:
+    """Everything `stats` shows, as a dict."""
+    report: dict[str, Any] = {
+        "database": config.db,
+        "size_bytes": store.database_size(config.db),
+        "counts": store.table_counts(database),
+        "freshness": store.freshness(database),
+        "last_runs": store.last_runs(database),
+    }
+    try:
+        from .enrich import backlog_summary
+    except ImportError:
+        return report
+    report["backlog"] = backlog_summary(database, config)
+    return report
+
+
+def format_stats(report: dict[str, Any]) -> str:
+    """Render the stats report for a terminal."""
+    counts = report["counts"]
+    fresh = report["freshness"]
+    lines = [
+        f"database: {report['database']} ({report['size_bytes'] / 2**20:.1f} MiB)",
+        f"movies: {counts['movies']} present, {counts['movies_removed']} removed",
+        f"torrents: {counts['torrents']} present, {counts['torrents_removed']} removed; "
+        f"{counts['torrent_stats']} swarm observations",
+        f"genres: {counts['genres']}; cast rows: {counts['cast']}; suggestions: {counts['suggestions']}; "
+        f"reviews: {counts['reviews']}; parental guides: {counts['parental_guides']}; comments: {counts['comments']}",
+        f"last ok sync: {fresh['last_ok_sync'] or 'never'} (full: {fresh['last_ok_full'] or 'never'})",
+    ]
+    if fresh["crawl_in_progress"]:
+        cp = fresh["crawl_in_progress"]
+        lines.append(f"unfinished {cp['kind']} crawl: resumes at page {cp['next_page']}")
+    for endpoint, row in (report.get("backlog") or {}).items():
+        state = " (paused)" if row.get("paused") else ""
+        lines.append(f"backlog {endpoint}: {row['pending']} pending, {row['done']} done, "
+                     f"{row['not_found']} not found, {row['failed']} failed{state}")
+    if report["last_runs"]:
+        lines.append("last runs:")
+        for run in report["last_runs"]:
+            lines.append(
+                f"  #{run['id']} {run['kind']:<11} {run['status']:<11} {run['started_at'][:19]}  "
+                f"{run['pages']} pages, {run['requests']} req, {run['retries']} retries, +{run['movies_new']} "
+                f"~{run['movies_updated']} -{run['movies_removed']}, {run['enriched']} enriched"
+                + (f"  error: {run['error']}" if run["error"] else "")
+            )
+    return "\n".join(lines)
+
+
+@cli.command("fake-api")
+@click.option("--movies", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option("--faults", default="", help='Fault spec, e.g. "mix=0.1,dead=movie_reviews,retry_after=0".')
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Refuse with 429 above this many requests per second (0 = no limit).")
+@click.option("--churn", default="", help='Mutate the catalog while crawled, e.g. "every=10,add=3,remove=1".')
+@handle_errors
+def fake_api(movies: int, port: int, host: str, seed: int, latency_ms: float, faults: str, rate_limit: float,
+             churn: str) -> None:
+    """Serve a simulated YTS API on loopback, for tests, the demo and benchmarks."""
+    from .fakeapi import Catalog, Churn, FakeYTS, FaultPlan
+
+    try:
+        plan, churn_plan = FaultPlan.parse(faults), Churn.parse(churn)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    sim = FakeYTS(Catalog(movies, seed), plan, latency_ms, rate_limit, churn_plan, seed)
+    try:
+        sim.start(port, host)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    click.echo(f"fake YTS API with {movies} movies at {sim.url}/api/v2/list_movies.json (Ctrl-C stops)", err=True)
+    with stop_on_signals() as stop:
+        while not stop.wait(0.5):
+            pass
+    sim.stop()
+
+
+@cli.command()
+@click.option("--db", "db", type=click.Path(dir_okay=False), default="demo.db", show_default=True)
+@click.option("--movies", type=click.IntRange(min=1, max=100000), default=3000, show_default=True)
+@click.option("--no-enrich", is_flag=True, help="Skip the per-movie endpoints.")
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
+    """Sync a simulated catalog into demo.db offline, then show what you got."""
+    from dataclasses import replace
+
+    from .fakeapi import Catalog, FakeYTS, FaultPlan
+
+    with FakeYTS(Catalog(movies, seed=42), FaultPlan.parse("mix=0.03,retry_after=0")) as sim:
+        click.echo(f"simulator with {movies} movies at {sim.url} (3% of requests faulted)", err=True)
+        config = resolve(None, db=db, base_url=sim.url, rate=0, concurrency=4)
+        config = replace(config, api=replace(config.api, backoff_initial=0.05, backoff_max=0.5))
+        run_sync(config, full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
+    database = store.open_db(db)
+    click.echo(format_stats(collect_stats(database, config)))
+    word = database.execute("SELECT title FROM movies ORDER BY id LIMIT 1").fetchone()[0].split()[-1]
+    click.echo(f"\n$ yts-mirror search {word} --db {db} --limit 5")
+    for row in store.search(database, word, 5):
+        click.echo(f"{row['id']:>7}  {row['title']} ({row['year']})")
+    click.echo(f"\nBrowse it:  yts-mirror serve --db {db}   (Datasette on http://127.0.0.1:8001)")
+    click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The HTTP client: one session, a shared rate limiter, retries, host failover and error types."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import tenacity
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"yts-mirror/{__version__} (+offline catalog mirror; polite crawler)"
+
+
+class YTSError(Exception):
+    """Base class for every error the client raises."""
+
+
+class TransientError(YTSError):
+    """A failure worth retrying: network trouble, 429, 5xx, HTML or truncated bodies."""
+
+    def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False):
+        super().__init__(f"{reason} ({url})")
+        self.url = url
+        self.reason = reason
+        self.retry_after = retry_after
+        self.host_failure = host_failure
+
+
+class FetchError(YTSError):
+    """A permanent failure: retries are exhausted or the request can never succeed."""
+
+    def __init__(self, url: str, reason: str, attempts: int = 1):
+        super().__init__(f"{url}: {reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
+        self.url = url
+        self.reason = reason
+        self.attempts = attempts
+
+
+class RateLimiter:
+    """A thread-safe token bucket: `rate` requests per second with bursts of `burst`."""
+
+    def __init__(self, rate: float, burst: int = 1, clock: Callable[[], float] = time.monotonic):
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._updated = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take one token and return how long the caller must wait before using it."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def acquire(self) -> None:
+        """Block until the caller may send one request."""
+        delay = self.reserve()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse a Retry-After header given in seconds or as an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_decoder = json.JSONDecoder()
+
+
+def extract_json(text: str) -> Any:
+    """Decode a JSON body, tolerating stray HTML or notices before or after it."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = _decoder.raw_decode(text, start)
+            return value
+        except ValueError:
+            start = text.find("{", start + 1)
+    raise ValueError("no JSON object in body")
+
+
+def describe_bad_body(text: str) -> str:
+    """Name what a non-JSON body looks like, for error messages."""
+    head = text.lstrip()[:200].lower()
+    if not head:
+        return "empty body"
+    if head.startswith("<") or "<html" in head:
+        return "HTML page instead of JSON"
+    if head.startswith("{") or head.startswith("["):
+        return "truncated JSON"
+    return "non-JSON body: " + " ".join(text.split())[:80]
+
+
+@dataclass
+class ClientStats:
+    """Counters shared by every thread using one client."""
+
+    requests: int = 0
+    retries: int = 0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_request(self, endpoint: str) -> None:
+        with self.lock:
+            self.requests += 1
+            self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+
+    def count_retry(self) -> None:
+        with self.lock:
+            self.retries += 1
+
+
+Validator = Callable[[Mapping[str, Any]], None]
+
+
+class YTSClient:
+    """Fetches YTS API v2 endpoints politely, with retries and failover across base URLs."""
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        rate: float = 0.4,
+        burst: int = 1,
+        max_attempts: int = 6,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        user_agent: str = USER_AGENT,
+        pool_size: int = 8,
+    ):
+        if not base_urls:
+            raise ValueError("at least one base URL is needed")
+        self.base_urls = [url.rstrip("/") for url in base_urls]
+        self.limiter = RateLimiter(rate, burst)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.timeout = (connect_timeout, read_timeout)
+        self.stats = ClientStats()
+        self._host_index = 0
+        self._host_lock = threading.Lock()
+        self.session = requests.Session()
+        self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
+        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    @property
+    def base_url(self) -> str:
+        """The base URL currently in use."""
+        return self.base_urls[self._host_index]
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.session.close()
+
+    def _fail_over(self, failed_index: int) -> None:
+        """Move to the next base URL, unless another thread already did."""
+        with self._host_lock:
+            if self._host_index == failed_index and len(self.base_urls) > 1:
+                self._host_index = (failed_index + 1) % len(self.base_urls)
+                log.warning("switching API host to %s", self.base_urls[self._host_index])
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        """Exponential backoff with full jitter, but never less than Retry-After."""
+        backoff = min(self.backoff_max, self.backoff_initial * 2 ** (retry_state.attempt_number - 1))
+        delay = random.uniform(backoff / 2, backoff)
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, self.backoff_max * 5))
+        return delay
+
+    def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
+        self.stats.count_retry()
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        log.info("retry %d after %s", retry_state.attempt_number, error)
+
+    def get(self, endpoint: str, params: Mapping[str, Any] | None = None, validate: Validator | None = None) -> Mapping[str, Any]:
+        """GET `endpoint` (e.g. "list_movies") and return the envelope's `data`."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(TransientError),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, endpoint, dict(params or {}), validate)
+        except TransientError as error:
+            raise FetchError(error.url, error.reason, self.max_attempts) from error
+
+    def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
+        """Send one request and classify its outcome."""
+        host_index = self._host_index
+        url = f"{self.base_urls[host_index]}/api/v2/{endpoint}.json"
+        self.limiter.acquire()
+        self.stats.count_request(endpoint)
+        try:
+            response = self.session.get(url, params=params, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            self._fail_over(host_index)
+            raise TransientError(url, f"{type(error).__name__}: {error}", host_failure=True) from error
+        except requests.RequestException as error:
+            raise TransientError(url, f"{type(error).__name__}: {error}") from error
+        try:
+            data = self._classify(url, response)
+            if validate is not None:
+                validate(data)
+            return data
+        except TransientError as error:
+            if error.host_failure:
+                self._fail_over(host_index)
+            raise
+
+    def _classify(self, url: str, response: requests.Response) -> Mapping[str, Any]:
+        """Turn an HTTP response into `data`, or raise the matching error."""
+        full_url = response.url or url
+        status = response.status_code
+        try:
+            text = response.text
+        except (requests.RequestException, OSError) as error:
+            raise TransientError(full_url, f"body lost: {error}") from error
+        if status == 429:
+            # The 2026 rate-limit answer is plain text: error_http429__jackett-issue-16463.txt
+            raise TransientError(full_url, "HTTP 429 Too Many Requests",
+                                 retry_after_seconds(response.headers.get("Retry-After")))
+        if status >= 500:
+            raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
+        if status in (403, 404, 408, 410):
+            # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
+            raise TransientError(full_url, f"HTTP {status}", host_failure=True)
+        if status >= 400:
+            raise FetchError(full_url, f"HTTP {status}")
+        try:
+            envelope = extract_json(text)
+        except ValueError:
+            raise TransientError(full_url, describe_bad_body(text)) from None
+        if not isinstance(envelope, Mapping):
+            raise TransientError(full_url, "JSON body is not an object")
+        if envelope.get("status") != "ok":
+            message = envelope.get("status_message") or "no status_message"
+            raise TransientError(full_url, f"API error: {message}")
+        data = envelope.get("data")
+        return data if isinstance(data, Mapping) else {}

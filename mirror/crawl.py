@@ -1,0 +1,167 @@
+"""List paging: the full crawl, the incremental plan, and the guards against a moving catalog."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .client import FetchError, TransientError, YTSClient
+from .transform import list_page_movies, to_int
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 50  # the API's maximum page size (yts-api-v2.txt)
+T = TypeVar("T")
+
+
+@dataclass
+class Page:
+    """One list_movies page and where a crawl resumes once it is committed."""
+
+    number: int
+    movies: list[Mapping[str, Any]]
+    movie_count: int
+    next_page: int
+    backtrack: bool = False
+
+    @property
+    def ids(self) -> list[int]:
+        return [to_int(movie["id"]) for movie in self.movies]  # type: ignore[misc]
+
+
+class ShortPageError(TransientError):
+    """A page with fewer movies than movie_count promises; retried, then believed."""
+
+    def __init__(self, page: int, data: Mapping[str, Any], found: int, expected: int):
+        super().__init__(f"list_movies page {page}", f"page {page} has {found} movies where movie_count promises {expected}")
+        self.data = data
+
+
+def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT) -> tuple[list[Mapping[str, Any]], int]:
+    """Fetch one newest-first page; return its movies and the catalog's movie_count."""
+
+    def validate(data: Mapping[str, Any]) -> None:
+        count = to_int(data.get("movie_count")) or 0
+        expected = min(limit, max(0, count - (page - 1) * limit))
+        found = len(list_page_movies(data))
+        if found < expected:
+            raise ShortPageError(page, data, found, expected)
+
+    params = {"limit": limit, "page": page, "sort_by": "date_added", "order_by": "desc"}
+    try:
+        data = client.get("list_movies", params, validate=validate)
+    except FetchError as error:
+        if not isinstance(error.__cause__, ShortPageError):
+            raise
+        # movie_count can promise movies a page lacks: list_movies__jackett-issue-9668-count-without-movies.json
+        log.warning("believing short page %d after %d attempts", page, error.attempts)
+        data = error.__cause__.data
+    return list_page_movies(data), to_int(data.get("movie_count")) or 0
+
+
+def crawl_full(
+    client: YTSClient,
+    seen: set[int],
+    start_page: int = 1,
+    last_count: int | None = None,
+    limit: int = PAGE_LIMIT,
+) -> Iterator[Page]:
+    """Yield every list page newest-first, re-reading earlier pages when the catalog shrinks.
+
+    Offset paging over a moving catalog: movies added at the top push the rest down (we see
+    some twice, harmlessly); movies removed above us pull the rest up, so the head of the next
+    window slides into the page we already read. A shrinking movie_count is the only sign of
+    that, so on a drop we re-read earlier pages until one overlaps what this crawl has seen.
+    `seen` holds the ids this crawl has yielded and is updated in place.
+    """
+    page = start_page
+    while True:
+        movies, count = fetch_page(client, page, limit)
+        current = Page(page, movies, count, next_page=page + 1)
+        yield current
+        seen.update(current.ids)
+        if last_count is not None and count < last_count and page > 1:
+            yield from _backtrack(client, page - 1, seen, limit)
+        last_count = count
+        if not movies or page * limit >= count:
+            return
+        page += 1
+
+
+def _backtrack(client: YTSClient, page: int, seen: set[int], limit: int) -> Iterator[Page]:
+    """Re-read pages before `page` until one holds a movie this crawl has seen."""
+    resume = page + 2
+    while page >= 1:
+        movies, count = fetch_page(client, page, limit)
+        ids = {to_int(movie["id"]) for movie in movies}
+        overlaps = bool(ids & seen)
+        log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if overlaps else "all unseen")
+        yield Page(page, movies, count, next_page=resume, backtrack=True)
+        seen.update(i for i in ids if i is not None)
+        if overlaps or not movies:
+            return
+        page -= 1
+
+
+def crawl_new(
+    client: YTSClient,
+    known: Callable[[list[int]], set[int]],
+    overlap: int,
+    start_page: int = 1,
+    limit: int = PAGE_LIMIT,
+) -> Iterator[Page]:
+    """Yield newest-first pages until one reaches movies mirrored before this run.
+
+    `known(ids)` says which ids were mirrored before the run. A page holding at least
+    `overlap` of them (or all its movies, if fewer) ends the walk: movies sharing a
+    date_added can swap places, so one known movie alone is not proof enough.
+    """
+    page = start_page
+    while True:
+        movies, count = fetch_page(client, page, limit)
+        current = Page(page, movies, count, next_page=page + 1)
+        old = known(current.ids)
+        yield current
+        if len(movies) < limit or page * limit >= count:
+            return
+        if len(old) >= min(overlap, len(movies)):
+            return
+        page += 1
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Run an iterator in a background thread, `depth` items ahead of the consumer."""
+    buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(("done", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            buffer.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = buffer.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()

@@ -1,0 +1,1 @@
+"""Datasette integration (see issue 5)."""

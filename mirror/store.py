@@ -1,0 +1,355 @@
+"""The SQLite store: schema, migrations, upserts, removal marking, search and the run log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from . import transform
+
+SCHEMA_VERSION = 1
+# Versioned migrations: MIGRATIONS[n] holds the statements that take a database from n-1 to n.
+# schema.sql always describes the newest shape and is applied (idempotently) after them.
+MIGRATIONS: dict[int, Sequence[str]] = {}
+
+
+class StoreError(Exception):
+    """A database problem the user can act on (not a bug)."""
+
+
+class SearchSyntaxError(StoreError):
+    """The full-text query is not valid FTS5 syntax."""
+
+
+def now_iso() -> str:
+    """The current UTC time as an ISO-8601 string that sorts correctly."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def schema_sql() -> str:
+    """Return schema.sql, from the installed package or the source checkout."""
+    packaged = resources.files("mirror").joinpath("schema.sql")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
+
+
+def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> sqlite_utils.Database:
+    """Open a database file with the settings every connection here uses."""
+    try:
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    except sqlite3.OperationalError as error:
+        raise StoreError(f"cannot open database {path}: {error}") from None
+    db = sqlite_utils.Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    db.execute("PRAGMA foreign_keys = OFF")  # suggestions may name movies not mirrored yet
+    return db
+
+
+def ensure_db_shape(db: sqlite_utils.Database) -> None:
+    """Apply migrations and schema.sql idempotently, and switch to WAL mode."""
+    try:
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {version} is newer than this yts-mirror ({SCHEMA_VERSION}); upgrade yts-mirror"
+            )
+        with db.atomic():
+            if version and version < SCHEMA_VERSION:
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(target, ()):
+                        db.execute(statement)
+            for statement in split_sql(schema_sql()):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"cannot prepare database: {error}") from None
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a SQL script into complete statements (triggers included)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    return statements
+
+
+def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
+    """Open (creating if needed) a mirror database ready for use."""
+    db = connect(path)
+    ensure_db_shape(db)
+    return db
+
+
+# ---- upserts -------------------------------------------------------------------------------
+
+MOVIE_DATA_COLUMNS = transform.MOVIE_COLUMNS
+_MOVIE_INSERT = (
+    f"INSERT INTO movies ({', '.join(MOVIE_DATA_COLUMNS)}, first_seen_at, last_seen_at, removed_at) "
+    f"VALUES ({', '.join(':' + c for c in MOVIE_DATA_COLUMNS)}, :seen_at, :seen_at, NULL) "
+    "ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in MOVIE_DATA_COLUMNS if c != "id")
+    + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
+)
+_TORRENT_INSERT = (
+    f"INSERT INTO torrents ({', '.join(transform.TORRENT_COLUMNS)}, first_seen_at, last_seen_at, removed_at) "
+    f"VALUES ({', '.join(':' + c for c in transform.TORRENT_COLUMNS)}, :seen_at, :seen_at, NULL) "
+    "ON CONFLICT(hash) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in transform.TORRENT_COLUMNS if c != "hash")
+    + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
+)
+
+
+@dataclass
+class PageResult:
+    """What one page's upsert changed."""
+
+    new_ids: list[int]
+    changed_ids: list[int]
+    torrents_new: int = 0
+    torrents_removed: int = 0
+
+    @property
+    def updated(self) -> int:
+        return len(self.changed_ids)
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def upsert_movies(
+    db: sqlite_utils.Database,
+    movies: Sequence[Mapping[str, Any]],
+    seen_at: str,
+    trackers: Iterable[str] = transform.DEFAULT_TRACKERS,
+    observed_at: str | None = None,
+) -> PageResult:
+    """Upsert list_movies movies with their torrents and genres. Call inside a transaction."""
+    trackers = tuple(trackers)
+    rows = {}
+    for movie in movies:
+        row = transform.movie_row(movie)
+        rows[row["id"]] = (row, movie)  # a movie repeated on one page counts once
+    if not rows:
+        return PageResult([], [])
+    ids = list(rows)
+    existing = dict(db.execute(
+        f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({_placeholders(len(ids))})",
+        ids,
+    ).fetchall())
+    new_ids = [i for i in ids if i not in existing]
+    changed_ids = [i for i in ids if i in existing and existing[i] != rows[i][0]["list_hash"]]
+    unchanged_ids = [i for i in ids if i in existing and existing[i] == rows[i][0]["list_hash"]]
+
+    write_ids = new_ids + changed_ids
+    db.conn.executemany(_MOVIE_INSERT, [{**rows[i][0], "seen_at": seen_at} for i in write_ids])
+    db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
+    if changed_ids:
+        db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({_placeholders(len(changed_ids))})", changed_ids)
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES (:movie_id, :genre)",
+        [genre for i in write_ids for genre in transform.genre_rows(rows[i][1])],
+    )
+
+    torrents = [t for i in ids for t in transform.torrent_rows(rows[i][1], trackers)]
+    hashes = [t["hash"] for t in torrents]
+    known_hashes = {
+        h for (h,) in db.execute(
+            f"SELECT hash FROM torrents WHERE hash IN ({_placeholders(len(hashes))}) AND removed_at IS NULL", hashes
+        ).fetchall()
+    } if hashes else set()
+    db.conn.executemany(_TORRENT_INSERT, [{**t, "seen_at": seen_at} for t in torrents])
+    removed = db.execute(
+        f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({_placeholders(len(ids))}) "
+        "AND removed_at IS NULL AND last_seen_at < ?",
+        [seen_at, *ids, seen_at],
+    ).rowcount
+    if observed_at:
+        db.conn.executemany(
+            "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) VALUES (?, ?, ?, ?)",
+            [(t["hash"], observed_at, t["seeds"], t["peers"]) for t in torrents],
+        )
+    return PageResult(new_ids, changed_ids, len(set(hashes) - known_hashes), removed)
+
+
+def known_ids(db: sqlite_utils.Database, ids: Sequence[int]) -> set[int]:
+    """Return which of `ids` are already in the mirror."""
+    if not ids:
+        return set()
+    rows = db.execute(f"SELECT id FROM movies WHERE id IN ({_placeholders(len(ids))})", list(ids)).fetchall()
+    return {row[0] for row in rows}
+
+
+def ids_seen_since(db: sqlite_utils.Database, since: str) -> set[int]:
+    """Return the ids of movies seen at or after `since` (the movies a resumed crawl has)."""
+    return {row[0] for row in db.execute("SELECT id FROM movies WHERE last_seen_at >= ?", [since])}
+
+
+def count_unseen_since(db: sqlite_utils.Database, since: str) -> tuple[int, int]:
+    """Return (present movies not seen since `since`, present movies)."""
+    unseen, present = db.execute(
+        "SELECT COUNT(*) FILTER (WHERE last_seen_at < ?), COUNT(*) FROM movies WHERE removed_at IS NULL", [since]
+    ).fetchone()
+    return unseen, present
+
+
+def mark_removed(db: sqlite_utils.Database, since: str, removed_at: str) -> tuple[int, int]:
+    """Mark present movies and torrents not seen since `since` as removed; return both counts."""
+    with db.atomic():
+        movies = db.execute(
+            "UPDATE movies SET removed_at = ? WHERE removed_at IS NULL AND last_seen_at < ?", [removed_at, since]
+        ).rowcount
+        torrents = db.execute(
+            "UPDATE torrents SET removed_at = ? WHERE removed_at IS NULL AND last_seen_at < ?", [removed_at, since]
+        ).rowcount
+    return movies, torrents
+
+
+# ---- checkpoints and the run log ------------------------------------------------------------
+
+def get_state(db: sqlite_utils.Database, key: str) -> dict[str, Any] | None:
+    """Read a JSON checkpoint."""
+    row = db.execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def set_state(db: sqlite_utils.Database, key: str, value: Mapping[str, Any]) -> None:
+    """Write a JSON checkpoint (inside the caller's transaction)."""
+    db.execute(
+        "INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, json.dumps(value)],
+    )
+
+
+def clear_state(db: sqlite_utils.Database, key: str) -> None:
+    """Delete a checkpoint."""
+    db.execute("DELETE FROM sync_state WHERE key = ?", [key])
+
+
+RUN_COUNTERS = (
+    "pages", "requests", "retries", "movies_new", "movies_updated", "movies_removed",
+    "torrents_new", "torrents_removed", "enriched",
+)
+
+
+def start_run(db: sqlite_utils.Database, kind: str, base_url: str | None) -> int:
+    """Insert a `sync_runs` row with status running and return its id."""
+    with db.atomic():
+        cursor = db.execute(
+            "INSERT INTO sync_runs (kind, started_at, status, base_url) VALUES (?, ?, 'running', ?)",
+            [kind, now_iso(), base_url],
+        )
+    return int(cursor.lastrowid)
+
+
+def update_run(db: sqlite_utils.Database, run_id: int, **values: Any) -> None:
+    """Set columns of a `sync_runs` row (inside the caller's transaction or alone)."""
+    if not values:
+        return
+    unknown = set(values) - set(RUN_COUNTERS) - {"kind", "status", "finished_at", "error", "base_url"}
+    if unknown:
+        raise ValueError(f"unknown sync_runs columns: {sorted(unknown)}")
+    assignments = ", ".join(f"{column} = :{column}" for column in values)
+    db.execute(f"UPDATE sync_runs SET {assignments} WHERE id = :id", {**values, "id": run_id})
+
+
+def finish_run(db: sqlite_utils.Database, run_id: int, status: str, error: str | None = None, **counts: Any) -> None:
+    """Close a `sync_runs` row."""
+    with db.atomic():
+        update_run(db, run_id, status=status, finished_at=now_iso(), error=error, **counts)
+
+
+def close_stale_runs(db: sqlite_utils.Database) -> None:
+    """Mark runs left 'running' by a killed process as interrupted."""
+    with db.atomic():
+        db.execute(
+            "UPDATE sync_runs SET status = 'interrupted', finished_at = COALESCE(finished_at, ?) WHERE status = 'running'",
+            [now_iso()],
+        )
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+def search(db: sqlite_utils.Database, query: str, limit: int = 20, include_removed: bool = False) -> list[dict[str, Any]]:
+    """Rank movies matching an FTS5 query, best first."""
+    sql = (
+        "SELECT movies.id, movies.title, movies.year, movies.rating, movies.imdb_code, movies.removed_at, "
+        "snippet(movies_fts, 2, '[', ']', '…', 12) AS snippet "
+        "FROM movies_fts JOIN movies ON movies.id = movies_fts.rowid "
+        "WHERE movies_fts MATCH ? " + ("" if include_removed else "AND movies.removed_at IS NULL ")
+        + "ORDER BY bm25(movies_fts, 10.0, 5.0, 1.0, 3.0) LIMIT ?"
+    )
+    try:
+        return [dict(row) for row in db.execute_returning_dicts(sql, [query, limit])]
+    except sqlite3.OperationalError as error:
+        message = str(error)
+        if "fts5" in message or "syntax" in message or "no such column" in message or "unterminated" in message:
+            raise SearchSyntaxError(
+                f"invalid search syntax in {query!r}: {message} (put phrases or odd characters in double quotes)"
+            ) from None
+        raise
+
+
+def table_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Count the rows users care about."""
+    one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+    return {
+        "movies": one("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL"),
+        "movies_removed": one("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL"),
+        "torrents": one("SELECT COUNT(*) FROM torrents WHERE removed_at IS NULL"),
+        "torrents_removed": one("SELECT COUNT(*) FROM torrents WHERE removed_at IS NOT NULL"),
+        "genres": one("SELECT COUNT(DISTINCT genre) FROM movie_genres"),
+        "cast": one("SELECT COUNT(*) FROM movie_cast"),
+        "suggestions": one("SELECT COUNT(*) FROM movie_suggestions"),
+        "reviews": one("SELECT COUNT(*) FROM movie_reviews"),
+        "parental_guides": one("SELECT COUNT(*) FROM movie_parental_guides"),
+        "comments": one("SELECT COUNT(*) FROM movie_comments"),
+        "torrent_stats": one("SELECT COUNT(*) FROM torrent_stats"),
+    }
+
+
+def last_runs(db: sqlite_utils.Database, limit: int = 5) -> list[dict[str, Any]]:
+    """Return the newest `sync_runs` rows."""
+    return list(db.execute_returning_dicts("SELECT * FROM sync_runs ORDER BY id DESC LIMIT ?", [limit]))
+
+
+def freshness(db: sqlite_utils.Database) -> dict[str, Any]:
+    """When the mirror last finished a sync of each kind."""
+    rows = db.execute(
+        "SELECT kind, MAX(finished_at) FROM sync_runs WHERE status = 'ok' GROUP BY kind"
+    ).fetchall()
+    last = {kind: finished for kind, finished in rows}
+    checkpoint = get_state(db, "crawl")
+    return {
+        "last_ok_sync": max((v for k, v in last.items() if k != "enrich"), default=None),
+        "last_ok_full": last.get("full"),
+        "last_ok_incremental": last.get("incremental"),
+        "crawl_in_progress": checkpoint,
+    }
+
+
+def database_size(path: str | os.PathLike[str]) -> int:
+    """Bytes used by the database file and its WAL."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.path.getsize(f"{path}{suffix}")
+        except OSError:
+            pass
+    return total

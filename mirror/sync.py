@@ -1,0 +1,206 @@
+"""Orchestration: one sync run, its checkpoints, its run log and the single-writer lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from . import store
+from .client import YTSClient
+from .config import Config
+from .crawl import Page, crawl_full, crawl_new, prefetch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "crawl"
+
+
+class LockedError(Exception):
+    """Another process is writing to this database."""
+
+
+@contextmanager
+def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
+    """Hold the one-writer lock of a database file (released by the OS if we are killed)."""
+    lock_path = f"{db_path}.lock"
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise LockedError(f"{db_path} is being written by {holder}; use --wait to queue behind it") from None
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def make_client(config: Config, pool_size: int | None = None) -> YTSClient:
+    """Build the API client the config describes."""
+    api = config.api
+    return YTSClient(
+        api.base_urls, rate=api.rate, burst=api.burst, max_attempts=api.max_attempts,
+        backoff_initial=api.backoff_initial, backoff_max=api.backoff_max,
+        connect_timeout=api.connect_timeout, read_timeout=api.read_timeout,
+        pool_size=pool_size or max(4, config.enrich.concurrency + 2),
+    )
+
+
+@dataclass
+class Progress:
+    """Callbacks a front end can hook to show progress; the defaults do nothing."""
+
+    total: Callable[[int], None] = lambda total: None
+    advance: Callable[[int], None] = lambda count: None
+    message: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class RunSummary:
+    """What a sync run did."""
+
+    run_id: int
+    kind: str
+    status: str = "running"
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(store.RUN_COUNTERS, 0))
+    removal_skipped: int = 0
+    error: str | None = None
+
+
+class Syncer:
+    """Runs list crawls into one database, page by page, each page one transaction."""
+
+    def __init__(self, db: sqlite_utils.Database, client: YTSClient, config: Config,
+                 progress: Progress | None = None, stop: threading.Event | None = None):
+        self.db = db
+        self.client = client
+        self.config = config
+        self.progress = progress or Progress()
+        self.stop = stop or threading.Event()
+        self._base = (0, 0)
+
+    def choose_kind(self, full: bool) -> tuple[str, dict[str, Any] | None]:
+        """Pick full or incremental, resuming a checkpointed crawl where there is one."""
+        checkpoint = store.get_state(self.db, CHECKPOINT)
+        if checkpoint and (checkpoint["kind"] == "full" or not full):
+            return checkpoint["kind"], checkpoint
+        empty = self.db.execute("SELECT NOT EXISTS (SELECT 1 FROM movies)").fetchone()[0]
+        return ("full" if full or empty else "incremental"), None
+
+    def run(self, full: bool = False, after_crawl: Callable[[RunSummary], None] | None = None) -> RunSummary:
+        """Crawl (full or incremental), then call `after_crawl` (enrichment); log the run."""
+        store.close_stale_runs(self.db)
+        kind, checkpoint = self.choose_kind(full)
+        summary = RunSummary(store.start_run(self.db, kind, self.client.base_url), kind)
+        self._base = (self.client.stats.requests, self.client.stats.retries)
+        try:
+            if checkpoint:
+                self.progress.message(f"resuming {kind} crawl at page {checkpoint['next_page']}")
+            if kind == "full":
+                self._full(summary, checkpoint)
+            else:
+                self._incremental(summary, checkpoint)
+            if after_crawl and not self.stop.is_set():
+                after_crawl(summary)
+            summary.status = "interrupted" if self.stop.is_set() else "ok"
+        except BaseException as error:
+            summary.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            summary.error = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            summary.counts["requests"], summary.counts["retries"] = self.request_counts()
+            store.finish_run(self.db, summary.run_id, summary.status, summary.error, **summary.counts)
+        return summary
+
+    def request_counts(self) -> tuple[int, int]:
+        """Requests and retries this run has spent so far."""
+        return self.client.stats.requests - self._base[0], self.client.stats.retries - self._base[1]
+
+    def _commit_page(self, summary: RunSummary, page: Page, checkpoint: dict[str, Any],
+                     observed_at: str | None) -> store.PageResult:
+        """Upsert one page and move the checkpoint, in one transaction."""
+        with self.db.atomic():
+            result = store.upsert_movies(self.db, page.movies, store.now_iso(), self.config.sync.trackers, observed_at)
+            store.set_state(self.db, CHECKPOINT, {**checkpoint, "next_page": page.next_page,
+                                                  "movie_count": page.movie_count})
+            summary.counts["pages"] += 1
+            summary.counts["movies_new"] += len(result.new_ids)
+            summary.counts["movies_updated"] += result.updated
+            summary.counts["torrents_new"] += result.torrents_new
+            summary.counts["torrents_removed"] += result.torrents_removed
+            store.update_run(self.db, summary.run_id, **{k: summary.counts[k] for k in (
+                "pages", "movies_new", "movies_updated", "torrents_new", "torrents_removed")},
+                **dict(zip(("requests", "retries"), self.request_counts())))
+        self.progress.total(page.movie_count)
+        if not page.backtrack:
+            self.progress.advance(len(page.movies))
+        return result
+
+    def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
+        """Crawl every page; mark what the complete crawl did not see as removed."""
+        checkpoint = checkpoint or {"kind": "full", "started_at": store.now_iso(), "next_page": 1,
+                                    "movie_count": None, "run_id": summary.run_id}
+        started_at = checkpoint["started_at"]
+        seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
+        observed_at = started_at if self.config.sync.torrent_history else None
+        self.progress.advance(len(seen))
+        pages = prefetch(crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")))
+        for page in pages:
+            self._commit_page(summary, page, checkpoint, observed_at)
+            if self.stop.is_set():
+                return
+        self._finish_full(summary, started_at)
+
+    def _finish_full(self, summary: RunSummary, started_at: str) -> None:
+        """After a complete crawl: mark removals (unless implausibly many) and drop the checkpoint."""
+        unseen, present = store.count_unseen_since(self.db, started_at)
+        limit = self.config.sync.max_removed_fraction
+        if present and unseen > max(10, limit * present):
+            summary.removal_skipped = unseen
+            self.progress.message(
+                f"not marking {unseen} of {present} movies removed: more than sync.max_removed_fraction={limit}; "
+                "check the source and raise the setting if this is real"
+            )
+            removed = (0, 0)
+        else:
+            removed = store.mark_removed(self.db, started_at, store.now_iso())
+        summary.counts["movies_removed"] += removed[0]
+        summary.counts["torrents_removed"] += removed[1]
+        with self.db.atomic():
+            store.clear_state(self.db, CHECKPOINT)
+
+    def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
+        """Walk newest-first pages until reaching movies mirrored before this crawl began."""
+        checkpoint = checkpoint or {"kind": "incremental", "started_at": store.now_iso(), "next_page": 1,
+                                    "movie_count": None, "run_id": summary.run_id}
+        started_at = checkpoint["started_at"]
+
+        def known_before(ids: list[int]) -> set[int]:
+            rows = self.db.execute(
+                f"SELECT id FROM movies WHERE id IN ({', '.join('?' * len(ids))}) AND first_seen_at < ?",
+                [*ids, started_at],
+            ).fetchall() if ids else []
+            return {row[0] for row in rows}
+
+        for page in crawl_new(self.client, known_before, self.config.sync.overlap, checkpoint["next_page"]):
+            self._commit_page(summary, page, checkpoint, None)
+            if self.stop.is_set():
+                return
+        with self.db.atomic():
+            store.clear_state(self.db, CHECKPOINT)

@@ -1,0 +1,277 @@
+"""Pure functions from YTS API JSON to database rows. They never mutate their input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote_plus
+
+# The trackers the API documentation recommends for magnet links (yts-api-v2.txt, "List Movies").
+DEFAULT_TRACKERS: tuple[str, ...] = (
+    "udp://open.demonii.com:1337",
+    "udp://tracker.istole.it:80",
+    "http://tracker.yify-torrents.com/announce",
+    "udp://tracker.publicbt.com:80",
+    "udp://tracker.openbittorrent.com:80",
+    "udp://tracker.coppersurfer.tk:6969",
+    "udp://exodus.desync.com:6969",
+    "http://exodus.desync.com:6969/announce",
+)
+
+MOVIE_TEXT_FIELDS = (
+    "imdb_code", "title", "title_english", "title_long", "slug", "url", "summary",
+    "description_full", "synopsis", "yt_trailer_code", "language", "mpa_rating",
+    "background_image", "background_image_original", "small_cover_image",
+    "medium_cover_image", "large_cover_image", "state", "date_uploaded",
+)
+MOVIE_INT_FIELDS = ("year", "runtime", "date_uploaded_unix")
+MOVIE_COLUMNS = ("id",) + MOVIE_TEXT_FIELDS + MOVIE_INT_FIELDS + ("rating", "genres", "raw", "list_hash")
+
+DETAIL_TEXT_FIELDS = (
+    "description_intro",
+    "medium_screenshot_image1", "medium_screenshot_image2", "medium_screenshot_image3",
+    "large_screenshot_image1", "large_screenshot_image2", "large_screenshot_image3",
+)
+DETAIL_INT_FIELDS = ("like_count", "download_count")
+
+TORRENT_TEXT_FIELDS = (
+    "url", "quality", "type", "video_codec", "audio_channels", "size", "date_uploaded",
+)
+TORRENT_INT_FIELDS = ("is_repack", "bit_depth", "seeds", "peers", "size_bytes", "date_uploaded_unix")
+TORRENT_COLUMNS = ("hash", "movie_id") + TORRENT_TEXT_FIELDS + TORRENT_INT_FIELDS + ("magnet",)
+
+# Swarm counts change constantly; they must not make a movie look "changed".
+VOLATILE_TORRENT_KEYS = frozenset({"seeds", "peers"})
+
+
+def to_int(value: Any) -> int | None:
+    """Coerce the API's loose integers ("8", "", 8, 8.0, None) to int or None."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def to_float(value: Any) -> float | None:
+    """Coerce a rating that may be an int, a float or a string to float or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def to_text(value: Any) -> str | None:
+    """Coerce a scalar to str, keeping None; containers become JSON."""
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def magnet_uri(info_hash: str, name: str | None, trackers: Iterable[str] = DEFAULT_TRACKERS) -> str:
+    """Build a magnet URI the way the API docs describe."""
+    parts = [f"magnet:?xt=urn:btih:{info_hash.upper()}"]
+    if name:
+        parts.append("dn=" + quote_plus(name))
+    parts.extend("tr=" + quote_plus(tracker, safe=":/") for tracker in trackers)
+    return "&".join(parts)
+
+
+def list_hash(movie: Mapping[str, Any]) -> str:
+    """Hash a movie's list JSON, ignoring swarm counts, to tell real changes apart."""
+    stable = {key: value for key, value in movie.items() if key != "torrents"}
+    stable["torrents"] = [
+        {key: value for key, value in torrent.items() if key not in VOLATILE_TORRENT_KEYS}
+        for torrent in movie.get("torrents") or []
+        if isinstance(torrent, Mapping)
+    ]
+    encoded = json.dumps(stable, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.blake2b(encoded, digest_size=12).hexdigest()
+
+
+def genres_of(movie: Mapping[str, Any]) -> list[str]:
+    """Return a movie's genres, deduplicated in order; the key can be missing."""
+    # One movie lacks "genres" entirely: list_movies__bbak0105-Clone_Movie_React.json
+    seen: dict[str, None] = {}
+    for genre in movie.get("genres") or []:
+        if isinstance(genre, str) and genre.strip():
+            seen.setdefault(genre.strip(), None)
+    return list(seen)
+
+
+def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:
+    """Turn one list_movies movie into a `movies` row (without bookkeeping timestamps)."""
+    row: dict[str, Any] = {"id": to_int(movie.get("id"))}
+    row.update({field: to_text(movie.get(field)) for field in MOVIE_TEXT_FIELDS})
+    row.update({field: to_int(movie.get(field)) for field in MOVIE_INT_FIELDS})
+    row["rating"] = to_float(movie.get("rating"))
+    row["genres"] = json.dumps(genres_of(movie), ensure_ascii=False)
+    row["raw"] = raw if raw is not None else json.dumps(movie, ensure_ascii=False)
+    row["list_hash"] = list_hash(movie)
+    return row
+
+
+def torrent_rows(
+    movie: Mapping[str, Any], trackers: Iterable[str] = DEFAULT_TRACKERS
+) -> list[dict[str, Any]]:
+    """Turn a movie's torrents into `torrents` rows, hashes upper-cased, repeats dropped."""
+    movie_id = to_int(movie.get("id"))
+    name = movie.get("title_long") or movie.get("title")
+    tracker_list = tuple(trackers)
+    rows: dict[str, dict[str, Any]] = {}
+    for torrent in movie.get("torrents") or []:
+        if not isinstance(torrent, Mapping) or not torrent.get("hash"):
+            continue
+        info_hash = str(torrent["hash"]).strip().upper()
+        row: dict[str, Any] = {"hash": info_hash, "movie_id": movie_id}
+        row.update({field: to_text(torrent.get(field)) for field in TORRENT_TEXT_FIELDS})
+        row.update({field: to_int(torrent.get(field)) for field in TORRENT_INT_FIELDS})
+        row["magnet"] = magnet_uri(info_hash, to_text(name), tracker_list)
+        rows[info_hash] = row
+    return list(rows.values())
+
+
+def genre_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Turn a movie's genres into `movie_genres` rows."""
+    movie_id = to_int(movie.get("id"))
+    return [{"movie_id": movie_id, "genre": genre} for genre in genres_of(movie)]
+
+
+def is_placeholder(movie: Mapping[str, Any] | None) -> bool:
+    """True for the status-ok placeholder movie_details returns for an unknown id."""
+    # id 0, title null: movie_details__GabJS10-yts-movie-player-not_found.json
+    return not movie or not to_int(movie.get("id"))
+
+
+def details_movie(data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Return the movie object of a movie_details `data`, old schema or new."""
+    if not isinstance(data, Mapping):
+        return None
+    movie = data.get("movie")
+    if isinstance(movie, Mapping):
+        return movie
+    # 2015 schema: the movie fields sit directly under data (movie_details__jonlunsford-yify-2015.json)
+    return data if "id" in data else None
+
+
+def details_row(movie: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a movie_details movie into the details-only `movies` columns."""
+    images = movie.get("images") if isinstance(movie.get("images"), Mapping) else {}
+    row: dict[str, Any] = {
+        field: to_text(movie.get(field, images.get(field))) for field in DETAIL_TEXT_FIELDS
+    }
+    row.update({field: to_int(movie.get(field)) for field in DETAIL_INT_FIELDS})
+    row["cast_names"] = " ".join(member["name"] for member in cast_rows(movie) if member["name"]) or None
+    return row
+
+
+def cast_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Turn a movie_details cast into `movie_cast` rows; url_small_image may be missing."""
+    # 2 of 4 cast entries lack url_small_image: movie_details__yts-api-rs-images-cast.json
+    members = movie.get("cast")
+    if members is None:  # 2015 schema named them "actors" (movie_details__jonlunsford-yify-2015.json)
+        members = movie.get("actors")
+    movie_id = to_int(movie.get("id"))
+    return [
+        {
+            "movie_id": movie_id,
+            "position": position,
+            "imdb_code": to_text(member.get("imdb_code")),
+            "name": to_text(member.get("name")),
+            "character_name": to_text(member.get("character_name")),
+            "url_small_image": to_text(member.get("url_small_image", member.get("medium_image"))),
+        }
+        for position, member in enumerate(m for m in members or [] if isinstance(m, Mapping))
+    ]
+
+
+def suggestion_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """Return the suggested movies of a movie_suggestions `data`."""
+    if not isinstance(data, Mapping):
+        return []
+    # 2015 named the list "movie_suggestions" (movie_suggestions__jonlunsford-yify-2015.json);
+    # movie_count can be 0 while movies are present (movie_suggestions__GabJS10-yts-movie-player.json)
+    movies = data.get("movies", data.get("movie_suggestions"))
+    return [m for m in movies or [] if isinstance(m, Mapping) and to_int(m.get("id"))]
+
+
+def suggestion_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Turn a movie_suggestions `data` into `movie_suggestions` rows."""
+    return [
+        {"movie_id": movie_id, "position": position, "suggested_id": to_int(movie["id"])}
+        for position, movie in enumerate(suggestion_movies(data))
+    ]
+
+
+def review_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Turn a movie_reviews `data` into `movie_reviews` rows."""
+    reviews = data.get("reviews") if isinstance(data, Mapping) else None
+    return [
+        {
+            "movie_id": movie_id,
+            "position": position,
+            "username": to_text(review.get("username")),
+            "user_rating": to_int(review.get("user_rating")),
+            "user_location": to_text(review.get("user_location")),
+            "review_summary": to_text(review.get("review_summary")),
+            "review_text": to_text(review.get("review_text")),
+            "date_written": to_text(review.get("date_written")),
+            "date_written_unix": to_int(review.get("date_written_unix")),
+        }
+        for position, review in enumerate(r for r in reviews or [] if isinstance(r, Mapping))
+    ]
+
+
+def parental_guide_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Turn a movie_parental_guides `data` into `movie_parental_guides` rows."""
+    guides = data.get("parental_guides") if isinstance(data, Mapping) else None
+    return [
+        {
+            "movie_id": movie_id,
+            "position": position,
+            "type": to_text(guide.get("type")),
+            "parental_guide_text": to_text(guide.get("parental_guide_text")),
+        }
+        for position, guide in enumerate(g for g in guides or [] if isinstance(g, Mapping))
+    ]
+
+
+COMMENT_TEXT_FIELDS = (
+    "username", "user_profile_url", "small_user_avatar_image", "medium_user_avatar_image",
+    "user_group", "comment_text", "date_added",
+)
+COMMENT_INT_FIELDS = ("comment_id", "user_id", "like_count", "date_added_unix")
+
+
+def comment_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Turn a movie_comments `data` into `movie_comments` rows."""
+    comments = data.get("comments") if isinstance(data, Mapping) else None
+    rows = []
+    for position, comment in enumerate(c for c in comments or [] if isinstance(c, Mapping)):
+        row: dict[str, Any] = {"movie_id": movie_id, "position": position}
+        row.update({field: to_text(comment.get(field)) for field in COMMENT_TEXT_FIELDS})
+        row.update({field: to_int(comment.get(field)) for field in COMMENT_INT_FIELDS})
+        rows.append(row)
+    return rows
+
+
+def list_page_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """Return the movies of a list_movies `data`; the key is absent on an empty page."""
+    # No "movies" key when empty: list_movies__yts-api-rs-empty.json
+    if not isinstance(data, Mapping):
+        return []
+    return [m for m in data.get("movies") or [] if isinstance(m, Mapping) and to_int(m.get("id"))]
