@@ -392,3 +392,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _register_plugins() -> None:
+    """Attach commands that live in their own modules."""
+    from .serve import serve_command
+
+    cli.add_command(serve_command, "serve")
+
+
+_register_plugins()

@@ -1,0 +1,1 @@
+"""YTS-compatible API routes (see issue 6)."""
