@@ -216,7 +216,7 @@ def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Eve
     def step(summary: Any) -> None:
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         try:
-            report = enrich_backlog(db, client, config, stop=stop, progress=progress.callbacks())
+            report = enrich_backlog(db, client, config, only_new=True, stop=stop, progress=progress.callbacks())
         finally:
             progress.close()
         summary.counts["enriched"] += report.movies_done
@@ -224,6 +224,53 @@ def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Eve
             progress.message(message)
 
     return step
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--base-url", default=None, help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
+@click.option("--endpoint", "endpoints", multiple=True, type=click.Choice(ENDPOINTS),
+              help="Only these endpoints (repeatable; default: those enabled in the config).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many movies.")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None, help="Worker threads.")
+@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Requests per second (0 = unlimited).")
+@click.option("--wait", is_flag=True, help="Wait for another writer on the same database instead of exiting.")
+@click.pass_context
+@handle_errors
+def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None,
+           endpoints: tuple[str, ...], limit: int | None, concurrency: int | None, rate: float | None,
+           wait: bool) -> None:
+    """Fetch details, cast, suggestions, reviews and parental guides for the backlog."""
+    from .enrich import enrich_backlog
+
+    config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
+    quiet = ctx.obj["quiet"]
+    with writer_lock(config.db, wait=wait):
+        database = open_existing(config.db)
+        client = make_client(config)
+        progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
+        store.close_stale_runs(database)
+        run_id = store.start_run(database, "enrich", client.base_url)
+        status, error, report = "failed", None, None
+        try:
+            with stop_on_signals() as stop:
+                report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
+                                        stop=stop, progress=progress.callbacks())
+                status = "interrupted" if stop.is_set() else "ok"
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            progress.close()
+            store.finish_run(database, run_id, status, error, requests=client.stats.requests,
+                             retries=client.stats.retries, enriched=report.movies_done if report else 0)
+            client.close()
+    for message in report.messages():
+        progress.message(message)
+    if not quiet:
+        click.echo(f"enrich {status}: {report.movies_done} movies, {client.stats.requests} requests "
+                   f"({client.stats.retries} retries), backlog was {report.backlog} requests", err=True)
 
 
 @cli.command()

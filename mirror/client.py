@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,8 +209,18 @@ class YTSClient:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         log.info("retry %d after %s", retry_state.attempt_number, error)
 
-    def get(self, endpoint: str, params: Mapping[str, Any] | None = None, validate: Validator | None = None) -> Mapping[str, Any]:
-        """GET `endpoint` (e.g. "list_movies") and return the envelope's `data`."""
+    def get(
+        self,
+        endpoint: str,
+        params: Mapping[str, Any] | None = None,
+        validate: Validator | None = None,
+        guard: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> Mapping[str, Any]:
+        """GET `endpoint` (e.g. "list_movies") and return the envelope's `data`.
+
+        `validate(data)` may raise TransientError to have a bad answer retried; `guard()` wraps
+        every attempt (the enrichment circuit breaker uses it to stop retrying a dead endpoint).
+        """
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
             wait=self._wait,
@@ -218,9 +229,17 @@ class YTSClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, endpoint, dict(params or {}), validate)
+            return retrying(self._guarded_attempt, endpoint, dict(params or {}), validate, guard)
         except TransientError as error:
             raise FetchError(error.url, error.reason, self.max_attempts) from error
+
+    def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
+                         guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:
+        """One attempt, inside the caller's guard if there is one."""
+        if guard is None:
+            return self._attempt(endpoint, params, validate)
+        with guard():
+            return self._attempt(endpoint, params, validate)
 
     def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
         """Send one request and classify its outcome."""

@@ -369,6 +369,10 @@ class Catalog:
               minimum_rating: float = 0, query_term: str | None = None, genre: str | None = None) -> list[int]:
         """The ids list_movies returns, in order, before paging. Ties break on id."""
         with self.lock:
+            filtered = any((quality and quality.lower() != "all", minimum_rating, query_term,
+                            genre and genre.lower() != "all"))
+            if not filtered and sort_by == "date_added" and order_by == "desc":
+                return self.order  # the crawl's hot path: no copy
             ids = [i for i in self.order if self.matches(i, quality, minimum_rating, query_term, genre)]
             if sort_by == "date_added" and order_by == "desc":
                 return ids
@@ -721,6 +725,8 @@ def _bool_param(params: Mapping[str, str], name: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cloudflare"
+    wbufsize = 1 << 16  # one send per response: no Nagle / delayed-ACK stalls on keep-alive
+    disable_nagle_algorithm = True
     sim: FakeYTS
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default

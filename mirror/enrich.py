@@ -1,0 +1,366 @@
+"""Enrichment: per-movie endpoints fetched by a worker pool from a resumable backlog.
+
+Workers share the client's rate limiter; one writer (the calling thread) does every database
+write, one transaction per movie, and only then lets that movie's worker take the next one.
+So a kill loses at most one movie's requests per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlite_utils
+
+from . import store, transform
+from .client import FetchError, YTSClient, YTSError
+from .config import Config
+from .sync import Progress
+
+log = logging.getLogger(__name__)
+
+CHILD_TABLES = {
+    "movie_suggestions": ("movie_suggestions", transform.suggestion_rows),
+    "movie_reviews": ("movie_reviews", transform.review_rows),
+    "movie_parental_guides": ("movie_parental_guides", transform.parental_guide_rows),
+    "movie_comments": ("movie_comments", transform.comment_rows),
+}
+
+
+class EndpointPaused(YTSError):
+    """The endpoint's circuit breaker is open: do not send this request."""
+
+
+class Breaker:
+    """Pauses an endpoint after `limit` consecutive failed fetches (each after its retries).
+
+    While an endpoint looks unhealthy (its last attempt failed), attempts on it go one at a
+    time, so a dead endpoint costs about `limit` x retries requests, not that times workers.
+    """
+
+    def __init__(self, endpoint: str, limit: int, probing: bool = False):
+        self.endpoint = endpoint
+        self.limit = max(1, limit)
+        self.probing = probing  # paused by an earlier run: one probe decides
+        self.failures = 0
+        self.paused = False
+        self.suspect = probing
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._gate = threading.Lock()
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Wrap one HTTP attempt; raise EndpointPaused if the breaker is open."""
+        gated = self.suspect
+        if gated:
+            self._gate.acquire()
+        try:
+            if self.paused:
+                raise EndpointPaused(f"{self.endpoint} is paused")
+            try:
+                yield
+            except YTSError:
+                self.suspect = True
+                raise
+            self.suspect = False
+        finally:
+            if gated:
+                self._gate.release()
+
+    def record(self, ok: bool, error: str | None = None) -> bool:
+        """Count one fetch outcome; return True if this outcome paused the endpoint."""
+        with self._lock:
+            if ok:
+                self.failures, self.probing = 0, False
+                return False
+            self.failures += 1
+            self.last_error = error
+            limit = 1 if self.probing else self.limit
+            if not self.paused and self.failures >= limit:
+                self.paused = True
+                return True
+            return False
+
+
+@dataclass
+class WorkItem:
+    """One movie and the endpoints it still needs."""
+
+    movie_id: int
+    list_hash: str | None
+    endpoints: list[str]
+
+
+@dataclass
+class EnrichReport:
+    """What an enrichment pass did."""
+
+    movies_done: int = 0
+    fetched: dict[str, int] = field(default_factory=dict)
+    not_found: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    paused: dict[str, str] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
+    backlog: int = 0
+
+    def messages(self) -> list[str]:
+        """Lines worth showing the user."""
+        lines = [f"endpoint {name} resumed after a successful probe" for name in self.resumed]
+        lines += [f"endpoint {name} paused for this run after repeated failures: {why}"
+                  for name, why in self.paused.items()]
+        lines += [f"{count} {name} fetches failed; they stay in the backlog" for name, count in self.failed.items()]
+        return lines
+
+
+def params_for(endpoint: str, movie_id: int) -> dict[str, Any]:
+    """Query parameters of one enrichment request."""
+    if endpoint == "movie_details":
+        return {"movie_id": movie_id, "with_images": "true", "with_cast": "true"}
+    return {"movie_id": movie_id}
+
+
+def _backlog_where(only_new: bool) -> str:
+    """SQL condition for a movie needing `endpoint` (parameters: ttl cutoff, is-details flag)."""
+    changed = "(:details AND s.list_hash IS NOT m.list_hash)"
+    if only_new:
+        return f"(s.movie_id IS NULL OR {changed})"
+    return f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed})"
+
+
+def _cutoff(config: Config, endpoint: str) -> str:
+    days = config.enrich.ttl_days.get(endpoint, 3650.0)
+    return (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def plan(db: sqlite_utils.Database, config: Config, endpoints: Sequence[str], only_new: bool = False,
+         limit: int | None = None) -> list[WorkItem]:
+    """The backlog: movies needing any of `endpoints`, newest first."""
+    items: dict[int, WorkItem] = {}
+    for endpoint in endpoints:
+        sql = (
+            "SELECT m.id, m.list_hash FROM movies m LEFT JOIN enrich_state s "
+            "ON s.movie_id = m.id AND s.endpoint = :endpoint "
+            f"WHERE m.removed_at IS NULL AND {_backlog_where(only_new)} ORDER BY m.id DESC"
+        )
+        args = {"endpoint": endpoint, "cutoff": _cutoff(config, endpoint), "details": endpoint == "movie_details"}
+        for movie_id, list_hash in db.execute(sql, args):
+            items.setdefault(movie_id, WorkItem(movie_id, list_hash, [])).endpoints.append(endpoint)
+    ordered = sorted(items.values(), key=lambda item: -item.movie_id)
+    return ordered[:limit] if limit else ordered
+
+
+def backlog_summary(db: sqlite_utils.Database, config: Config) -> dict[str, dict[str, Any]]:
+    """Per endpoint: pending, done, not found, failed, and whether it is paused."""
+    paused = {row[0] for row in db.execute("SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")}
+    summary = {}
+    for endpoint in config.enrich.endpoints:
+        args = {"endpoint": endpoint, "cutoff": _cutoff(config, endpoint), "details": endpoint == "movie_details"}
+        pending = db.execute(
+            "SELECT COUNT(*) FROM movies m LEFT JOIN enrich_state s ON s.movie_id = m.id AND s.endpoint = :endpoint "
+            f"WHERE m.removed_at IS NULL AND {_backlog_where(False)}", args,
+        ).fetchone()[0]
+        by_status = dict(db.execute(
+            "SELECT status, COUNT(*) FROM enrich_state WHERE endpoint = ? GROUP BY status", [endpoint]
+        ).fetchall())
+        summary[endpoint] = {
+            "pending": pending, "done": by_status.get("ok", 0), "not_found": by_status.get("not_found", 0),
+            "failed": by_status.get("failed", 0), "paused": endpoint in paused,
+        }
+    return summary
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+Outcome = tuple[str, Any]  # ("ok", data) | ("failed", message)
+
+
+def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str, Outcome]) -> tuple[int, int]:
+    """Store one movie's enrichment results in one transaction; return (fetched, not found)."""
+    fetched = not_found = 0
+    now = store.now_iso()
+    with db.atomic():
+        for endpoint, (status, payload) in outcomes.items():
+            if status == "ok":
+                status = _store_payload(db, item.movie_id, endpoint, payload)
+                fetched += 1
+                not_found += status == "not_found"
+            db.execute(
+                "INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, last_error, list_hash) "
+                "VALUES (:movie_id, :endpoint, :status, :now, 1, :error, :list_hash) "
+                "ON CONFLICT(movie_id, endpoint) DO UPDATE SET status = excluded.status, "
+                "fetched_at = CASE WHEN excluded.status = 'failed' THEN enrich_state.fetched_at ELSE excluded.fetched_at END, "
+                "attempts = enrich_state.attempts + 1, last_error = excluded.last_error, "
+                "list_hash = CASE WHEN excluded.status = 'failed' THEN enrich_state.list_hash ELSE excluded.list_hash END",
+                {"movie_id": item.movie_id, "endpoint": endpoint, "status": status, "now": now,
+                 "error": payload if status == "failed" else None, "list_hash": item.list_hash},
+            )
+    return fetched, not_found
+
+
+def _store_payload(db: sqlite_utils.Database, movie_id: int, endpoint: str, data: Mapping[str, Any]) -> str:
+    """Write one endpoint's data for a movie; return the enrich_state status."""
+    if endpoint == "movie_details":
+        movie = transform.details_movie(data)
+        if transform.is_placeholder(movie) or transform.to_int(movie.get("id")) != movie_id:  # type: ignore[union-attr]
+            return "not_found"
+        row = transform.details_row(movie)  # type: ignore[arg-type]
+        row["raw_details"] = json.dumps(movie, ensure_ascii=False)
+        assignments = ", ".join(f"{column} = :{column}" for column in row)
+        db.execute(f"UPDATE movies SET {assignments} WHERE id = :id", {**row, "id": movie_id})
+        _replace_children(db, "movie_cast", movie_id, transform.cast_rows({**movie, "id": movie_id}))  # type: ignore[dict-item]
+        return "ok"
+    table, to_rows = CHILD_TABLES[endpoint]
+    _replace_children(db, table, movie_id, to_rows(movie_id, data))
+    return "ok"
+
+
+def _replace_children(db: sqlite_utils.Database, table: str, movie_id: int, rows: list[dict[str, Any]]) -> None:
+    """Replace a movie's rows in a child table exactly."""
+    db.execute(f"DELETE FROM {table} WHERE movie_id = ?", [movie_id])
+    if rows:
+        columns = list(rows[0])
+        db.conn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})", rows
+        )
+
+
+def _save_breakers(db: sqlite_utils.Database, breakers: Mapping[str, Breaker], report: EnrichReport) -> None:
+    """Persist which endpoints are paused, for the next run's probe."""
+    now = store.now_iso()
+    with db.atomic():
+        for name, breaker in breakers.items():
+            if breaker.paused:
+                report.paused[name] = breaker.last_error or "failing"
+                db.execute(
+                    "INSERT INTO endpoint_state (endpoint, paused_at, consecutive_failures, last_error) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(endpoint) DO UPDATE SET paused_at = excluded.paused_at, "
+                    "consecutive_failures = excluded.consecutive_failures, last_error = excluded.last_error",
+                    [name, now, breaker.failures, breaker.last_error],
+                )
+            elif breaker.failures == 0 and not breaker.probing:
+                resumed = db.execute(
+                    "UPDATE endpoint_state SET paused_at = NULL, consecutive_failures = 0 "
+                    "WHERE endpoint = ? AND paused_at IS NOT NULL", [name]).rowcount
+                if resumed:
+                    report.resumed.append(name)
+
+
+# ---- the pool --------------------------------------------------------------------------------
+
+class Pool:
+    """Worker threads fetching movies from the backlog; the caller's thread writes."""
+
+    def __init__(self, client: YTSClient, breakers: Mapping[str, Breaker], concurrency: int,
+                 stop: threading.Event):
+        self.client = client
+        self.breakers = breakers
+        self.concurrency = max(1, concurrency)
+        self.stop = stop
+        self.halt = threading.Event()  # set when the consumer leaves early
+        self.work: queue.Queue[WorkItem] = queue.Queue()
+        self.results: queue.Queue[tuple[WorkItem, dict[str, Outcome], threading.Event]] = queue.Queue()
+
+    def fetch_movie(self, item: WorkItem) -> dict[str, Outcome]:
+        """Fetch every endpoint one movie needs, skipping paused endpoints."""
+        outcomes: dict[str, Outcome] = {}
+        for endpoint in item.endpoints:
+            breaker = self.breakers[endpoint]
+            if self.stop.is_set() or self.halt.is_set() or breaker.paused:
+                continue
+            try:
+                data = self.client.get(endpoint, params_for(endpoint, item.movie_id), guard=breaker.attempt)
+            except EndpointPaused:
+                continue
+            except FetchError as error:
+                if breaker.record(False, error.reason):
+                    log.warning("pausing %s: %s", endpoint, error.reason)
+                outcomes[endpoint] = ("failed", str(error))
+                continue
+            breaker.record(True)
+            outcomes[endpoint] = ("ok", data)
+        return outcomes
+
+    def worker(self) -> None:
+        """Take movies until the backlog is empty or a stop is asked for."""
+        while not (self.stop.is_set() or self.halt.is_set()):
+            try:
+                item = self.work.get_nowait()
+            except queue.Empty:
+                return
+            written = threading.Event()
+            try:
+                outcomes = self.fetch_movie(item)
+            except BaseException as error:  # noqa: BLE001 - reported by the writer
+                outcomes = {"__error__": ("crash", error)}
+            self.results.put((item, outcomes, written))
+            written.wait()
+
+    def run(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, dict[str, Outcome], threading.Event]]:
+        """Start the workers and yield each finished movie; the consumer sets its event once written."""
+        for item in items:
+            self.work.put(item)
+        threads = [threading.Thread(target=self.worker, name=f"enrich-{n}", daemon=True)
+                   for n in range(self.concurrency)]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads) or not self.results.empty():
+                try:
+                    yield self.results.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+        finally:
+            self.halt.set()
+            while not self.results.empty():  # release workers waiting on unwritten movies
+                self.results.get_nowait()[2].set()
+
+
+def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
+                   endpoints: Sequence[str] | None = None, limit: int | None = None, only_new: bool = False,
+                   stop: threading.Event | None = None, progress: Progress | None = None,
+                   concurrency: int | None = None) -> EnrichReport:
+    """Fetch the backlog of enabled endpoints, newest movies first; resumable at any point."""
+    endpoints = list(endpoints or config.enrich.endpoints)
+    stop = stop or threading.Event()
+    progress = progress or Progress()
+    report = EnrichReport()
+    paused_before = {row[0] for row in db.execute("SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")}
+    breakers = {name: Breaker(name, config.enrich.pause_after, probing=name in paused_before) for name in endpoints}
+    items = plan(db, config, endpoints, only_new, limit)
+    report.backlog = sum(len(item.endpoints) for item in items)
+    if not items:
+        return report
+    rate = client.limiter.rate
+    if rate > 0:
+        hours = report.backlog / rate / 3600
+        progress.message(f"enrichment backlog: {report.backlog} requests for {len(items)} movies, "
+                         f"about {hours:.1f} h at {rate:g} req/s")
+    progress.total(report.backlog)
+    pool = Pool(client, breakers, concurrency or config.enrich.concurrency, stop)
+    try:
+        for item, outcomes, written in pool.run(items):
+            try:
+                crash = outcomes.pop("__error__", None)
+                if crash:
+                    stop.set()
+                    raise crash[1]
+                fetched, not_found = write_movie(db, item, outcomes)
+            finally:
+                written.set()
+            report.movies_done += bool(fetched)
+            report.not_found += not_found
+            for endpoint, (status, _) in outcomes.items():
+                table = report.fetched if status == "ok" else report.failed
+                table[endpoint] = table.get(endpoint, 0) + 1
+            progress.advance(len(item.endpoints))
+    finally:
+        _save_breakers(db, breakers, report)
+    return report
