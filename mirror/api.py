@@ -1,1 +1,671 @@
-"""YTS-compatible API routes (see issue 6)."""
+"""The YTS API v2 answered offline from the mirror: a Datasette plugin route (issue 6).
+
+`/api/v2/<endpoint>.json`, `.jsonp` and `.xml` answer the read endpoints from the database
+Datasette serves. Movies are rebuilt from `movies.raw` (the list JSON as received) with the
+torrents' current seeds and peers, so a client syncing from here stores what the mirror holds.
+list_movies follows the simulator's semantics (mirror/fakeapi.py `Catalog.query`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape as xml_escape
+
+from datasette import hookimpl
+from datasette.utils import add_cors_headers, sqlite_timelimit
+from datasette.utils.asgi import Forbidden, Request, Response
+
+log = logging.getLogger(__name__)
+
+ROUTE = r"^/api/v2/(?P<endpoint>[^/]+?)(?:\.(?P<format>[^./]*))?$"
+PLUGIN_NAME = "yts-mirror-api"
+FORMATS = ("json", "jsonp", "xml")
+PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX = 20, 50
+PAGE_MAX = 1_000_000  # 50 million movies deep: anything beyond is a bad request, not a query
+SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "like_count", "date_added")
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+OK_MESSAGE = "Query was successful"
+
+# The documented user and write endpoints (yts-api-v2.txt): never served by a mirror.
+USER_ENDPOINTS = frozenset({"user_details", "user_profile", "get_movie_bookmarks"})
+WRITE_ENDPOINTS = frozenset({
+    "user_get_key", "user_edit_settings", "user_register", "user_forgot_password", "user_reset_password",
+    "like_movie", "add_movie_bookmark", "delete_movie_bookmark", "make_comment", "like_comment",
+    "report_comment", "delete_comment", "make_request",
+})
+
+_UNSIGNED = re.compile(r"\s*\+?\d{1,40}\s*", re.ASCII)
+_SIGNED = re.compile(r"\s*[+-]?\d{1,40}\s*", re.ASCII)
+_NUMBER = re.compile(r"\s*[+-]?(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})\s*", re.ASCII)
+_IMDB_ID = re.compile(r"\s*tt(\d{1,12})\s*", re.ASCII | re.IGNORECASE)
+_CALLBACK = re.compile(r"[A-Za-z_$][\w$]{0,63}(?:\.[A-Za-z_$][\w$]{0,63}){0,7}", re.ASCII)
+
+
+class ApiError(Exception):
+    """A request the API answers with status "error"; `http_status` is the HTTP code."""
+
+    def __init__(self, message: str, http_status: int = 400, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.headers = dict(headers or {})
+
+
+# ---- parameters ---------------------------------------------------------------------------------
+
+class Params:
+    """The query string; like PHP (and the simulator), a repeated parameter's last value wins."""
+
+    def __init__(self, request: Request):
+        self.args = request.args
+
+    def text(self, name: str) -> str | None:
+        """The raw value, or None when absent."""
+        values = self.args.getlist(name)
+        return values[-1] if values else None
+
+    def flag(self, name: str) -> bool:
+        """A boolean parameter: 1, true, yes or on."""
+        return (self.text(name) or "").strip().lower() in TRUE_VALUES
+
+    def integer(self, name: str, default: int, signed: bool = False) -> int:
+        """A whole number; anything else is a bad request."""
+        value = self.text(name)
+        if value is None or not value.strip():
+            return default
+        if not (_SIGNED if signed else _UNSIGNED).fullmatch(value):
+            kind = "a whole number" if signed else "a positive whole number"
+            raise ApiError(f"{name} must be {kind}, not {shorten(value)!r}")
+        return int(value)
+
+    def number(self, name: str, default: float) -> float:
+        """A decimal number; anything else is a bad request."""
+        value = self.text(name)
+        if value is None or not value.strip():
+            return default
+        if not _NUMBER.fullmatch(value):
+            raise ApiError(f"{name} must be a number, not {shorten(value)!r}")
+        return float(value)
+
+
+def shorten(value: str, width: int = 40) -> str:
+    """Trim a user-supplied value for an error message."""
+    return value if len(value) <= width else value[:width] + "…"
+
+
+def parse_format(raw: str | None) -> str:
+    """The response format from the path's extension (none means JSON, as in 2015)."""
+    fmt = (raw or "json").lower()
+    if fmt not in FORMATS:
+        raise ApiError(f"unknown format .{shorten(raw or '', 10)}; use .json, .jsonp or .xml", 404)
+    return fmt
+
+
+def parse_callback(params: Params, fmt: str) -> str | None:
+    """The JSONP callback: required for .jsonp, honoured on .json, and always a JS identifier path."""
+    callback = params.text("callback")
+    if fmt == "xml" or callback is None or (fmt == "json" and not callback):
+        if fmt == "jsonp":
+            raise ApiError("callback is required for .jsonp (e.g. ?callback=handle)")
+        return None
+    if not _CALLBACK.fullmatch(callback):
+        raise ApiError(f"callback must be a JavaScript identifier such as handle or app.handle, "
+                       f"not {shorten(callback)!r}")
+    return callback
+
+
+def movie_id_param(params: Params) -> int:
+    """The required movie_id of the per-movie endpoints."""
+    if params.text("movie_id") in (None, ""):
+        raise ApiError("movie_id is required")
+    return params.integer("movie_id", 0)
+
+
+# ---- the database -------------------------------------------------------------------------------
+
+_chosen: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+async def mirror_database(datasette: Any) -> Any:
+    """The attached database holding the mirror (plugin setting `database`, else the first with movies)."""
+    name = _chosen.get(datasette)
+    if name in datasette.databases:
+        return datasette.databases[name]
+    config = datasette.plugin_config(PLUGIN_NAME) or {}
+    candidates = [config["database"]] if config.get("database") else list(datasette.databases)
+    for candidate in candidates:
+        db = datasette.databases.get(candidate)
+        if db is not None and candidate != "_internal" and await _has_mirror_tables(db):
+            _chosen[datasette] = candidate
+            return db
+    raise ApiError("no yts-mirror database is attached to this server", 503)
+
+
+async def _has_mirror_tables(db: Any) -> bool:
+    """True if `db` has the mirror's movies and torrents tables."""
+    try:
+        names = set(await db.table_names())
+    except sqlite3.Error:
+        return False
+    return {"movies", "torrents"} <= names
+
+
+async def run_read(datasette: Any, db: Any, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    """Run `fn(conn)` on one of Datasette's read-only connections, under its SQL time limit."""
+
+    def in_thread(conn: sqlite3.Connection) -> Any:
+        with sqlite_timelimit(conn, datasette.sql_time_limit_ms):
+            try:
+                return fn(conn)
+            except sqlite3.OperationalError as error:
+                if "interrupted" in str(error):
+                    raise ApiError("the query took too long; narrow it down", 503) from None
+                raise
+
+    return await db.execute_fn(in_thread)
+
+
+def placeholders(count: int) -> str:
+    """`?, ?, ?` for an IN list."""
+    return ", ".join("?" * count)
+
+
+# ---- movies as JSON -----------------------------------------------------------------------------
+
+def swarm_counts(conn: sqlite3.Connection, movie_ids: Sequence[int]) -> dict[str, tuple[int | None, int | None]]:
+    """Current seeds and peers by torrent hash for some movies."""
+    if not movie_ids:
+        return {}
+    rows = conn.execute(
+        f"SELECT hash, seeds, peers FROM torrents WHERE movie_id IN ({placeholders(len(movie_ids))})",
+        list(movie_ids),
+    )
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def list_movie(raw: str, swarm: Mapping[str, tuple[int | None, int | None]]) -> dict[str, Any]:
+    """A movie's list JSON as received, with its torrents' seeds and peers brought up to date."""
+    movie = json.loads(raw)
+    for torrent in movie.get("torrents") or []:
+        if not isinstance(torrent, dict) or not torrent.get("hash"):
+            continue
+        seeds, peers = swarm.get(str(torrent["hash"]).strip().upper(), (None, None))
+        if seeds is not None:
+            torrent["seeds"] = seeds
+        if peers is not None:
+            torrent["peers"] = peers
+    return movie
+
+
+def list_movies_by_id(conn: sqlite3.Connection, ids: Sequence[int], include_removed: bool = True) -> list[dict[str, Any]]:
+    """The list JSON of movies, in the order of `ids` (unknown and hidden ids are skipped)."""
+    if not ids:
+        return []
+    hidden = "" if include_removed else " AND removed_at IS NULL"
+    rows = conn.execute(
+        f"SELECT id, raw FROM movies WHERE id IN ({placeholders(len(ids))}){hidden}", list(ids)
+    ).fetchall()
+    swarm = swarm_counts(conn, [row[0] for row in rows])
+    by_id = {row[0]: list_movie(row[1], swarm) for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+# ---- list_movies --------------------------------------------------------------------------------
+
+# Movie torrents: the present ones, or for a removed movie those removed with it.
+_TORRENTS_OF_M = "FROM torrents t WHERE t.movie_id = m.id AND t.removed_at IS m.removed_at"
+SORT_SQL = {
+    "date_added": "m.id",  # the mirror keeps no date_added; YTS ids grow in date_added order
+    "title": "lower(COALESCE(m.title, ''))",
+    "year": "COALESCE(m.year, 0)",
+    "rating": "COALESCE(m.rating, 0)",
+    "like_count": "COALESCE(m.like_count, 0)",
+    "download_count": "COALESCE(m.download_count, 0)",
+    "seeds": f"COALESCE((SELECT MAX(t.seeds) {_TORRENTS_OF_M}), 0)",
+    "peers": f"COALESCE((SELECT MAX(t.peers) {_TORRENTS_OF_M}), 0)",
+}
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A parsed list_movies request."""
+
+    limit: int = PAGE_LIMIT_DEFAULT
+    page: int = 1
+    sort_by: str = "date_added"
+    descending: bool = True
+    quality: str | None = None
+    minimum_rating: float = 0.0
+    query_term: str | None = None
+    genre: str | None = None
+    include_removed: bool = False
+
+    @classmethod
+    def parse(cls, params: Params) -> "ListQuery":
+        """Read list_movies parameters: clamp limit, reject non-numbers, default unknown sorts."""
+        limit = min(PAGE_LIMIT_MAX, max(1, params.integer("limit", PAGE_LIMIT_DEFAULT, signed=True)))
+        page = max(1, params.integer("page", 1, signed=True))
+        if page > PAGE_MAX:
+            raise ApiError(f"page must be at most {PAGE_MAX}")
+        sort_by = (params.text("sort_by") or "").strip().lower()
+        order_by = (params.text("order_by") or "").strip().lower()
+        params.flag("with_rt_ratings")  # accepted; the mirror has no Rotten Tomatoes ratings
+        return cls(
+            limit=limit, page=page,
+            sort_by=sort_by if sort_by in SORT_KEYS else "date_added",
+            descending=order_by != "asc",
+            quality=cls._filter(params.text("quality")),
+            minimum_rating=params.number("minimum_rating", 0.0),
+            query_term=cls._filter(params.text("query_term"), none_values=("", "0")),
+            genre=cls._filter(params.text("genre")),
+            include_removed=params.flag("include_removed"),
+        )
+
+    @staticmethod
+    def _filter(value: str | None, none_values: tuple[str, ...] = ("", "all")) -> str | None:
+        """A filter value, or None for "no filter" (empty, or the documented default)."""
+        if value is None or value.strip().lower() in none_values:
+            return None
+        return value.strip()
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause and its parameters."""
+        clauses, args = [], {}
+        if not self.include_removed:
+            clauses.append("m.removed_at IS NULL")
+        if self.quality:
+            clauses.append(f"EXISTS (SELECT 1 {_TORRENTS_OF_M} AND t.quality = :quality COLLATE NOCASE)")
+            args["quality"] = self.quality
+        if self.minimum_rating:
+            clauses.append("COALESCE(m.rating, 0) >= :minimum_rating")
+            args["minimum_rating"] = self.minimum_rating
+        if self.genre:
+            clauses.append("m.id IN (SELECT movie_id FROM movie_genres WHERE genre = :genre COLLATE NOCASE)")
+            args["genre"] = self.genre
+        if self.query_term:
+            clauses.append(
+                "(instr(lower(COALESCE(m.title, '')), lower(:q)) > 0 OR m.imdb_code = :q COLLATE NOCASE"
+                " OR m.id IN (SELECT movie_id FROM movie_cast WHERE name = :q COLLATE NOCASE"
+                " OR imdb_code = :q COLLATE NOCASE OR imdb_code = :q_nm COLLATE NOCASE))"
+            )
+            args["q"] = self.query_term
+            args["q_nm"] = self.query_term[2:] if self.query_term[:2].lower() == "nm" else None
+        return " AND ".join(clauses) or "1", args
+
+    def order(self) -> str:
+        """The ORDER BY clause: the sort value, ties broken on id in the same direction."""
+        direction = "DESC" if self.descending else "ASC"
+        return f"{SORT_SQL[self.sort_by]} {direction}, m.id {direction}"
+
+
+def list_movies_page(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
+    """list_movies `data`: counts, then the page's movies (no `movies` key on an empty page)."""
+    where, args = query.where()
+    count = conn.execute(f"SELECT COUNT(*) FROM movies m WHERE {where}", args).fetchone()[0]
+    data: dict[str, Any] = {"movie_count": count, "limit": query.limit, "page_number": query.page}
+    offset = (query.page - 1) * query.limit
+    if offset >= count:
+        return data
+    ids = [row[0] for row in conn.execute(
+        f"SELECT m.id FROM movies m WHERE {where} ORDER BY {query.order()} LIMIT :limit OFFSET :offset",
+        {**args, "limit": query.limit, "offset": offset},
+    )]
+    movies = list_movies_by_id(conn, ids)
+    if movies:
+        data["movies"] = movies
+    return data
+
+
+async def list_movies(datasette: Any, db: Any, params: Params) -> dict[str, Any]:
+    """GET list_movies."""
+    query = ListQuery.parse(params)
+    return await run_read(datasette, db, lambda conn: list_movies_page(conn, query))
+
+
+# ---- one movie ----------------------------------------------------------------------------------
+
+MOVIE_COLUMNS = (
+    "id, raw, raw_details, removed_at, like_count, download_count, description_intro, "
+    "medium_screenshot_image1, medium_screenshot_image2, medium_screenshot_image3, "
+    "large_screenshot_image1, large_screenshot_image2, large_screenshot_image3"
+)
+
+
+def find_movie(conn: sqlite3.Connection, movie_id: int | None, imdb_id: str | None,
+               include_removed: bool) -> sqlite3.Row:
+    """The movie row, or ApiError 404 when it is unknown or removed (and removed ones are hidden)."""
+    if movie_id is not None:
+        row = conn.execute(f"SELECT {MOVIE_COLUMNS} FROM movies WHERE id = ?", [movie_id]).fetchone()
+        label = f"movie_id {movie_id}"
+    else:
+        code = f"tt{imdb_id}"
+        row = conn.execute(
+            f"SELECT {MOVIE_COLUMNS} FROM movies WHERE imdb_code IN (?, ?) ORDER BY removed_at IS NOT NULL, id DESC",
+            [code, code.upper()],
+        ).fetchone()
+        label = f"imdb_id {code}"
+    if row is None:
+        raise ApiError(f"{label} is not in this mirror", 404)
+    if row["removed_at"] and not include_removed:
+        raise ApiError(f"{label} was removed upstream at {row['removed_at']}; add include_removed=1 to see it", 404)
+    return row
+
+
+def movie_of(conn: sqlite3.Connection, params: Params) -> sqlite3.Row:
+    """The movie a per-movie request names by movie_id."""
+    movie_id = movie_id_param(params)
+    return find_movie(conn, movie_id, None, params.flag("include_removed"))
+
+
+HEAD_KEYS = ("id", "url", "imdb_code", "title", "title_english", "title_long", "slug", "year", "rating",
+             "runtime", "genres")
+DETAIL_KEYS = ("like_count", "download_count", "description_intro")
+BODY_KEYS = ("description_full", "yt_trailer_code", "language", "mpa_rating", "background_image",
+             "background_image_original", "small_cover_image", "medium_cover_image", "large_cover_image")
+SCREENSHOT_KEYS = tuple(f"{size}_screenshot_image{n}" for size in ("medium", "large") for n in (1, 2, 3))
+TAIL_KEYS = ("date_uploaded", "date_uploaded_unix")
+# List-only keys movie_details does not show, and details keys rebuilt from columns or tables.
+NOT_EXTRA = frozenset(HEAD_KEYS + DETAIL_KEYS + BODY_KEYS + SCREENSHOT_KEYS + TAIL_KEYS + (
+    "summary", "synopsis", "state", "torrents", "cast", "actors", "images"))
+CAST_KEYS = ("name", "character_name", "url_small_image", "imdb_code")
+
+
+def details_movie(row: sqlite3.Row, movie: Mapping[str, Any], cast: list[dict[str, Any]],
+                  with_images: bool, with_cast: bool) -> dict[str, Any]:
+    """movie_details' movie: list fields as now, details fields from the enrichment columns."""
+    out: dict[str, Any] = {key: movie[key] for key in HEAD_KEYS if key in movie}
+    out.update({key: row[key] for key in DETAIL_KEYS if row[key] is not None})
+    out.update({key: movie[key] for key in BODY_KEYS if key in movie})
+    if with_images:
+        out.update({key: row[key] for key in SCREENSHOT_KEYS if row[key] is not None})
+    if with_cast and cast:
+        out["cast"] = cast
+    out.update(details_extras(row["raw_details"]))
+    out["torrents"] = movie.get("torrents") or []
+    out.update({key: movie[key] for key in TAIL_KEYS if key in movie})
+    return out
+
+
+def details_extras(raw_details: str | None) -> dict[str, Any]:
+    """Keys only the stored movie_details JSON has (Rotten Tomatoes scores, directors in 2015)."""
+    if not raw_details:
+        return {}
+    try:
+        stored = json.loads(raw_details)
+    except ValueError:
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {key: value for key, value in stored.items() if key not in NOT_EXTRA}
+
+
+def cast_of(conn: sqlite3.Connection, movie_id: int) -> list[dict[str, Any]]:
+    """The movie's cast in stored order; absent values are left out, as upstream does."""
+    rows = conn.execute(
+        f"SELECT {', '.join(CAST_KEYS)} FROM movie_cast WHERE movie_id = ? ORDER BY position", [movie_id]
+    )
+    return [drop_none(dict(zip(CAST_KEYS, row))) for row in rows]
+
+
+def drop_none(item: dict[str, Any]) -> dict[str, Any]:
+    """The item without its None values."""
+    return {key: value for key, value in item.items() if value is not None}
+
+
+def movie_details_data(conn: sqlite3.Connection, params: Params) -> dict[str, Any]:
+    """movie_details `data`."""
+    imdb_id = None
+    if params.text("movie_id") in (None, "") and params.text("imdb_id") not in (None, ""):
+        match = _IMDB_ID.fullmatch(params.text("imdb_id") or "")
+        if not match:
+            raise ApiError(f"imdb_id must look like tt0111161, not {shorten(params.text('imdb_id') or '')!r}")
+        imdb_id = match.group(1)
+    elif params.text("movie_id") in (None, ""):
+        raise ApiError("movie_id or imdb_id is required")
+    movie_id = None if imdb_id else params.integer("movie_id", 0)
+    row = find_movie(conn, movie_id, imdb_id, params.flag("include_removed"))
+    movie = list_movies_by_id(conn, [row["id"]])[0]
+    cast = cast_of(conn, row["id"]) if params.flag("with_cast") else []
+    return {"movie": details_movie(row, movie, cast, params.flag("with_images"), params.flag("with_cast"))}
+
+
+def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has_rows: bool) -> None:
+    """ApiError 404 unless the mirror has fetched `endpoint` for the movie."""
+    if has_rows:
+        return
+    state = conn.execute(
+        "SELECT status FROM enrich_state WHERE movie_id = ? AND endpoint = ?", [movie_id, endpoint]
+    ).fetchone()
+    if state is None or state[0] != "ok":
+        raise ApiError(f"{endpoint} for movie_id {movie_id} is not in this mirror yet (see `yts-mirror enrich`)", 404)
+
+
+def movie_suggestions_data(conn: sqlite3.Connection, params: Params) -> dict[str, Any]:
+    """movie_suggestions `data`: the suggested movies the mirror has, in stored order."""
+    row = movie_of(conn, params)
+    ids = [r[0] for r in conn.execute(
+        "SELECT suggested_id FROM movie_suggestions WHERE movie_id = ? ORDER BY position", [row["id"]])]
+    require_enriched(conn, row["id"], "movie_suggestions", bool(ids))
+    movies = [suggestion_form(m) for m in list_movies_by_id(conn, ids, params.flag("include_removed"))]
+    return {"movie_count": len(movies), "movies": movies}
+
+
+def suggestion_form(movie: dict[str, Any]) -> dict[str, Any]:
+    """A movie as movie_suggestions shows it: no large cover, torrents without `type` (as upstream)."""
+    out = {key: value for key, value in movie.items() if key != "large_cover_image"}
+    out["torrents"] = [
+        {key: value for key, value in torrent.items() if key != "type"} if isinstance(torrent, dict) else torrent
+        for torrent in movie.get("torrents") or []
+    ]
+    return out
+
+
+@dataclass(frozen=True)
+class ChildEndpoint:
+    """A per-movie endpoint answered from one enrichment table."""
+
+    table: str
+    count_key: str
+    list_key: str
+    columns: tuple[str, ...]
+
+
+CHILD_ENDPOINTS = {
+    "movie_reviews": ChildEndpoint("movie_reviews", "review_count", "reviews", (
+        "username", "user_rating", "user_location", "review_summary", "review_text",
+        "date_written", "date_written_unix")),
+    "movie_parental_guides": ChildEndpoint("movie_parental_guides", "parental_guide_count", "parental_guides", (
+        "type", "parental_guide_text")),
+    "movie_comments": ChildEndpoint("movie_comments", "comment_count", "comments", (
+        "comment_id", "user_id", "username", "user_profile_url", "small_user_avatar_image",
+        "medium_user_avatar_image", "user_group", "like_count", "comment_text", "date_added", "date_added_unix")),
+}
+
+
+def child_data(conn: sqlite3.Connection, params: Params, endpoint: str) -> dict[str, Any]:
+    """movie_reviews / movie_parental_guides / movie_comments `data`."""
+    spec = CHILD_ENDPOINTS[endpoint]
+    row = movie_of(conn, params)
+    rows = conn.execute(
+        f"SELECT {', '.join(spec.columns)} FROM {spec.table} WHERE movie_id = ? ORDER BY position", [row["id"]]
+    ).fetchall()
+    require_enriched(conn, row["id"], endpoint, bool(rows))
+    items = [drop_none(dict(zip(spec.columns, r))) for r in rows]
+    return {spec.count_key: len(items), spec.list_key: items}
+
+
+def reader(fn: Callable[[sqlite3.Connection, Params], dict[str, Any]]) -> Handler:
+    """Wrap a synchronous `fn(conn, params)` as an endpoint handler."""
+
+    async def handler(datasette: Any, db: Any, params: Params) -> dict[str, Any]:
+        return await run_read(datasette, db, lambda conn: fn(conn, params))
+
+    return handler
+
+
+async def list_upcoming(datasette: Any, db: Any, params: Params) -> dict[str, Any]:
+    """GET list_upcoming: not mirrored (the crawl stores no upcoming movies)."""
+    raise ApiError("list_upcoming is not mirrored: this mirror stores no upcoming movies", 404)
+
+
+Handler = Callable[[Any, Any, Params], Awaitable[dict[str, Any]]]
+HANDLERS: dict[str, Handler] = {
+    "list_movies": list_movies,
+    "movie_details": reader(movie_details_data),
+    "movie_suggestions": reader(movie_suggestions_data),
+    "list_upcoming": list_upcoming,
+    **{name: reader(lambda conn, params, name=name: child_data(conn, params, name)) for name in CHILD_ENDPOINTS},
+}
+
+
+# ---- envelope and formats -----------------------------------------------------------------------
+
+def envelope(status: str, message: str, data: Any, started: float) -> dict[str, Any]:
+    """The API's envelope around `data`."""
+    return {
+        "status": status,
+        "status_message": message,
+        "data": data,
+        "@meta": {
+            "server_time": int(time.time()),
+            "server_timezone": "UTC",
+            "api_version": 2,
+            "execution_time": f"{(time.perf_counter() - started) * 1000:.2f} ms",
+        },
+    }
+
+
+XML_ITEM_NAMES = {
+    "movies": "movie", "torrents": "torrent", "genres": "genre", "cast": "actor", "reviews": "review",
+    "parental_guides": "parental_guide", "comments": "comment", "upcoming_movies": "movie",
+}
+_XML_BAD_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+_XML_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_name(key: str) -> str:
+    """A safe XML element name for a JSON key (`@meta` becomes `meta`)."""
+    name = _XML_BAD_NAME.sub("_", key.lstrip("@")) or "item"
+    return name if name[0].isalpha() or name[0] == "_" else f"_{name}"
+
+
+def xml_text(value: Any) -> str:
+    """A scalar as escaped XML text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return xml_escape(_XML_BAD_TEXT.sub("", str(value)))
+
+
+def xml_element(name: str, value: Any, out: list[str]) -> None:
+    """Append `value` as element `name`; arrays repeat a singular child element."""
+    out.append(f"<{name}>")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            xml_element(xml_name(str(key)), item, out)
+    elif isinstance(value, list):
+        child = XML_ITEM_NAMES.get(name, "item")
+        for item in value:
+            xml_element(child, item, out)
+    else:
+        out.append(xml_text(value))
+    out.append(f"</{name}>")
+
+
+def to_xml(body: Mapping[str, Any]) -> str:
+    """The envelope as XML under a root `<xml>` element (as 2015 readers parsed `/xml/status`)."""
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n']
+    xml_element("xml", dict(body), out)
+    return "".join(out)
+
+
+def render(body: Mapping[str, Any], fmt: str, callback: str | None, http_status: int,
+           headers: Mapping[str, str], cors: bool) -> Response:
+    """Serialize the envelope as JSON, JSONP or XML."""
+    headers = {"X-Content-Type-Options": "nosniff", **headers}
+    if cors:
+        add_cors_headers(headers)
+    if fmt == "xml":
+        return Response(to_xml(body), status=http_status, headers=headers,
+                        content_type="application/xml; charset=utf-8")
+    text = json.dumps(body, separators=(",", ":"))
+    if callback:
+        # 200 so a <script> tag still runs the callback; /**/ guards against content sniffing.
+        return Response(f"/**/{callback}({text});", status=200, headers=headers,
+                        content_type="application/javascript; charset=utf-8")
+    return Response(text, status=http_status, headers=headers, content_type="application/json; charset=utf-8")
+
+
+# ---- the route ----------------------------------------------------------------------------------
+
+def check_method(request: Request, endpoint: str) -> None:
+    """Refuse anything but reads: the mirror writes nothing on behalf of API clients."""
+    allow = {"Allow": "GET, HEAD"}
+    if request.method not in ("GET", "HEAD"):
+        raise ApiError(f"read-only mirror: {request.method} is not accepted; nothing was written", 405, allow)
+    if endpoint in WRITE_ENDPOINTS:
+        raise ApiError(f"read-only mirror: {endpoint} changes data upstream and is not available here", 405, allow)
+    if endpoint in USER_ENDPOINTS:
+        raise ApiError(f"read-only mirror: user endpoints such as {endpoint} are not mirrored", 404)
+
+
+async def check_permissions(datasette: Any, request: Request, db: Any) -> None:
+    """Apply Datasette's view permissions for the mirror database."""
+    try:
+        await datasette.ensure_permissions(request.actor, [("view-database", db.name), "view-instance"])
+    except Forbidden:
+        raise ApiError("forbidden: you may not view this mirror", 403) from None
+
+
+async def answer(datasette: Any, request: Request, endpoint: str, params: Params) -> Any:
+    """Run one endpoint and return its `data`."""
+    check_method(request, endpoint)
+    handler = HANDLERS.get(endpoint)
+    if handler is None:
+        raise ApiError(f"unknown endpoint {shorten(endpoint)!r}", 404)
+    db = await mirror_database(datasette)
+    await check_permissions(datasette, request, db)
+    return await handler(datasette, db, params)
+
+
+async def api_view(datasette: Any, request: Request) -> Response:
+    """`/api/v2/<endpoint>.<format>`: answer a YTS API v2 request from the mirror."""
+    started = time.perf_counter()
+    route = request.url_vars
+    params = Params(request)
+    fmt, callback, headers = "json", None, {}
+    try:
+        fmt = parse_format(route.get("format"))
+        callback = parse_callback(params, fmt)
+        data = await answer(datasette, request, route["endpoint"], params)
+        body, http_status = envelope("ok", OK_MESSAGE, data, started), 200
+    except ApiError as error:
+        body, http_status, headers = envelope("error", error.message, None, started), error.http_status, error.headers
+    except Exception:  # noqa: BLE001 - a bug must still answer in the API's envelope
+        log.exception("API request %s failed", request.path)
+        body, http_status = envelope("error", "internal error; see the server log", None, started), 500
+    return render(body, fmt, callback, http_status, headers, bool(getattr(datasette, "cors", False)))
+
+
+@hookimpl
+def register_routes(datasette: Any) -> list[tuple[str, Callable[..., Awaitable[Response]]]]:
+    """Serve the API under /api/v2/."""
+    return [(ROUTE, api_view)]
+
+
+@hookimpl
+def skip_csrf(datasette: Any, scope: Mapping[str, Any]) -> bool | None:
+    """API POSTs carry no CSRF token; let them through to be refused with 405 by the view."""
+    base = (datasette.setting("base_url") or "/").rstrip("/")
+    if scope.get("type") == "http" and str(scope.get("path", "")).startswith(f"{base}/api/v2/"):
+        return True
+    return None

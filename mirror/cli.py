@@ -74,7 +74,7 @@ class TerminalProgress:
         self.done = 0
         self.total_count = 0
         self.started = time.monotonic()
-        self.last_log = 0.0
+        self.last_log = self.started
 
     def total(self, total: int) -> None:
         self.total_count = max(total, self.done)

@@ -6,6 +6,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,22 +95,23 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 _decoder = json.JSONDecoder()
+_ENVELOPE_START = re.compile(r'\{\s*"status"\s*:')
 
 
 def extract_json(text: str) -> Any:
-    """Decode a JSON body, tolerating stray HTML or notices before or after it."""
+    """Decode a JSON body, tolerating stray HTML or notices before or after the envelope."""
     try:
         return json.loads(text)
     except ValueError:
         pass
-    start = text.find("{")
-    while start != -1:
+    for match in _ENVELOPE_START.finditer(text):
         try:
-            value, _ = _decoder.raw_decode(text, start)
-            return value
+            value, _ = _decoder.raw_decode(text, match.start())
         except ValueError:
-            start = text.find("{", start + 1)
-    raise ValueError("no JSON object in body")
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ValueError("no JSON envelope in body")
 
 
 def describe_bad_body(text: str) -> str:
@@ -122,6 +124,18 @@ def describe_bad_body(text: str) -> str:
     if head.startswith("{") or head.startswith("["):
         return "truncated JSON"
     return "non-JSON body: " + " ".join(text.split())[:80]
+
+
+def describe_network_error(error: requests.RequestException) -> str:
+    """A short reason for a connection failure or timeout, without urllib3's nesting."""
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    text = str(getattr(error.args[0], "reason", None) or error) if error.args else str(error)
+    if "[Errno" in text:
+        text = text[text.index("[Errno"):].rstrip("')\"")
+    elif "RemoteDisconnected" in text or "Connection aborted" in text:
+        text = "connection closed by the server"
+    return f"connection failed: {text}"
 
 
 @dataclass
@@ -251,7 +265,7 @@ class YTSClient:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
             self._fail_over(host_index)
-            raise TransientError(url, f"{type(error).__name__}: {error}", host_failure=True) from error
+            raise TransientError(url, describe_network_error(error), host_failure=True) from error
         except requests.RequestException as error:
             raise TransientError(url, f"{type(error).__name__}: {error}") from error
         try:

@@ -316,6 +316,14 @@ class Catalog:
 
     # ---- reading ---------------------------------------------------------------------------
 
+    def dump(self) -> dict[str, Any]:
+        """The whole present catalog: list JSON and details-only data per movie, newest first."""
+        with self.lock:
+            return {"order": list(self.order),
+                    "movies": {str(i): self.movies[i] for i in self.order},
+                    "extra": {str(i): self.extra[i] for i in self.order},
+                    "suggestions": {str(i): self.suggestions(i) for i in self.order}}
+
     def ids(self) -> list[int]:
         """Present ids, newest first."""
         with self.lock:
@@ -556,6 +564,7 @@ class FakeYTS:
         self.counts: dict[str, int] = {}
         self.ok_counts: dict[str, int] = {}
         self.faults_injected: dict[str, int] = {}
+        self.fault_counts: dict[str, int] = {}  # per endpoint
         self.refused = 0
         self.list_requests = 0
         self.count_lock = threading.Lock()
@@ -594,6 +603,7 @@ class FakeYTS:
         with self.count_lock:
             return {
                 "requests": dict(self.counts), "ok": dict(self.ok_counts), "faults": dict(self.faults_injected),
+                "faulted": dict(self.fault_counts),
                 "refused": self.refused, "movies": len(self.catalog.movies),
             }
 
@@ -613,10 +623,12 @@ class FakeYTS:
             fault = self.faults.pick(self.rng, endpoint)
         if fault in ("http503", "html200", "error", "429", "reset", "timeout"):
             self._count(self.faults_injected, fault)
+            self._count(self.fault_counts, endpoint)
             return (*self._fault_response(fault), fault)
         body = self._ok_body(endpoint, params, empty=fault == "empty")
         if fault == "truncated":
             self._count(self.faults_injected, fault)
+            self._count(self.fault_counts, endpoint)
             with self.rng_lock:
                 cut = self.rng.randint(1, max(1, len(body) - 2))
             return 200, {"Content-Type": "application/json"}, body[:cut], fault
@@ -624,7 +636,10 @@ class FakeYTS:
             body = b"<br />\n<b>Notice</b>: Undefined index in <b>/var/www/api.php</b><br />\n" + body + b"\n<!-- cache -->"
         if fault:
             self._count(self.faults_injected, fault)
-        self._count(self.ok_counts, endpoint)
+        if fault in (None, "stray"):
+            self._count(self.ok_counts, endpoint)
+        else:
+            self._count(self.fault_counts, endpoint)
         return 200, {"Content-Type": "application/json"}, body, fault
 
     def _maybe_churn(self) -> None:
@@ -738,6 +753,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path.rstrip("/")
         if path == "/_admin/stats":
             return self._send(200, {"Content-Type": "application/json"}, json.dumps(self.sim.stats()).encode())
+        if path == "/_admin/dump":
+            return self._send(200, {"Content-Type": "application/json"}, json.dumps(self.sim.catalog.dump()).encode())
         if path == "/_admin/catalog":
             return self._send(200, {"Content-Type": "application/json"}, json.dumps(self.sim.catalog.ids()).encode())
         endpoint = path.rsplit("/", 1)[-1].removesuffix(".json")

@@ -1,0 +1,150 @@
+"""The client against the loopback simulator: retries, failover, errors and the rate limiter."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mirror.client import FetchError, RateLimiter, YTSClient, extract_json, retry_after_seconds
+from mirror.fakeapi import FAULT_KINDS, FakeYTS
+
+
+def fast_client(*urls: str, attempts: int = 8, rate: float = 0) -> YTSClient:
+    return YTSClient(list(urls), rate=rate, max_attempts=attempts, backoff_initial=0.001, backoff_max=0.01,
+                     connect_timeout=1, read_timeout=2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", [*FAULT_KINDS, "stray", "empty"])
+def test_each_fault_kind_is_survived(simulator: Callable[..., FakeYTS], kind: str) -> None:
+    sim = simulator(movies=120, faults=f"{kind}=0.5,retry_after=0")
+    client = fast_client(sim.url, attempts=30)
+    from mirror.crawl import fetch_page
+    for page in (1, 2, 3) * 4:
+        movies, count = fetch_page(client, page)
+        assert count == 120 and len(movies) == (50 if page < 3 else 20)
+    assert sim.faults_injected.get(kind, 0) > 0
+    if kind != "stray":
+        assert client.stats.retries == sum(sim.fault_counts.values()) > 0
+    else:
+        assert client.stats.retries == 0
+
+
+def test_timeouts_are_retried(simulator: Callable[..., FakeYTS]) -> None:
+    sim = simulator(movies=10, faults="timeout=0.5,timeout_s=0.5")
+    client = YTSClient([sim.url], rate=0, max_attempts=20, backoff_initial=0.001, backoff_max=0.01,
+                       read_timeout=0.2)
+    for _ in range(4):
+        assert client.get("movie_details", {"movie_id": 1})["movie"]["id"] == 1
+    assert client.stats.retries == sim.faults_injected.get("timeout", 0)
+
+
+def test_fails_over_to_the_next_host(simulator: Callable[..., FakeYTS]) -> None:
+    sim = simulator(movies=10)
+    dead = f"http://127.0.0.1:{free_port()}"
+    client = fast_client(dead, sim.url)
+    assert client.get("list_movies", {"limit": 5})["movie_count"] == 10
+    assert client.base_url == sim.url
+    assert client.get("list_movies", {"limit": 5})["movie_count"] == 10
+    assert client.stats.requests == 3  # one refused connection, then the working host twice
+
+
+def test_a_host_that_moved_answers_404_and_is_skipped(simulator: Callable[..., FakeYTS]) -> None:
+    moved, live = simulator(movies=3), simulator(movies=7)
+    client = fast_client(moved.url + "/gone", live.url)
+    assert client.get("list_movies")["movie_count"] == 7
+
+
+def test_permanent_failure_names_url_and_reason(simulator: Callable[..., FakeYTS]) -> None:
+    sim = simulator(movies=5, faults="dead=movie_reviews")
+    client = fast_client(sim.url, attempts=3)
+    with pytest.raises(FetchError) as caught:
+        client.get("movie_reviews", {"movie_id": 1})
+    message = str(caught.value)
+    assert "/api/v2/movie_reviews.json?movie_id=1" in message and "HTTP 503" in message
+    assert caught.value.attempts == 3 and client.stats.requests == 3
+
+
+def test_error_envelope_is_retried_then_reported(simulator: Callable[..., FakeYTS]) -> None:
+    sim = simulator(movies=5, faults="error=1")
+    with pytest.raises(FetchError, match="API error: Database error"):
+        fast_client(sim.url, attempts=2).get("list_movies")
+
+
+def test_retry_after_is_honoured(simulator: Callable[..., FakeYTS]) -> None:
+    sim = simulator(movies=5, faults="429=1,retry_after=1")
+    client = YTSClient([sim.url], rate=0, max_attempts=2, backoff_initial=0.001, backoff_max=5)
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="429"):
+        client.get("list_movies")
+    assert time.monotonic() - started >= 0.95
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_seconds("7") == 7
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Fri, 04 Dec 2026 20:00:10 GMT", now=1796414400.0) == pytest.approx(10, abs=1)
+
+
+def test_stray_html_around_json_is_extracted() -> None:
+    body = '<br /><b>Warning</b>: x {"status":"ok","data":{"movie_count":1}}<!-- y {"a":1} -->'
+    assert extract_json(body) == {"status": "ok", "data": {"movie_count": 1}}
+
+
+def test_truncated_json_is_not_extracted() -> None:
+    with pytest.raises(ValueError):
+        extract_json('{"status":"ok","data":{"movies":[{"id":1},{"id"')
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_spaces_requests() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=0.4, burst=1, clock=clock)
+    assert limiter.reserve() == 0
+    assert limiter.reserve() == pytest.approx(2.5)
+    assert limiter.reserve() == pytest.approx(5.0)  # queued behind the previous reservation
+    clock.now = 100
+    assert limiter.reserve() == 0  # refilled, but never beyond the burst
+    assert limiter.reserve() == pytest.approx(2.5)
+
+
+def test_rate_zero_never_waits() -> None:
+    limiter = RateLimiter(rate=0)
+    assert all(limiter.reserve() == 0 for _ in range(100))
+
+
+def test_limiter_is_shared_by_threads() -> None:
+    limiter = RateLimiter(rate=50, burst=1)
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(5):
+            limiter.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stamps.sort()
+    elapsed = stamps[-1] - stamps[0]
+    assert elapsed >= (len(stamps) - 1) / 50 * 0.95  # 20 requests never faster than 50/s

@@ -1,0 +1,288 @@
+"""The real pipeline against the loopback simulator over HTTP, into real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mirror.fakeapi import FAULT_KINDS, FakeYTS
+from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
+                     mirror_movies, run_cli, wait_for, write_config)
+
+
+def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
+    result = run_cli(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config),
+                      "--no-enrich", *extra])
+    assert result.exit_code == 0, result.output
+    return last_run(db)
+
+
+def test_full_sync_with_mixed_faults_equals_catalog(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                     config_file: Path) -> None:
+    sim = simulator(movies=3000, faults="mix=0.1,empty=0.02,stray=0.02,retry_after=0")
+    run = sync(db_path, sim, config_file)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert sum(sim.faults_injected.values()) >= 6
+    assert sim.ok_counts["list_movies"] <= math.ceil(3000 / 50) + 2
+    assert run["status"] == "ok" and run["kind"] == "full" and run["movies_new"] == 3000
+    assert run["retries"] == sum(sim.fault_counts.values()) > 0
+    assert run["requests"] == sum(sim.counts.values())
+    assert integrity_ok(db_path)
+
+
+def test_every_fault_kind_mixed_in_one_sync(simulator: Callable[..., FakeYTS], db_path: Path,
+                                            config_file: Path) -> None:
+    sim = simulator(movies=2000, faults="mix=0.4,empty=0.04,stray=0.04,retry_after=0")
+    sync(db_path, sim, config_file)
+    assert set(sim.faults_injected) >= set(FAULT_KINDS) | {"empty", "stray"}
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert sim.ok_counts["list_movies"] <= math.ceil(2000 / 50) + 2
+
+
+@pytest.mark.parametrize("kind", [*FAULT_KINDS, "empty", "stray"])
+def test_each_fault_kind_alone(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path,
+                               kind: str) -> None:
+    sim = simulator(movies=400, faults=f"{kind}=0.3,retry_after=0")
+    sync(db_path, sim, config_file)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert sim.faults_injected.get(kind, 0) > 0
+
+
+def snapshot(db: Path) -> dict[str, list]:
+    """Every data row, without the bookkeeping timestamps that record when we looked."""
+    conn = connect(db)
+    tables = {
+        "movies": "SELECT * FROM movies ORDER BY id",
+        "torrents": "SELECT * FROM torrents ORDER BY hash",
+        "movie_genres": "SELECT * FROM movie_genres ORDER BY movie_id, genre",
+        "fts": "SELECT rowid, * FROM movies_fts ORDER BY rowid",
+    }
+    out = {}
+    for name, sql in tables.items():
+        rows = [dict(row) for row in conn.execute(sql)]
+        for row in rows:
+            row.pop("last_seen_at", None)
+        out[name] = rows
+    conn.close()
+    return out
+
+
+def test_second_identical_sync_changes_nothing(simulator: Callable[..., FakeYTS], db_path: Path,
+                                               config_file: Path) -> None:
+    sim = simulator(movies=500)
+    sync(db_path, sim, config_file, "--full")
+    before = snapshot(db_path)
+    run = sync(db_path, sim, config_file, "--full")
+    assert snapshot(db_path) == before
+    assert (run["movies_new"], run["movies_updated"], run["movies_removed"], run["torrents_new"]) == (0, 0, 0, 0)
+    run = sync(db_path, sim, config_file)
+    assert run["kind"] == "incremental" and run["pages"] == 1 and snapshot(db_path) == before
+
+
+def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                         config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=9,remove=6")
+    sync(db_path, sim, config_file, "--full")
+    sim.churn.every = 0  # the catalog holds still from here on
+    assert len(sim.catalog.removed) > 50 and sim.catalog._next_id > 1700
+    sync(db_path, sim, config_file)
+    mirror = mirror_movies(db_path)
+    expected_ids = set(sim.catalog.movies)
+    missing = expected_ids - set(mirror)
+    assert not missing, f"missed {len(missing)} movies"
+    # Movies removed upstream after the crawl had read them can only be noticed by re-reading.
+    assert set(mirror) - expected_ids <= set(sim.catalog.removed)
+    sync(db_path, sim, config_file, "--full")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    conn = connect(db_path)
+    removed = {row[0] for row in conn.execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
+    assert removed == set(sim.catalog.removed) & set(mirror_movies(db_path, include_removed=True))
+
+
+def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS], db_path: Path,
+                                              config_file: Path) -> None:
+    sim = simulator(movies=1000, latency_ms=40)
+    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+            "--no-enrich"]
+    process = cli_subprocess(args)
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 6)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert integrity_ok(db_path)
+    next_page = checkpoint(db_path)["next_page"]
+    count = connect(db_path).execute("SELECT COUNT(*) FROM movies").fetchone()[0]
+    assert count == (next_page - 1) * 50, "committed pages and checkpoint disagree"
+    assert count < 1000
+    requests_before = sim.ok_counts["list_movies"]
+    run = sync(db_path, sim, config_file)
+    assert run["kind"] == "full" and run["pages"] == 20 - (next_page - 1)
+    assert sim.ok_counts["list_movies"] - requests_before == 20 - (next_page - 1)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    conn = connect(db_path)
+    assert [r[0] for r in conn.execute("SELECT status FROM sync_runs ORDER BY id")] == ["interrupted", "ok"]
+
+
+def test_sigterm_finishes_the_page_and_exits_zero(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                  config_file: Path) -> None:
+    sim = simulator(movies=1000, latency_ms=40)
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich"])
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert last_run(db_path)["status"] == "interrupted"
+    assert integrity_ok(db_path)
+    sync(db_path, sim, config_file)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], db_path: Path,
+                                             config_file: Path) -> None:
+    sim = simulator(movies=200)
+    sim.catalog.edit(sim.catalog.order[5], title="Zanzibar Nights", title_english="Zanzibar Nights")
+    sim.catalog.edit(sim.catalog.order[9], description_full="a film that mentions zanzibar once")
+    sync(db_path, sim, config_file)
+    result = run_cli(["search", "zanzibar", "--db", str(db_path), "--json"])
+    assert result.exit_code == 0
+    ids = [row["id"] for row in json.loads(result.output)]
+    assert ids == [sim.catalog.order[5], sim.catalog.order[9]]  # a title match outranks a description match
+    bad = run_cli(["search", 'title:"unclosed', "--db", str(db_path)])
+    assert bad.exit_code == 2
+    assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
+
+
+def test_stats_reports_counts_runs_and_size(simulator: Callable[..., FakeYTS], db_path: Path,
+                                            config_file: Path) -> None:
+    sim = simulator(movies=120)
+    sync(db_path, sim, config_file)
+    report = json.loads(run_cli(["stats", "--db", str(db_path), "--json"]).output)
+    assert report["counts"]["movies"] == 120
+    assert report["counts"]["torrents"] == sum(len(m["torrents"]) for m in sim.catalog.movies.values())
+    assert report["size_bytes"] > 0 and report["last_runs"][0]["status"] == "ok"
+    text = run_cli(["stats", "--db", str(db_path)]).output
+    assert "movies: 120 present" in text and "last runs:" in text
+
+
+def test_environment_names_the_database(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                        config_file: Path) -> None:
+    sim = simulator(movies=60)
+    env_db = tmp_path / "from-env.db"
+    result = run_cli(["sync", "--config", str(config_file), "--rate", "0", "--no-enrich"],
+                     env={"YTS_MIRROR_DB": str(env_db), "YTS_MIRROR_BASE_URL": sim.url})
+    assert result.exit_code == 0, result.output
+    assert len(mirror_movies(env_db)) == 60
+    flag_db = tmp_path / "from-flag.db"
+    result = run_cli(["sync", "--db", str(flag_db), "--config", str(config_file), "--rate", "0", "--no-enrich"],
+                     env={"YTS_MIRROR_DB": str(env_db), "YTS_MIRROR_BASE_URL": sim.url})
+    assert result.exit_code == 0 and flag_db.exists()
+
+
+def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    sim = simulator(movies=30)
+    config = write_config(tmp_path, f'\ndb = "{tmp_path / "cfg.db"}"\n')
+    text = config.read_text().replace("[api]", f'[api]\nbase_urls = ["{sim.url}"]\nrate = 0', 1)
+    config.write_text(f'db = "{tmp_path / "cfg.db"}"\n' + text.replace(f'\ndb = "{tmp_path / "cfg.db"}"\n', ""))
+    result = run_cli(["sync", "--config", str(config), "--no-enrich"])
+    assert result.exit_code == 0, result.output
+    assert len(mirror_movies(tmp_path / "cfg.db")) == 30
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[api]\nrate = 'fast'\n", "api.rate must be a number"),
+    ("[api]\nrat = 1\n", "unknown config key api.rat"),
+    ("[api\n", "invalid TOML"),
+    ("[enrich]\nendpoints = ['movie_trailers']\n", "unknown endpoint 'movie_trailers'"),
+    ("[api]\nbase_urls = ['ftp://x']\n", "is not an http(s) URL"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    result = run_cli(["sync", "--db", str(tmp_path / "x.db"), "--config", str(config)])
+    assert result.exit_code == 2
+    assert message in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_missing_config_file_and_bad_flags_exit_2(tmp_path: Path) -> None:
+    result = run_cli(["sync", "--db", str(tmp_path / "x.db"), "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "config file not found" in result.output
+    assert run_cli(["sync", "--rate", "-1"]).exit_code == 2
+    assert run_cli(["sync", "--concurrency", "0"]).exit_code == 2
+
+
+def test_unreachable_host_is_one_clear_line(tmp_path: Path, config_file: Path) -> None:
+    process = cli_subprocess(["sync", "--db", str(tmp_path / "x.db"), "--base-url", "http://127.0.0.1:9",
+                              "--config", str(config_file), "--rate", "0"])
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("error: API request failed: http://127.0.0.1:9/api/v2/list_movies.json")
+    assert "Traceback" not in stderr and stderr.count("\n") == 1
+    assert last_run(tmp_path / "x.db")["status"] == "failed"
+
+
+def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
+                                        config_file: Path) -> None:
+    from mirror.sync import writer_lock
+
+    sim = simulator(movies=60)
+    with writer_lock(str(db_path)):
+        result = run_cli(["sync", "--db", str(db_path), "--base-url", sim.url, "--config", str(config_file)])
+        assert result.exit_code == 3
+        assert "is being written by pid" in result.output and "--wait" in result.output
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich", "--wait"])
+    assert process.wait(timeout=60) == 0
+
+
+def test_search_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli(["search", "x", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 1 and "no database at" in result.output
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_python_dash_m_works() -> None:
+    process = cli_subprocess(["--version"])
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and stdout.startswith("yts-mirror, version")
+
+
+def test_readers_never_see_locked_database(simulator: Callable[..., FakeYTS], db_path: Path,
+                                           config_file: Path) -> None:
+    import threading
+
+    sim = simulator(movies=1500, latency_ms=5)
+    sync(db_path, sim, config_file)  # the file exists; now a full refresh writes while we read
+    errors: list[str] = []
+    reads = 0
+    done = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        conn = connect(db_path)
+        while not done.is_set():
+            try:
+                conn.execute("SELECT COUNT(*), SUM(seeds) FROM torrents JOIN movies ON movies.id = movie_id").fetchone()
+                conn.execute("SELECT rowid FROM movies_fts WHERE movies_fts MATCH 'the' LIMIT 5").fetchall()
+                reads += 1
+            except Exception as error:  # noqa: BLE001 - any error fails the test
+                errors.append(str(error))
+        conn.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich", "--full"])
+    try:
+        assert process.wait(timeout=120) == 0
+    finally:
+        done.set()
+        thread.join()
+    assert not errors and reads > 10

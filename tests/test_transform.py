@@ -1,0 +1,90 @@
+"""Unit tests of the pure transform functions: loose types, magnets, no mutation."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from mirror import transform
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", 0), ("1", 1), ("", None), (None, None), (8, 8), ("8", 8), (7.0, 7), ("7.9", 7), ("x", None), (True, 1),
+])
+def test_to_int(value: object, expected: int | None) -> None:
+    assert transform.to_int(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(7, 7.0), (6.3, 6.3), ("5.5", 5.5), ("", None), (None, None)])
+def test_to_float(value: object, expected: float | None) -> None:
+    assert transform.to_float(value) == expected
+
+
+MOVIE = {
+    "id": "42", "title": "Crème & <Brûlée>", "title_long": "Crème & <Brûlée> (2001)", "year": "2001",
+    "rating": 7, "runtime": "95", "genres": ["Drama", "Drama", "Comedy"],
+    "torrents": [
+        {"hash": "abcdef0123456789abcdef0123456789abcdef01", "quality": "720p", "is_repack": "",
+         "bit_depth": "8", "seeds": "12", "peers": 3, "size_bytes": "1000"},
+        {"hash": "ABCDEF0123456789ABCDEF0123456789ABCDEF01", "quality": "720p", "is_repack": "1"},
+    ],
+}
+
+
+def test_movie_row_coerces_and_keeps_raw() -> None:
+    frozen = copy.deepcopy(MOVIE)
+    row = transform.movie_row(MOVIE)
+    assert MOVIE == frozen
+    assert (row["id"], row["year"], row["runtime"], row["rating"]) == (42, 2001, 95, 7.0)
+    assert row["title_english"] is None  # missing key
+    assert json.loads(row["genres"]) == ["Drama", "Comedy"]
+    assert json.loads(row["raw"]) == MOVIE
+
+
+def test_torrent_rows_upper_case_and_deduplicate() -> None:
+    frozen = copy.deepcopy(MOVIE)
+    rows = transform.torrent_rows(MOVIE)
+    assert MOVIE == frozen
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["hash"] == "ABCDEF0123456789ABCDEF0123456789ABCDEF01"
+    assert row["movie_id"] == 42 and row["is_repack"] == 1  # the later duplicate wins
+
+
+def test_magnet_uri_follows_the_docs() -> None:
+    uri = transform.magnet_uri("abc", "Crème & Brûlée (2001)", ["udp://open.demonii.com:1337", "http://t.example/announce"])
+    assert uri == ("magnet:?xt=urn:btih:ABC&dn=Cr%C3%A8me+%26+Br%C3%BBl%C3%A9e+%282001%29"
+                   "&tr=udp://open.demonii.com:1337&tr=http://t.example/announce")
+
+
+def test_list_hash_ignores_swarm_counts_but_not_new_torrents() -> None:
+    base = transform.list_hash(MOVIE)
+    reseeded = copy.deepcopy(MOVIE)
+    reseeded["torrents"][0]["seeds"] = 999
+    assert transform.list_hash(reseeded) == base
+    grown = copy.deepcopy(MOVIE)
+    grown["torrents"].append({"hash": "FF" * 20, "quality": "1080p"})
+    assert transform.list_hash(grown) != base
+
+
+def test_missing_genres_and_torrents() -> None:
+    movie = {"id": 5, "title": "Bare"}
+    assert transform.genre_rows(movie) == []
+    assert transform.torrent_rows(movie) == []
+    assert json.loads(transform.movie_row(movie)["genres"]) == []
+
+
+def test_list_page_movies_skips_junk() -> None:
+    assert transform.list_page_movies({"movie_count": 3}) == []
+    assert transform.list_page_movies(None) == []
+    assert transform.list_page_movies({"movies": [{"id": 0}, "x", {"id": 3}]}) == [{"id": 3}]
+
+
+def test_details_row_from_2015_images_block() -> None:
+    movie = {"id": 9, "images": {"large_screenshot_image1": "http://x/1.jpg"}, "like_count": "4",
+             "actors": [{"name": "A B", "character_name": "C"}]}
+    row = transform.details_row(movie)
+    assert row["large_screenshot_image1"] == "http://x/1.jpg"
+    assert row["like_count"] == 4 and row["cast_names"] == "A B"
