@@ -41,8 +41,10 @@ class EndpointPaused(YTSError):
 class Breaker:
     """Pauses an endpoint after `limit` consecutive failed fetches (each after its retries).
 
-    While an endpoint looks unhealthy (its last attempt failed), attempts on it go one at a
-    time, so a dead endpoint costs about `limit` x retries requests, not that times workers.
+    Once an attempt on the endpoint has failed, fetches that need to send or retry a request
+    on it take turns: one fetch at a time runs its retries and records its outcome before the
+    next may try. So a dead endpoint costs about `limit` x retries requests, not that times
+    the number of workers.
     """
 
     def __init__(self, endpoint: str, limit: int, probing: bool = False):
@@ -54,26 +56,32 @@ class Breaker:
         self.suspect = probing
         self.last_error: str | None = None
         self._lock = threading.Lock()
-        self._gate = threading.Lock()
+        self._turn = threading.Lock()
 
     @contextmanager
-    def attempt(self) -> Iterator[None]:
-        """Wrap one HTTP attempt; raise EndpointPaused if the breaker is open."""
-        gated = self.suspect
-        if gated:
-            self._gate.acquire()
+    def fetch(self) -> Iterator[dict[str, bool]]:
+        """Wrap one fetch (all its attempts and the recording of its outcome)."""
+        slot = {"turn": False}
         try:
-            if self.paused:
-                raise EndpointPaused(f"{self.endpoint} is paused")
-            try:
-                yield
-            except YTSError:
-                self.suspect = True
-                raise
-            self.suspect = False
+            yield slot
         finally:
-            if gated:
-                self._gate.release()
+            if slot["turn"]:
+                self._turn.release()
+
+    @contextmanager
+    def attempt(self, slot: dict[str, bool]) -> Iterator[None]:
+        """Wrap one HTTP attempt of a fetch; raise EndpointPaused if the breaker is open."""
+        if self.suspect and not slot["turn"]:
+            self._turn.acquire()
+            slot["turn"] = True
+        if self.paused:
+            raise EndpointPaused(f"{self.endpoint} is paused")
+        try:
+            yield
+        except YTSError:
+            self.suspect = True
+            raise
+        self.suspect = False
 
     def record(self, ok: bool, error: str | None = None) -> bool:
         """Count one fetch outcome; return True if this outcome paused the endpoint."""
@@ -275,18 +283,24 @@ class Pool:
             breaker = self.breakers[endpoint]
             if self.stop.is_set() or self.halt.is_set() or breaker.paused:
                 continue
+            outcome = self.fetch_one(breaker, endpoint, item.movie_id)
+            if outcome:
+                outcomes[endpoint] = outcome
+        return outcomes
+
+    def fetch_one(self, breaker: Breaker, endpoint: str, movie_id: int) -> Outcome | None:
+        """Fetch one endpoint for one movie under its breaker; None if the endpoint is paused."""
+        with breaker.fetch() as slot:
             try:
-                data = self.client.get(endpoint, params_for(endpoint, item.movie_id), guard=breaker.attempt)
+                data = self.client.get(endpoint, params_for(endpoint, movie_id), guard=lambda: breaker.attempt(slot))
             except EndpointPaused:
-                continue
+                return None
             except FetchError as error:
                 if breaker.record(False, error.reason):
                     log.warning("pausing %s: %s", endpoint, error.reason)
-                outcomes[endpoint] = ("failed", str(error))
-                continue
+                return ("failed", str(error))
             breaker.record(True)
-            outcomes[endpoint] = ("ok", data)
-        return outcomes
+            return ("ok", data)
 
     def worker(self) -> None:
         """Take movies until the backlog is empty or a stop is asked for."""

@@ -21,7 +21,7 @@ FAST_CONFIG = """
 [api]
 backoff_initial = 0.005
 backoff_max = 0.05
-max_attempts = 8
+max_attempts = 6
 connect_timeout = 2
 read_timeout = 5
 

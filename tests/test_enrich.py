@@ -1,0 +1,209 @@
+"""Enrichment against the simulator: correctness under faults, dead endpoints, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mirror.fakeapi import FakeYTS
+from support import cli_subprocess, connect, integrity_ok, run_cli, wait_for
+
+ENRICHED = ("movie_details", "movie_suggestions", "movie_parental_guides")
+
+
+def sync_args(db: Path, sim: FakeYTS, config: Path, *extra: str) -> list[str]:
+    return ["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config), *extra]
+
+
+def run_process(args: list[str], timeout: float = 300) -> str:
+    process = cli_subprocess(args)
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def expected_details(sim: FakeYTS, movie_id: int) -> dict:
+    extra = sim.catalog.extra[movie_id]
+    base = sim.catalog.movies[movie_id]["large_cover_image"].rsplit("/", 1)[0]
+    return {
+        "description_intro": extra["description_intro"], "like_count": extra["like_count"],
+        "download_count": extra["download_count"],
+        "large_screenshot_image2": f"{base}/large-screenshot2.jpg",
+        "cast": [(c["name"], c["character_name"], c["imdb_code"], c.get("url_small_image")) for c in extra["cast"]],
+        "suggestions": sim.catalog.suggestions(movie_id),
+        "guides": [(g["type"], g["parental_guide_text"]) for g in extra["parental_guides"]],
+        "reviews": [(r["username"], r["user_rating"], r["review_text"]) for r in extra["reviews"]],
+    }
+
+
+def mirrored_details(db: Path, movie_id: int) -> dict:
+    conn = connect(db)
+    row = conn.execute("SELECT * FROM movies WHERE id = ?", [movie_id]).fetchone()
+    details = {key: row[key] for key in ("description_intro", "like_count", "download_count", "large_screenshot_image2")}
+    details["cast"] = [tuple(r) for r in conn.execute(
+        "SELECT name, character_name, imdb_code, url_small_image FROM movie_cast WHERE movie_id = ? ORDER BY position",
+        [movie_id])]
+    details["suggestions"] = [r[0] for r in conn.execute(
+        "SELECT suggested_id FROM movie_suggestions WHERE movie_id = ? ORDER BY position", [movie_id])]
+    details["guides"] = [tuple(r) for r in conn.execute(
+        "SELECT type, parental_guide_text FROM movie_parental_guides WHERE movie_id = ? ORDER BY position", [movie_id])]
+    details["reviews"] = [tuple(r) for r in conn.execute(
+        "SELECT username, user_rating, review_text FROM movie_reviews WHERE movie_id = ? ORDER BY position", [movie_id])]
+    conn.close()
+    return details
+
+
+def test_enrichment_under_faults_with_a_dead_endpoint(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                      config_file: Path) -> None:
+    sim = simulator(movies=1500, faults="mix=0.1,retry_after=0,dead=movie_reviews")
+    stderr = run_process(sync_args(db_path, sim, config_file, "--concurrency", "4"))
+    for movie_id in sim.catalog.order:
+        expected, actual = expected_details(sim, movie_id), mirrored_details(db_path, movie_id)
+        expected.pop("reviews"), actual.pop("reviews")
+        assert actual == expected, movie_id
+    # The dead endpoint is paused and reported, cheaply.
+    assert "movie_reviews paused" in stderr
+    assert sim.counts["movie_reviews"] <= 20
+    # Every successful request was needed; everything else was a retry of an injected fault.
+    for endpoint in ENRICHED:
+        assert sim.ok_counts[endpoint] == 1500, endpoint
+        assert sim.counts[endpoint] == 1500 + sim.fault_counts.get(endpoint, 0)
+    assert sim.ok_counts["list_movies"] <= 32
+    report = json.loads(run_cli(["stats", "--db", str(db_path), "--json"]).output)
+    assert report["backlog"]["movie_reviews"]["paused"] is True
+    assert report["backlog"]["movie_reviews"]["pending"] == 1500
+    assert report["backlog"]["movie_details"] == {"pending": 0, "done": 1500, "not_found": 0, "failed": 0,
+                                                   "paused": False}
+    assert integrity_ok(db_path)
+
+
+def test_search_finds_an_actors_movies(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=300)
+    run_cli(sync_args(db_path, sim, config_file, "--concurrency", "2"))
+    actor = next(c["name"] for i in sim.catalog.order for c in sim.catalog.extra[i]["cast"])
+    expected = {i for i in sim.catalog.order if any(c["name"] == actor for c in sim.catalog.extra[i]["cast"])}
+    result = run_cli(["search", f'cast_names:"{actor}"', "--db", str(db_path), "--json", "--limit", "1000"])
+    assert result.exit_code == 0, result.output
+    assert {row["id"] for row in json.loads(result.output)} == expected
+    plain = run_cli(["search", actor, "--db", str(db_path), "--json", "--limit", "1000"])
+    assert expected <= {row["id"] for row in json.loads(plain.output)}
+
+
+def test_paused_endpoint_is_probed_once_then_resumed(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                     config_file: Path) -> None:
+    sim = simulator(movies=100, faults="dead=movie_reviews")
+    run_cli(sync_args(db_path, sim, config_file, "--concurrency", "3"))
+    spent = sim.counts["movie_reviews"]
+    assert spent <= 20
+    # Still dead: the next run spends one probe (one fetch with its retries) and stays paused.
+    run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
+    assert sim.counts["movie_reviews"] - spent <= 6  # one probe: max_attempts in the test config
+    # Back to life: the probe succeeds and the backlog is fetched.
+    sim.faults.dead.clear()
+    result = run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config",
+                      str(config_file), "--concurrency", "3"])
+    assert "movie_reviews resumed" in result.output
+    for movie_id in sim.catalog.order:
+        assert mirrored_details(db_path, movie_id)["reviews"] == expected_details(sim, movie_id)["reviews"]
+    assert connect(db_path).execute("SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL").fetchone()[0] == 0
+
+
+def child_dump(db: Path) -> dict:
+    conn = connect(db)
+    out = {}
+    for table in ("movie_cast", "movie_suggestions", "movie_reviews", "movie_parental_guides"):
+        out[table] = [tuple(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY movie_id, position")]
+    out["details"] = [tuple(r) for r in conn.execute(
+        "SELECT id, description_intro, like_count, download_count, cast_names, raw_details FROM movies ORDER BY id")]
+    out["state"] = [tuple(r) for r in conn.execute(
+        "SELECT movie_id, endpoint, status, list_hash FROM enrich_state ORDER BY movie_id, endpoint")]
+    conn.close()
+    return out
+
+
+def test_kill_during_enrichment_resumes_to_the_same_database(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                             config_file: Path) -> None:
+    sim = simulator(movies=400, latency_ms=15)
+    clean, killed = tmp_path / "clean.db", tmp_path / "killed.db"
+    for db in (clean, killed):
+        run_cli(sync_args(db, sim, config_file, "--no-enrich"))
+    run_cli(["enrich", "--db", str(clean), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+             "--concurrency", "4"])
+    before = dict(sim.ok_counts)
+    args = ["enrich", "--db", str(killed), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+            "--concurrency", "4"]
+    process = cli_subprocess(args)
+
+    def enriched() -> int:
+        try:
+            return connect(killed).execute("SELECT COUNT(DISTINCT movie_id) FROM enrich_state").fetchone()[0] >= 120
+        except Exception:  # noqa: BLE001 - the writer may be mid-checkpoint
+            return False
+
+    wait_for(enriched)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert integrity_ok(killed)
+    run_process(args)
+    assert child_dump(killed) == child_dump(clean)
+    endpoints = ("movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides")
+    repeated = [sim.ok_counts[e] - before.get(e, 0) - 400 for e in endpoints]
+    assert all(0 <= r <= 4 for r in repeated), repeated  # at most one movie per worker
+
+
+def test_reenrichment_replaces_rows_and_follows_list_changes(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                             config_file: Path) -> None:
+    sim = simulator(movies=120)
+    run_cli(sync_args(db_path, sim, config_file))
+    movie_id = next(i for i in sim.catalog.order if len(sim.catalog.extra[i]["cast"]) >= 2)
+    sim.catalog.extra[movie_id]["cast"].pop()
+    sim.catalog.add_torrent(movie_id)  # its list data changes, so its details are stale
+    details_before = sim.ok_counts["movie_details"]
+    run_cli(sync_args(db_path, sim, config_file, "--full"))
+    assert sim.ok_counts["movie_details"] - details_before == 1
+    assert mirrored_details(db_path, movie_id)["cast"] == expected_details(sim, movie_id)["cast"]
+    # A zero time-to-live makes everything due again; rows are replaced, never duplicated.
+    config = config_file.read_text().replace("[enrich]", "[enrich]\nttl_days = { movie_suggestions = 0 }")
+    config_file.write_text(config)
+    run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
+    assert sim.ok_counts["movie_suggestions"] == 240
+    count = connect(db_path).execute("SELECT COUNT(*) FROM movie_suggestions").fetchone()[0]
+    assert count == sum(len(sim.catalog.suggestions(i)) for i in sim.catalog.order)
+
+
+def test_placeholder_movie_is_recorded_as_not_found(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                    config_file: Path) -> None:
+    sim = simulator(movies=50)
+    run_cli(sync_args(db_path, sim, config_file, "--no-enrich"))
+    gone = sim.catalog.order[3]
+    sim.catalog.remove(ids=[gone])
+    run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+             "--endpoint", "movie_details"])
+    conn = connect(db_path)
+    status = conn.execute("SELECT status FROM enrich_state WHERE movie_id = ? AND endpoint = 'movie_details'",
+                          [gone]).fetchone()[0]
+    assert status == "not_found"
+    assert conn.execute("SELECT raw_details FROM movies WHERE id = ?", [gone]).fetchone()[0] is None
+    assert conn.execute("SELECT COUNT(*) FROM movies WHERE id = 0").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM movie_cast WHERE movie_id IN (0, ?)", [gone]).fetchone()[0] == 0
+
+
+def test_enrichment_never_exceeds_the_rate(simulator: Callable[..., FakeYTS], db_path: Path,
+                                           config_file: Path) -> None:
+    sim = simulator(movies=60, latency_ms=50, rate_limit=20)
+    run_cli(sync_args(db_path, sim, config_file, "--no-enrich", "--rate", "20"))
+    result = run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "20", "--concurrency", "8",
+                      "--config", str(config_file), "--limit", "20"])
+    assert result.exit_code == 0, result.output
+    assert sim.refused == 0
+    assert sum(sim.ok_counts.get(e, 0) for e in ENRICHED + ("movie_reviews",)) == 80
+
+
+def test_enrich_options_are_validated(tmp_path: Path) -> None:
+    assert run_cli(["enrich", "--endpoint", "movie_trailers"]).exit_code == 2
+    result = run_cli(["enrich", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 1 and "no database at" in result.output
