@@ -1,20 +1,25 @@
 """The YTS API v2 answered offline from the mirror: a Datasette plugin route (issue 6).
 
 `/api/v2/<endpoint>.json`, `.jsonp` and `.xml` answer the read endpoints from the database
-Datasette serves. Movies are rebuilt from `movies.raw` (the list JSON as received) with the
-torrents' current seeds and peers, so a client syncing from here stores what the mirror holds.
-list_movies follows the simulator's semantics (mirror/fakeapi.py `Catalog.query`).
+Datasette serves, through Datasette's read-only connections. Movies are rebuilt from
+`movies.raw` (the list JSON as received) with the torrents' current seeds and peers, so a
+client syncing from here stores what the mirror holds. list_movies follows the simulator's
+semantics (mirror/fakeapi.py `Catalog.query`). Answers are cached until the database changes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
+import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from array import array
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
@@ -33,6 +38,7 @@ PAGE_MAX = 1_000_000  # 50 million movies deep: anything beyond is a bad request
 SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "like_count", "date_added")
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 OK_MESSAGE = "Query was successful"
+CACHE_MAX_AGE = 60.0  # seconds; the file-state check below is the real invalidation
 
 # The documented user and write endpoints (yts-api-v2.txt): never served by a mirror.
 USER_ENDPOINTS = frozenset({"user_details", "user_profile", "get_movie_bookmarks"})
@@ -68,9 +74,9 @@ class Params:
         self.args = request.args
 
     def text(self, name: str) -> str | None:
-        """The raw value, or None when absent."""
+        """The raw value, or None when absent or empty."""
         values = self.args.getlist(name)
-        return values[-1] if values else None
+        return values[-1] if values and values[-1].strip() else None
 
     def flag(self, name: str) -> bool:
         """A boolean parameter: 1, true, yes or on."""
@@ -79,7 +85,7 @@ class Params:
     def integer(self, name: str, default: int, signed: bool = False) -> int:
         """A whole number; anything else is a bad request."""
         value = self.text(name)
-        if value is None or not value.strip():
+        if value is None:
             return default
         if not (_SIGNED if signed else _UNSIGNED).fullmatch(value):
             kind = "a whole number" if signed else "a positive whole number"
@@ -89,7 +95,7 @@ class Params:
     def number(self, name: str, default: float) -> float:
         """A decimal number; anything else is a bad request."""
         value = self.text(name)
-        if value is None or not value.strip():
+        if value is None:
             return default
         if not _NUMBER.fullmatch(value):
             raise ApiError(f"{name} must be a number, not {shorten(value)!r}")
@@ -112,7 +118,7 @@ def parse_format(raw: str | None) -> str:
 def parse_callback(params: Params, fmt: str) -> str | None:
     """The JSONP callback: required for .jsonp, honoured on .json, and always a JS identifier path."""
     callback = params.text("callback")
-    if fmt == "xml" or callback is None or (fmt == "json" and not callback):
+    if fmt == "xml" or callback is None:
         if fmt == "jsonp":
             raise ApiError("callback is required for .jsonp (e.g. ?callback=handle)")
         return None
@@ -122,11 +128,56 @@ def parse_callback(params: Params, fmt: str) -> str | None:
     return callback
 
 
-def movie_id_param(params: Params) -> int:
-    """The required movie_id of the per-movie endpoints."""
-    if params.text("movie_id") in (None, ""):
-        raise ApiError("movie_id is required")
-    return params.integer("movie_id", 0)
+# ---- caching ------------------------------------------------------------------------------------
+
+class LRU:
+    """A thread-safe LRU cache bounded by total cost, whose entries belong to a database state."""
+
+    def __init__(self, max_cost: int):
+        self.max_cost = max_cost
+        self.cost = 0
+        self.items: OrderedDict[Hashable, tuple[Hashable, float, int, Any]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable, state: Hashable) -> Any:
+        """The value stored for `key` at database state `state`, or None."""
+        with self.lock:
+            entry = self.items.get(key)
+            if entry is None or entry[0] != state or time.monotonic() - entry[1] > CACHE_MAX_AGE:
+                return None
+            self.items.move_to_end(key)
+            return entry[3]
+
+    def put(self, key: Hashable, state: Hashable, value: Any, cost: int) -> None:
+        """Store a value, evicting the least recently used entries over budget."""
+        if cost > self.max_cost:
+            return
+        with self.lock:
+            old = self.items.pop(key, None)
+            self.cost -= old[2] if old else 0
+            self.items[key] = (state, time.monotonic(), cost, value)
+            self.cost += cost
+            while self.cost > self.max_cost:
+                self.cost -= self.items.popitem(last=False)[1][2]
+
+
+RESPONSES = LRU(64 * 2**20)   # encoded `data` JSON by (database, endpoint, query)
+ORDERINGS = LRU(16 * 2**20)   # list_movies: every matching id, in order, by (database, filters, sort)
+
+
+def database_state(path: str | None) -> Hashable:
+    """Identify the database file's current contents by its and its WAL's stat (None: never cache)."""
+    if not path:
+        return None
+    state: list[Any] = [path]
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(path + suffix)
+        except OSError:
+            state.append(None)
+            continue
+        state.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
 
 
 # ---- the database -------------------------------------------------------------------------------
@@ -220,7 +271,7 @@ def list_movies_by_id(conn: sqlite3.Connection, ids: Sequence[int], include_remo
 
 # ---- list_movies --------------------------------------------------------------------------------
 
-# Movie torrents: the present ones, or for a removed movie those removed with it.
+# A movie's torrents: the present ones, or for a removed movie those removed with it.
 _TORRENTS_OF_M = "FROM torrents t WHERE t.movie_id = m.id AND t.removed_at IS m.removed_at"
 SORT_SQL = {
     "date_added": "m.id",  # the mirror keeps no date_added; YTS ids grow in date_added order
@@ -264,14 +315,14 @@ class ListQuery:
             descending=order_by != "asc",
             quality=cls._filter(params.text("quality")),
             minimum_rating=params.number("minimum_rating", 0.0),
-            query_term=cls._filter(params.text("query_term"), none_values=("", "0")),
+            query_term=cls._filter(params.text("query_term"), none_values=("0",)),
             genre=cls._filter(params.text("genre")),
             include_removed=params.flag("include_removed"),
         )
 
     @staticmethod
-    def _filter(value: str | None, none_values: tuple[str, ...] = ("", "all")) -> str | None:
-        """A filter value, or None for "no filter" (empty, or the documented default)."""
+    def _filter(value: str | None, none_values: tuple[str, ...] = ("all",)) -> str | None:
+        """A filter value, or None for "no filter" (absent, or the documented default)."""
         if value is None or value.strip().lower() in none_values:
             return None
         return value.strip()
@@ -282,7 +333,7 @@ class ListQuery:
         if not self.include_removed:
             clauses.append("m.removed_at IS NULL")
         if self.quality:
-            clauses.append(f"EXISTS (SELECT 1 {_TORRENTS_OF_M} AND t.quality = :quality COLLATE NOCASE)")
+            clauses.append(self._quality_clause())
             args["quality"] = self.quality
         if self.minimum_rating:
             clauses.append("COALESCE(m.rating, 0) >= :minimum_rating")
@@ -300,53 +351,85 @@ class ListQuery:
             args["q_nm"] = self.query_term[2:] if self.query_term[:2].lower() == "nm" else None
         return " AND ".join(clauses) or "1", args
 
+    def _quality_clause(self) -> str:
+        """Movies with a torrent of the quality (for present movies, from the torrents index alone)."""
+        if self.include_removed:
+            return f"EXISTS (SELECT 1 {_TORRENTS_OF_M} AND t.quality = :quality COLLATE NOCASE)"
+        return ("m.id IN (SELECT movie_id FROM torrents WHERE quality = :quality COLLATE NOCASE"
+                " AND removed_at IS NULL)")
+
     def order(self) -> str:
         """The ORDER BY clause: the sort value, ties broken on id in the same direction."""
         direction = "DESC" if self.descending else "ASC"
         return f"{SORT_SQL[self.sort_by]} {direction}, m.id {direction}"
 
 
-def list_movies_page(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
-    """list_movies `data`: counts, then the page's movies (no `movies` key on an empty page)."""
+def ordered_ids(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> array:
+    """Every id the query matches, in order; cached so paging through a result is cheap."""
     where, args = query.where()
-    count = conn.execute(f"SELECT COUNT(*) FROM movies m WHERE {where}", args).fetchone()[0]
-    data: dict[str, Any] = {"movie_count": count, "limit": query.limit, "page_number": query.page}
+    key = (state and state[0], where, tuple(sorted(args.items())), query.order())  # type: ignore[index]
+    ids = ORDERINGS.get(key, state) if state else None
+    if ids is None:
+        ids = array("q", (row[0] for row in conn.execute(
+            f"SELECT m.id FROM movies m WHERE {where} ORDER BY {query.order()}", args)))
+        if state:
+            ORDERINGS.put(key, state, ids, ids.itemsize * len(ids) + 64)
+    return ids
+
+
+def list_movies_data(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> dict[str, Any]:
+    """list_movies `data`: counts, then the page's movies (no `movies` key on an empty page)."""
+    ids = ordered_ids(conn, query, state)
+    data: dict[str, Any] = {"movie_count": len(ids), "limit": query.limit, "page_number": query.page}
     offset = (query.page - 1) * query.limit
-    if offset >= count:
-        return data
-    ids = [row[0] for row in conn.execute(
-        f"SELECT m.id FROM movies m WHERE {where} ORDER BY {query.order()} LIMIT :limit OFFSET :offset",
-        {**args, "limit": query.limit, "offset": offset},
-    )]
-    movies = list_movies_by_id(conn, ids)
+    movies = list_movies_by_id(conn, ids[offset:offset + query.limit])
     if movies:
         data["movies"] = movies
     return data
 
 
-async def list_movies(datasette: Any, db: Any, params: Params) -> dict[str, Any]:
-    """GET list_movies."""
-    query = ListQuery.parse(params)
-    return await run_read(datasette, db, lambda conn: list_movies_page(conn, query))
-
-
 # ---- one movie ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class MovieQuery:
+    """A per-movie request: by movie_id, or (movie_details only) by imdb_id."""
+
+    movie_id: int | None
+    imdb_id: str | None = None
+    include_removed: bool = False
+    with_images: bool = False
+    with_cast: bool = False
+
+    @classmethod
+    def parse(cls, params: Params, allow_imdb: bool = False) -> "MovieQuery":
+        """Read movie_id (or imdb_id) and the flags."""
+        flags = {"include_removed": params.flag("include_removed")}
+        if allow_imdb:
+            flags.update(with_images=params.flag("with_images"), with_cast=params.flag("with_cast"))
+        if params.text("movie_id") is not None:
+            return cls(params.integer("movie_id", 0), **flags)
+        if allow_imdb and params.text("imdb_id") is not None:
+            match = _IMDB_ID.fullmatch(params.text("imdb_id") or "")
+            if not match:
+                raise ApiError(f"imdb_id must look like tt0111161, not {shorten(params.text('imdb_id') or '')!r}")
+            return cls(None, f"tt{match.group(1)}", **flags)
+        raise ApiError("movie_id or imdb_id is required" if allow_imdb else "movie_id is required")
+
+
 MOVIE_COLUMNS = (
-    "id, raw, raw_details, removed_at, like_count, download_count, description_intro, "
+    "id, raw_details, removed_at, like_count, download_count, description_intro, "
     "medium_screenshot_image1, medium_screenshot_image2, medium_screenshot_image3, "
     "large_screenshot_image1, large_screenshot_image2, large_screenshot_image3"
 )
 
 
-def find_movie(conn: sqlite3.Connection, movie_id: int | None, imdb_id: str | None,
-               include_removed: bool) -> sqlite3.Row:
-    """The movie row, or ApiError 404 when it is unknown or removed (and removed ones are hidden)."""
-    if movie_id is not None:
-        row = conn.execute(f"SELECT {MOVIE_COLUMNS} FROM movies WHERE id = ?", [movie_id]).fetchone()
-        label = f"movie_id {movie_id}"
+def find_movie(conn: sqlite3.Connection, query: MovieQuery) -> sqlite3.Row:
+    """The movie row, or ApiError 404 when it is unknown, or removed and removed ones are hidden."""
+    if query.movie_id is not None:
+        row = conn.execute(f"SELECT {MOVIE_COLUMNS} FROM movies WHERE id = ?", [query.movie_id]).fetchone()
+        label = f"movie_id {query.movie_id}"
     else:
-        code = f"tt{imdb_id}"
+        code = query.imdb_id or ""
         row = conn.execute(
             f"SELECT {MOVIE_COLUMNS} FROM movies WHERE imdb_code IN (?, ?) ORDER BY removed_at IS NOT NULL, id DESC",
             [code, code.upper()],
@@ -354,15 +437,9 @@ def find_movie(conn: sqlite3.Connection, movie_id: int | None, imdb_id: str | No
         label = f"imdb_id {code}"
     if row is None:
         raise ApiError(f"{label} is not in this mirror", 404)
-    if row["removed_at"] and not include_removed:
+    if row["removed_at"] and not query.include_removed:
         raise ApiError(f"{label} was removed upstream at {row['removed_at']}; add include_removed=1 to see it", 404)
     return row
-
-
-def movie_of(conn: sqlite3.Connection, params: Params) -> sqlite3.Row:
-    """The movie a per-movie request names by movie_id."""
-    movie_id = movie_id_param(params)
-    return find_movie(conn, movie_id, None, params.flag("include_removed"))
 
 
 HEAD_KEYS = ("id", "url", "imdb_code", "title", "title_english", "title_long", "slug", "year", "rating",
@@ -379,14 +456,14 @@ CAST_KEYS = ("name", "character_name", "url_small_image", "imdb_code")
 
 
 def details_movie(row: sqlite3.Row, movie: Mapping[str, Any], cast: list[dict[str, Any]],
-                  with_images: bool, with_cast: bool) -> dict[str, Any]:
+                  query: MovieQuery) -> dict[str, Any]:
     """movie_details' movie: list fields as now, details fields from the enrichment columns."""
     out: dict[str, Any] = {key: movie[key] for key in HEAD_KEYS if key in movie}
     out.update({key: row[key] for key in DETAIL_KEYS if row[key] is not None})
     out.update({key: movie[key] for key in BODY_KEYS if key in movie})
-    if with_images:
+    if query.with_images:
         out.update({key: row[key] for key in SCREENSHOT_KEYS if row[key] is not None})
-    if with_cast and cast:
+    if query.with_cast and cast:
         out["cast"] = cast
     out.update(details_extras(row["raw_details"]))
     out["torrents"] = movie.get("torrents") or []
@@ -396,10 +473,8 @@ def details_movie(row: sqlite3.Row, movie: Mapping[str, Any], cast: list[dict[st
 
 def details_extras(raw_details: str | None) -> dict[str, Any]:
     """Keys only the stored movie_details JSON has (Rotten Tomatoes scores, directors in 2015)."""
-    if not raw_details:
-        return {}
     try:
-        stored = json.loads(raw_details)
+        stored = json.loads(raw_details) if raw_details else None
     except ValueError:
         return {}
     if not isinstance(stored, dict):
@@ -407,34 +482,25 @@ def details_extras(raw_details: str | None) -> dict[str, Any]:
     return {key: value for key, value in stored.items() if key not in NOT_EXTRA}
 
 
+def drop_none(item: dict[str, Any]) -> dict[str, Any]:
+    """The item without its None values (keys upstream left out)."""
+    return {key: value for key, value in item.items() if value is not None}
+
+
 def cast_of(conn: sqlite3.Connection, movie_id: int) -> list[dict[str, Any]]:
-    """The movie's cast in stored order; absent values are left out, as upstream does."""
+    """The movie's cast in stored order."""
     rows = conn.execute(
         f"SELECT {', '.join(CAST_KEYS)} FROM movie_cast WHERE movie_id = ? ORDER BY position", [movie_id]
     )
     return [drop_none(dict(zip(CAST_KEYS, row))) for row in rows]
 
 
-def drop_none(item: dict[str, Any]) -> dict[str, Any]:
-    """The item without its None values."""
-    return {key: value for key, value in item.items() if value is not None}
-
-
-def movie_details_data(conn: sqlite3.Connection, params: Params) -> dict[str, Any]:
+def movie_details_data(conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
     """movie_details `data`."""
-    imdb_id = None
-    if params.text("movie_id") in (None, "") and params.text("imdb_id") not in (None, ""):
-        match = _IMDB_ID.fullmatch(params.text("imdb_id") or "")
-        if not match:
-            raise ApiError(f"imdb_id must look like tt0111161, not {shorten(params.text('imdb_id') or '')!r}")
-        imdb_id = match.group(1)
-    elif params.text("movie_id") in (None, ""):
-        raise ApiError("movie_id or imdb_id is required")
-    movie_id = None if imdb_id else params.integer("movie_id", 0)
-    row = find_movie(conn, movie_id, imdb_id, params.flag("include_removed"))
+    row = find_movie(conn, query)
     movie = list_movies_by_id(conn, [row["id"]])[0]
-    cast = cast_of(conn, row["id"]) if params.flag("with_cast") else []
-    return {"movie": details_movie(row, movie, cast, params.flag("with_images"), params.flag("with_cast"))}
+    cast = cast_of(conn, row["id"]) if query.with_cast else []
+    return {"movie": details_movie(row, movie, cast, query)}
 
 
 def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has_rows: bool) -> None:
@@ -448,16 +514,6 @@ def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has
         raise ApiError(f"{endpoint} for movie_id {movie_id} is not in this mirror yet (see `yts-mirror enrich`)", 404)
 
 
-def movie_suggestions_data(conn: sqlite3.Connection, params: Params) -> dict[str, Any]:
-    """movie_suggestions `data`: the suggested movies the mirror has, in stored order."""
-    row = movie_of(conn, params)
-    ids = [r[0] for r in conn.execute(
-        "SELECT suggested_id FROM movie_suggestions WHERE movie_id = ? ORDER BY position", [row["id"]])]
-    require_enriched(conn, row["id"], "movie_suggestions", bool(ids))
-    movies = [suggestion_form(m) for m in list_movies_by_id(conn, ids, params.flag("include_removed"))]
-    return {"movie_count": len(movies), "movies": movies}
-
-
 def suggestion_form(movie: dict[str, Any]) -> dict[str, Any]:
     """A movie as movie_suggestions shows it: no large cover, torrents without `type` (as upstream)."""
     out = {key: value for key, value in movie.items() if key != "large_cover_image"}
@@ -468,79 +524,86 @@ def suggestion_form(movie: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def movie_suggestions_data(conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
+    """movie_suggestions `data`: the suggested movies the mirror has, in stored order."""
+    row = find_movie(conn, query)
+    ids = [r[0] for r in conn.execute(
+        "SELECT suggested_id FROM movie_suggestions WHERE movie_id = ? ORDER BY position", [row["id"]])]
+    require_enriched(conn, row["id"], "movie_suggestions", bool(ids))
+    movies = [suggestion_form(m) for m in list_movies_by_id(conn, ids, query.include_removed)]
+    return {"movie_count": len(movies), "movies": movies}
+
+
 @dataclass(frozen=True)
 class ChildEndpoint:
     """A per-movie endpoint answered from one enrichment table."""
 
-    table: str
+    name: str
     count_key: str
     list_key: str
     columns: tuple[str, ...]
 
-
-CHILD_ENDPOINTS = {
-    "movie_reviews": ChildEndpoint("movie_reviews", "review_count", "reviews", (
-        "username", "user_rating", "user_location", "review_summary", "review_text",
-        "date_written", "date_written_unix")),
-    "movie_parental_guides": ChildEndpoint("movie_parental_guides", "parental_guide_count", "parental_guides", (
-        "type", "parental_guide_text")),
-    "movie_comments": ChildEndpoint("movie_comments", "comment_count", "comments", (
-        "comment_id", "user_id", "username", "user_profile_url", "small_user_avatar_image",
-        "medium_user_avatar_image", "user_group", "like_count", "comment_text", "date_added", "date_added_unix")),
-}
+    def data(self, conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
+        """The endpoint's `data`: the movie's rows in stored order."""
+        row = find_movie(conn, query)
+        rows = conn.execute(
+            f"SELECT {', '.join(self.columns)} FROM {self.name} WHERE movie_id = ? ORDER BY position", [row["id"]]
+        ).fetchall()
+        require_enriched(conn, row["id"], self.name, bool(rows))
+        items = [drop_none(dict(zip(self.columns, r))) for r in rows]
+        return {self.count_key: len(items), self.list_key: items}
 
 
-def child_data(conn: sqlite3.Connection, params: Params, endpoint: str) -> dict[str, Any]:
-    """movie_reviews / movie_parental_guides / movie_comments `data`."""
-    spec = CHILD_ENDPOINTS[endpoint]
-    row = movie_of(conn, params)
-    rows = conn.execute(
-        f"SELECT {', '.join(spec.columns)} FROM {spec.table} WHERE movie_id = ? ORDER BY position", [row["id"]]
-    ).fetchall()
-    require_enriched(conn, row["id"], endpoint, bool(rows))
-    items = [drop_none(dict(zip(spec.columns, r))) for r in rows]
-    return {spec.count_key: len(items), spec.list_key: items}
+REVIEWS = ChildEndpoint("movie_reviews", "review_count", "reviews", (
+    "username", "user_rating", "user_location", "review_summary", "review_text", "date_written",
+    "date_written_unix"))
+PARENTAL_GUIDES = ChildEndpoint("movie_parental_guides", "parental_guide_count", "parental_guides", (
+    "type", "parental_guide_text"))
+COMMENTS = ChildEndpoint("movie_comments", "comment_count", "comments", (
+    "comment_id", "user_id", "username", "user_profile_url", "small_user_avatar_image",
+    "medium_user_avatar_image", "user_group", "like_count", "comment_text", "date_added", "date_added_unix"))
 
 
-def reader(fn: Callable[[sqlite3.Connection, Params], dict[str, Any]]) -> Handler:
-    """Wrap a synchronous `fn(conn, params)` as an endpoint handler."""
-
-    async def handler(datasette: Any, db: Any, params: Params) -> dict[str, Any]:
-        return await run_read(datasette, db, lambda conn: fn(conn, params))
-
-    return handler
-
-
-async def list_upcoming(datasette: Any, db: Any, params: Params) -> dict[str, Any]:
-    """GET list_upcoming: not mirrored (the crawl stores no upcoming movies)."""
+def not_mirrored(params: Params) -> Hashable:
+    """list_upcoming: the crawl stores no upcoming movies, so there is nothing to answer from."""
     raise ApiError("list_upcoming is not mirrored: this mirror stores no upcoming movies", 404)
 
 
-Handler = Callable[[Any, Any, Params], Awaitable[dict[str, Any]]]
-HANDLERS: dict[str, Handler] = {
-    "list_movies": list_movies,
-    "movie_details": reader(movie_details_data),
-    "movie_suggestions": reader(movie_suggestions_data),
-    "list_upcoming": list_upcoming,
-    **{name: reader(lambda conn, params, name=name: child_data(conn, params, name)) for name in CHILD_ENDPOINTS},
+@dataclass(frozen=True)
+class Endpoint:
+    """A read endpoint: `parse` validates the request into a hashable query, `run` answers it."""
+
+    parse: Callable[[Params], Hashable]
+    run: Callable[[sqlite3.Connection, Any, Hashable], dict[str, Any]]
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "list_movies": Endpoint(ListQuery.parse, list_movies_data),
+    "movie_details": Endpoint(lambda params: MovieQuery.parse(params, allow_imdb=True), movie_details_data),
+    "movie_suggestions": Endpoint(MovieQuery.parse, movie_suggestions_data),
+    "movie_reviews": Endpoint(MovieQuery.parse, REVIEWS.data),
+    "movie_parental_guides": Endpoint(MovieQuery.parse, PARENTAL_GUIDES.data),
+    "movie_comments": Endpoint(MovieQuery.parse, COMMENTS.data),
+    "list_upcoming": Endpoint(not_mirrored, lambda conn, query, state: {}),
 }
 
 
 # ---- envelope and formats -----------------------------------------------------------------------
 
-def envelope(status: str, message: str, data: Any, started: float) -> dict[str, Any]:
-    """The API's envelope around `data`."""
+def meta(started: float) -> dict[str, Any]:
+    """The envelope's `@meta`."""
     return {
-        "status": status,
-        "status_message": message,
-        "data": data,
-        "@meta": {
-            "server_time": int(time.time()),
-            "server_timezone": "UTC",
-            "api_version": 2,
-            "execution_time": f"{(time.perf_counter() - started) * 1000:.2f} ms",
-        },
+        "server_time": int(time.time()),
+        "server_timezone": "UTC",
+        "api_version": 2,
+        "execution_time": f"{(time.perf_counter() - started) * 1000:.2f} ms",
     }
+
+
+def envelope_json(status: str, message: str, data_json: str, started: float) -> str:
+    """The envelope as JSON around an already encoded `data`."""
+    head = json.dumps({"status": status, "status_message": message}, separators=(",", ":"))
+    return f'{head[:-1]},"data":{data_json},"@meta":{json.dumps(meta(started), separators=(",", ":"))}}}'
 
 
 XML_ITEM_NAMES = {
@@ -588,21 +651,34 @@ def to_xml(body: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def render(body: Mapping[str, Any], fmt: str, callback: str | None, http_status: int,
-           headers: Mapping[str, str], cors: bool) -> Response:
+@dataclass
+class Answer:
+    """What the view sends: the envelope parts and the HTTP status."""
+
+    status: str
+    message: str
+    data_json: str
+    http_status: int = 200
+    headers: Mapping[str, str] | None = None
+
+
+def render(answer: Answer, fmt: str, callback: str | None, started: float, cors: bool) -> Response:
     """Serialize the envelope as JSON, JSONP or XML."""
-    headers = {"X-Content-Type-Options": "nosniff", **headers}
+    headers = {"X-Content-Type-Options": "nosniff", **(answer.headers or {})}
     if cors:
         add_cors_headers(headers)
     if fmt == "xml":
-        return Response(to_xml(body), status=http_status, headers=headers,
+        body = {"status": answer.status, "status_message": answer.message,
+                "data": json.loads(answer.data_json), "@meta": meta(started)}
+        return Response(to_xml(body).encode(), status=answer.http_status, headers=headers,
                         content_type="application/xml; charset=utf-8")
-    text = json.dumps(body, separators=(",", ":"))
+    text = envelope_json(answer.status, answer.message, answer.data_json, started)
     if callback:
         # 200 so a <script> tag still runs the callback; /**/ guards against content sniffing.
-        return Response(f"/**/{callback}({text});", status=200, headers=headers,
+        return Response(f"/**/{callback}({text});".encode(), status=200, headers=headers,
                         content_type="application/javascript; charset=utf-8")
-    return Response(text, status=http_status, headers=headers, content_type="application/json; charset=utf-8")
+    return Response(text.encode(), status=answer.http_status, headers=headers,
+                    content_type="application/json; charset=utf-8")
 
 
 # ---- the route ----------------------------------------------------------------------------------
@@ -626,34 +702,41 @@ async def check_permissions(datasette: Any, request: Request, db: Any) -> None:
         raise ApiError("forbidden: you may not view this mirror", 403) from None
 
 
-async def answer(datasette: Any, request: Request, endpoint: str, params: Params) -> Any:
-    """Run one endpoint and return its `data`."""
-    check_method(request, endpoint)
-    handler = HANDLERS.get(endpoint)
-    if handler is None:
-        raise ApiError(f"unknown endpoint {shorten(endpoint)!r}", 404)
+async def answer_data(datasette: Any, request: Request, name: str, params: Params) -> str:
+    """Run one endpoint and return its `data`, encoded as JSON (from the cache when unchanged)."""
+    check_method(request, name)
+    endpoint = ENDPOINTS.get(name)
+    if endpoint is None:
+        raise ApiError(f"unknown endpoint {shorten(name)!r}", 404)
+    query = endpoint.parse(params)
     db = await mirror_database(datasette)
     await check_permissions(datasette, request, db)
-    return await handler(datasette, db, params)
+    state = database_state(None if db.is_memory else db.path)
+    key = (db.path, name, query)
+    data_json = RESPONSES.get(key, state) if state else None
+    if data_json is None:
+        data = await run_read(datasette, db, lambda conn: endpoint.run(conn, query, state))
+        data_json = json.dumps(data, separators=(",", ":"))
+        if state:
+            RESPONSES.put(key, state, data_json, len(data_json) + 200)
+    return data_json
 
 
 async def api_view(datasette: Any, request: Request) -> Response:
     """`/api/v2/<endpoint>.<format>`: answer a YTS API v2 request from the mirror."""
     started = time.perf_counter()
-    route = request.url_vars
     params = Params(request)
-    fmt, callback, headers = "json", None, {}
+    fmt, callback = "json", None
     try:
-        fmt = parse_format(route.get("format"))
+        fmt = parse_format(request.url_vars.get("format"))
         callback = parse_callback(params, fmt)
-        data = await answer(datasette, request, route["endpoint"], params)
-        body, http_status = envelope("ok", OK_MESSAGE, data, started), 200
+        answer = Answer("ok", OK_MESSAGE, await answer_data(datasette, request, request.url_vars["endpoint"], params))
     except ApiError as error:
-        body, http_status, headers = envelope("error", error.message, None, started), error.http_status, error.headers
+        answer = Answer("error", error.message, "null", error.http_status, error.headers)
     except Exception:  # noqa: BLE001 - a bug must still answer in the API's envelope
         log.exception("API request %s failed", request.path)
-        body, http_status = envelope("error", "internal error; see the server log", None, started), 500
-    return render(body, fmt, callback, http_status, headers, bool(getattr(datasette, "cors", False)))
+        answer = Answer("error", "internal error; see the server log", "null", 500)
+    return render(answer, fmt, callback, started, bool(getattr(datasette, "cors", False)))
 
 
 @hookimpl

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -242,10 +242,15 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
            endpoints: tuple[str, ...], limit: int | None, concurrency: int | None, rate: float | None,
            wait: bool) -> None:
     """Fetch details, cast, suggestions, reviews and parental guides for the backlog."""
+    config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
+    run_enrich(config, endpoints=endpoints, limit=limit, wait=wait, quiet=ctx.obj["quiet"])
+
+
+def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,
+               quiet: bool = False, stop: threading.Event | None = None) -> Any:
+    """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
     from .enrich import enrich_backlog
 
-    config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
-    quiet = ctx.obj["quiet"]
     with writer_lock(config.db, wait=wait):
         database = open_existing(config.db)
         client = make_client(config)
@@ -254,10 +259,11 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
         run_id = store.start_run(database, "enrich", client.base_url)
         status, error, report = "failed", None, None
         try:
-            with stop_on_signals() as stop:
+            with stop_on_signals() as signal_stop:
+                event = stop or signal_stop
                 report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
-                                        stop=stop, progress=progress.callbacks())
-                status = "interrupted" if stop.is_set() else "ok"
+                                        stop=event, progress=progress.callbacks())
+                status = "interrupted" if event.is_set() else "ok"
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -266,11 +272,35 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
             store.finish_run(database, run_id, status, error, requests=client.stats.requests,
                              retries=client.stats.retries, enriched=report.movies_done if report else 0)
             client.close()
+            database.close()
     for message in report.messages():
         progress.message(message)
     if not quiet:
         click.echo(f"enrich {status}: {report.movies_done} movies, {client.stats.requests} requests "
                    f"({client.stats.retries} retries), backlog was {report.backlog} requests", err=True)
+    return report
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--base-url", default=None, help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
+@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Requests per second (0 = unlimited).")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None, help="Enrichment worker threads.")
+@click.pass_context
+@handle_errors
+def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None,
+             rate: float | None, concurrency: int | None) -> None:
+    """Run incremental syncs, full refreshes and enrichment on the [schedule] from the config."""
+    from .schedule import run_forever
+
+    config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
+    if not ctx.obj["quiet"] and logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)  # a daemon should say what it does
+    limit = config.schedule.enrich_limit or None
+    run_forever(config,
+                run_sync=lambda cfg, full, stop: run_sync(cfg, full=full, quiet=True, stop=stop),
+                run_enrich=lambda cfg, stop: run_enrich(cfg, limit=limit, quiet=True, stop=stop))
 
 
 @cli.command()

@@ -70,9 +70,10 @@ class EnrichConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    incremental_minutes: float = 60.0
+    incremental_seconds: float = 3600.0
     full_cron: str = "0 4 * * 0"
-    enrich_minutes: float = 0.0
+    enrich_seconds: float = 1800.0
+    enrich_limit: int = 200
     misfire_grace_seconds: int = 600
 
 

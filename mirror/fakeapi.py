@@ -800,6 +800,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that vanish mid-response (killed crawlers) are normal here."""
+
 
 def make_server(sim: FakeYTS, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """Bind an HTTP server for `sim` (not started)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -82,13 +83,17 @@ def to_text(value: Any) -> str | None:
     return str(value)
 
 
+@functools.lru_cache(maxsize=8)
+def _tracker_params(trackers: tuple[str, ...]) -> str:
+    return "".join("&tr=" + quote_plus(tracker, safe=":/") for tracker in trackers)
+
+
 def magnet_uri(info_hash: str, name: str | None, trackers: Iterable[str] = DEFAULT_TRACKERS) -> str:
     """Build a magnet URI the way the API docs describe."""
-    parts = [f"magnet:?xt=urn:btih:{info_hash.upper()}"]
+    uri = f"magnet:?xt=urn:btih:{info_hash.upper()}"
     if name:
-        parts.append("dn=" + quote_plus(name))
-    parts.extend("tr=" + quote_plus(tracker, safe=":/") for tracker in trackers)
-    return "&".join(parts)
+        uri += "&dn=" + quote_plus(name)
+    return uri + _tracker_params(tuple(trackers))
 
 
 def list_hash(movie: Mapping[str, Any]) -> str:

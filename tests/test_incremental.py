@@ -1,0 +1,173 @@
+"""Incremental syncs, full refreshes, crash-safe resume and the scheduler, against the simulator."""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mirror.fakeapi import FakeYTS
+from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
+                     run_cli, wait_for, write_config)
+
+
+def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
+    result = run_cli(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config), *extra])
+    assert result.exit_code == 0, result.output
+    return last_run(db)
+
+
+def current_seeds(db: Path) -> dict[str, tuple[int, int]]:
+    conn = connect(db)
+    return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT hash, seeds, peers FROM torrents WHERE removed_at IS NULL")}
+
+
+def test_incremental_then_full_refresh(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=3000)
+    sync(db_path, sim, config_file, "--no-enrich")
+    new_ids = sim.catalog.add(137)
+    gone = sim.catalog.remove(5)
+    assert sim.catalog.reseed(0.5) > 1000
+    before = sim.ok_counts["list_movies"]
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["kind"] == "incremental"
+    assert sim.ok_counts["list_movies"] - before <= math.ceil(137 / 50) + 1
+    assert run["movies_new"] == 137
+    present = {row[0] for row in connect(db_path).execute("SELECT id FROM movies")}
+    assert set(new_ids) <= present
+    run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+    assert run["kind"] == "full" and run["movies_removed"] == 5
+    assert_mirror_equals_catalog(db_path, sim.catalog)  # seeds and peers included
+    conn = connect(db_path)
+    removed = {row[0] for row in conn.execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
+    assert removed == set(gone)
+    assert conn.execute("SELECT COUNT(*) FROM torrents t JOIN movies m ON m.id = t.movie_id "
+                        "WHERE m.removed_at IS NOT NULL AND t.removed_at IS NULL").fetchone()[0] == 0
+    # Each full crawl observed every torrent once: history for charts.
+    observations = conn.execute("SELECT COUNT(DISTINCT observed_at) FROM torrent_stats").fetchone()[0]
+    assert observations == 2
+    some_hash = next(iter(current_seeds(db_path)))
+    history = conn.execute("SELECT seeds FROM torrent_stats WHERE hash = ? ORDER BY observed_at DESC",
+                           [some_hash]).fetchall()
+    assert history[0][0] == current_seeds(db_path)[some_hash][0]
+
+
+def test_a_removed_movie_that_returns_is_restored(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                  config_file: Path) -> None:
+    sim = simulator(movies=200)
+    sync(db_path, sim, config_file, "--no-enrich")
+    movie_id = sim.catalog.order[50]
+    movie = sim.catalog.movies[movie_id]
+    sim.catalog.remove(ids=[movie_id])
+    sync(db_path, sim, config_file, "--no-enrich", "--full")
+    conn = connect(db_path)
+    assert conn.execute("SELECT removed_at FROM movies WHERE id = ?", [movie_id]).fetchone()[0] is not None
+    with sim.catalog.lock:  # it comes back in its old place
+        sim.catalog.movies[movie_id] = movie
+        sim.catalog.order.insert(50, movie_id)
+    sync(db_path, sim, config_file, "--no-enrich", "--full")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert conn.execute("SELECT COUNT(*) FROM torrents WHERE movie_id = ? AND removed_at IS NOT NULL",
+                        [movie_id]).fetchone()[0] == 0
+
+
+def test_incremental_enriches_only_new_movies(simulator: Callable[..., FakeYTS], db_path: Path,
+                                              config_file: Path) -> None:
+    sim = simulator(movies=200)
+    sync(db_path, sim, config_file, "--concurrency", "2")
+    before = dict(sim.ok_counts)
+    sim.catalog.add(20)
+    run = sync(db_path, sim, config_file, "--concurrency", "2")
+    assert run["enriched"] == 20
+    for endpoint in ("movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides"):
+        assert sim.ok_counts[endpoint] - before[endpoint] == 20, endpoint
+
+
+def test_nothing_is_marked_removed_after_an_incomplete_crawl(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                             config_file: Path) -> None:
+    sim = simulator(movies=500, latency_ms=30)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.catalog.remove(20)
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich", "--full"])
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    conn = connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+    sync(db_path, sim, config_file, "--no-enrich")  # resumes the full crawl and finishes it
+    assert conn.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 20
+
+
+def test_implausible_mass_removal_is_refused(simulator: Callable[..., FakeYTS], db_path: Path,
+                                             config_file: Path) -> None:
+    sim = simulator(movies=600)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.catalog.remove(300)  # half the catalog vanishing looks like a broken source, not real removals
+    result = run_cli(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config",
+                      str(config_file), "--no-enrich", "--full"])
+    assert result.exit_code == 0 and "not marking 300 of 600 movies removed" in result.output
+    assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+
+
+def test_twenty_kills_then_one_run(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=10000, latency_ms=10)
+    clean_pages = math.ceil(10000 / 50)
+    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+            "--no-enrich"]
+    rng = random.Random(7)
+    for _ in range(20):
+        process = cli_subprocess(args)
+        time.sleep(rng.uniform(0.2, 1.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert integrity_ok(db_path)
+    assert (checkpoint(db_path) or {}).get("kind") == "full", "the kills should interrupt the first crawl"
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert integrity_ok(db_path)
+    print(f"list requests after 20 kills: {sim.counts['list_movies']} for {clean_pages} pages")
+    assert sim.counts["list_movies"] <= 1.2 * clean_pages, sim.counts["list_movies"]
+    statuses = [row[0] for row in connect(db_path).execute("SELECT status FROM sync_runs ORDER BY id")]
+    assert statuses[-1] == "ok" and set(statuses[:-1]) <= {"interrupted"}
+
+
+def test_scheduler_runs_syncs_that_never_overlap(simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    sim = simulator(movies=400, latency_ms=20)
+    db = tmp_path / "sched.db"
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "\n[schedule]\nincremental_seconds = 2\nfull_cron = \"\"\n"
+                      "enrich_seconds = 0\n")
+    process = cli_subprocess(["schedule", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
+                              str(config)])
+
+    def finished_runs() -> int:
+        try:
+            return connect(db).execute("SELECT COUNT(*) FROM sync_runs WHERE status = 'ok'").fetchone()[0] >= 3
+        except Exception:  # noqa: BLE001 - the database may not exist yet
+            return False
+
+    wait_for(finished_runs, timeout=60)
+    sim.catalog.add(60)
+    wait_for(lambda: connect(db).execute("SELECT COUNT(*) FROM movies").fetchone()[0] == 460, timeout=30)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "next incremental sync at" in stderr
+    runs = [dict(r) for r in connect(db).execute("SELECT * FROM sync_runs ORDER BY id")]
+    assert runs[0]["kind"] == "full" and all(r["kind"] == "incremental" for r in runs[1:])
+    for earlier, later in zip(runs, runs[1:]):
+        assert earlier["finished_at"] <= later["started_at"], "runs overlapped"
+    assert all(r["status"] in ("ok", "interrupted") for r in runs)
+    assert integrity_ok(db)
+    assert_mirror_equals_catalog(db, sim.catalog)
+
+
+def test_scheduler_rejects_a_bad_cron(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "61 * * * *"\n')
+    result = run_cli(["schedule", "--db", str(tmp_path / "x.db"), "--config", str(config)])
+    assert result.exit_code == 2 and "schedule.full_cron" in result.output
