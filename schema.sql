@@ -221,3 +221,50 @@ CREATE VIEW IF NOT EXISTS movie_torrents AS
 SELECT m.id AS movie_id, m.title, m.year, t.quality, t.type, t.video_codec, t.size,
        t.size_bytes, t.seeds, t.peers, t.hash, t.magnet, t.removed_at
 FROM torrents t JOIN movies m ON m.id = t.movie_id;
+
+-- ---- Browsing (Datasette, `yts-mirror serve`) ----------------------------------------------
+-- Indexes behind the catalog facets.
+CREATE INDEX IF NOT EXISTS movies_language ON movies(language);
+CREATE INDEX IF NOT EXISTS movies_mpa_rating ON movies(mpa_rating);
+CREATE INDEX IF NOT EXISTS torrents_present_quality ON torrents(quality, movie_id) WHERE removed_at IS NULL;
+
+-- One slim row per movie (removed ones too): what the catalog page lists.
+CREATE VIEW IF NOT EXISTS movie_catalog AS
+SELECT id, medium_cover_image AS cover, title, year, rating, runtime, genres, language, mpa_rating,
+       date_uploaded_unix, removed_at
+FROM movies;
+
+-- Full-text search, ranked: SELECT * FROM movie_search WHERE fts MATCH 'heist' ORDER BY rank.
+-- Query it only with a MATCH on fts: without one, rank is NULL and every movie is scanned.
+CREATE VIEW IF NOT EXISTS movie_search AS
+SELECT m.id, m.medium_cover_image AS cover, m.title, m.year, m.rating, m.runtime, m.genres, m.language,
+       m.mpa_rating, m.date_uploaded_unix, m.removed_at, f.rank AS rank, f.movies_fts AS fts
+FROM movies_fts f JOIN movies m ON m.id = f.rowid;
+
+-- Who plays in what (filled by enrichment).
+CREATE VIEW IF NOT EXISTS movie_actors AS
+SELECT c.name AS actor, c.character_name, c.imdb_code AS actor_imdb_code, m.id AS movie_id, m.title, m.year,
+       m.rating, m.removed_at
+FROM movie_cast c JOIN movies m ON m.id = c.movie_id;
+
+-- Enrichment progress per endpoint, over the movies still present upstream.
+CREATE VIEW IF NOT EXISTS enrich_backlog AS
+WITH endpoints(endpoint) AS (
+    SELECT 'movie_details' UNION SELECT 'movie_suggestions' UNION SELECT 'movie_reviews'
+    UNION SELECT 'movie_parental_guides' UNION SELECT endpoint FROM enrich_state
+),
+present AS (SELECT COUNT(*) AS n FROM movies WHERE removed_at IS NULL),
+done AS (
+    SELECT e.endpoint, e.status, COUNT(*) AS n
+    FROM enrich_state e JOIN movies m ON m.id = e.movie_id AND m.removed_at IS NULL
+    GROUP BY e.endpoint, e.status
+)
+SELECT p.endpoint,
+       COALESCE((SELECT n FROM done d WHERE d.endpoint = p.endpoint AND d.status = 'ok'), 0) AS ok,
+       COALESCE((SELECT n FROM done d WHERE d.endpoint = p.endpoint AND d.status = 'not_found'), 0) AS not_found,
+       COALESCE((SELECT n FROM done d WHERE d.endpoint = p.endpoint AND d.status = 'failed'), 0) AS failed,
+       (SELECT n FROM present)
+         - COALESCE((SELECT SUM(n) FROM done d WHERE d.endpoint = p.endpoint AND d.status IN ('ok', 'not_found')), 0)
+         AS pending,
+       s.paused_at, s.consecutive_failures, s.last_error
+FROM endpoints p LEFT JOIN endpoint_state s ON s.endpoint = p.endpoint;

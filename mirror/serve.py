@@ -1,9 +1,355 @@
-"""Datasette integration: `yts-mirror serve`, metadata and a small plugin (issue 5, in progress)."""
+"""Datasette integration: the `yts-mirror serve` command, and the Datasette plugin the mirror ships.
+
+The plugin (entry point `yts_mirror = "mirror.serve"`) recognises mirror databases by their
+tables, so plain `datasette mirror.db` gets the same metadata, canned queries, facets, cell
+rendering, movie pages and ranked search as `yts-mirror serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import webbrowser
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import click
+import pluggy
 
+from . import datasette_render as render
+
+log = logging.getLogger(__name__)
+hookimpl = pluggy.HookimplMarker("datasette")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+METADATA_JSON = (PACKAGE_DIR / "datasette_metadata.json").read_text(encoding="utf-8")
+QUERIES_JSON = (PACKAGE_DIR / "datasette_queries.json").read_text(encoding="utf-8")
+MIRROR_TABLES = ("movies", "torrents", "movies_fts", "sync_runs")
+CATALOG, SEARCH = "movie_catalog", "movie_search"
+SETTINGS: dict[str, Any] = {
+    "suggest_facets": False,        # suggestions cost a query per column on every page
+    "facet_time_limit_ms": 1000,
+    "sql_time_limit_ms": 3000,
+}
+# Query args a search on the catalog or the movies table carries over to the movie_search view.
+SEARCH_ARGS = frozenset({"_search", "_searchmode", "_genre", "_quality", "_facet", "_facet_size", "_size"})
+CATALOG_COLUMNS = frozenset({"id", "cover", "title", "year", "rating", "runtime", "genres", "language",
+                             "mpa_rating", "date_uploaded_unix", "removed_at"})
+
+
+# ---- the command ------------------------------------------------------------------------------
 
 @click.command()
-def serve_command() -> None:
-    """Browse the mirror in Datasette (not written yet)."""
-    raise click.ClickException("serve is not implemented yet")
+@click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
+              help="Database file [env YTS_MIRROR_DB; default yts-mirror.db].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file [env YTS_MIRROR_CONFIG].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the catalog in a web browser.")
+def serve_command(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
+    """Browse the mirror in Datasette: search, facets, canned queries, magnet links."""
+    from .cli import handle_errors  # late: cli imports this module
+
+    handle_errors(run_serve)(db, config_path, host, port, open_browser)
+
+
+def run_serve(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
+    """Check the database, bind the port, then serve Datasette until interrupted."""
+    import uvicorn
+
+    from .config import resolve
+
+    path = prepare_database(resolve(config_path, db=db).db)
+    datasette = make_datasette(path)
+    sock = bind(host, port)
+    name = next(iter(mirror_databases(datasette)))
+    url = f"http://{url_host(host)}:{sock.getsockname()[1]}{datasette.urls.table(name, CATALOG)}"
+    click.echo(f"serving {path} at {url} (Ctrl-C stops)", err=True)
+    asyncio.run(datasette.invoke_startup())
+    if open_browser:
+        webbrowser.open(url)
+    server = uvicorn.Server(uvicorn.Config(datasette.app(), log_level="warning", lifespan="on"))
+    server.run(sockets=[sock])
+
+
+def prepare_database(path: str) -> str:
+    """Make sure `path` is a mirror and carries the current views and indexes."""
+    from . import store
+    from .config import ConfigError
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+    info = inspect_file(path)
+    if info is None:
+        raise ConfigError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} tables)")
+    try:
+        store.open_db(path).close()  # applies schema.sql: the browsing views and indexes
+    except store.StoreError as error:
+        if not info.views:
+            raise
+        log.warning("serving without updating the schema: %s", error)
+    MIRROR_FILES.pop(str(Path(path).resolve()), None)
+    return path
+
+
+def make_datasette(path: str, **settings: Any) -> Any:
+    """A Datasette instance on one mirror file, with this plugin and the serve settings."""
+    from datasette.app import Datasette
+
+    register_plugin()
+    return Datasette([path], settings={**SETTINGS, **settings})
+
+
+def register_plugin() -> None:
+    """Register this module with Datasette when its entry point was not loaded (e.g. a source checkout)."""
+    from datasette.plugins import pm
+
+    module = sys.modules[__name__]
+    if not pm.is_registered(module):
+        pm.register(module, name="yts_mirror")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a clean error if the address is taken."""
+    from .config import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_host(host: str) -> str:
+    """How a browser should name the listening host."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+# ---- which databases are mirrors -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MirrorFile:
+    """What the plugin knows about a mirror database file."""
+
+    views: bool  # movie_catalog and movie_search exist
+
+
+MIRROR_FILES: dict[str, MirrorFile | None] = {}
+
+
+def inspect_file(path: str) -> MirrorFile | None:
+    """Look (read-only) at a database file's tables; None if it is not a mirror."""
+    key = str(Path(path).resolve())
+    if key not in MIRROR_FILES:
+        try:
+            conn = sqlite3.connect(Path(key).as_uri() + "?mode=ro", uri=True)
+            try:
+                names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            names = set()
+        is_mirror = all(name in names for name in MIRROR_TABLES)
+        MIRROR_FILES[key] = MirrorFile(views={CATALOG, SEARCH} <= names) if is_mirror else None
+    return MIRROR_FILES[key]
+
+
+def mirror_databases(datasette: Any) -> dict[str, MirrorFile]:
+    """The attached databases that are mirrors, by name."""
+    found = {}
+    for name, db in list(datasette.databases.items()):
+        path = getattr(db, "path", None)
+        if path and not getattr(db, "is_memory", False):
+            info = inspect_file(path)
+            if info is not None:
+                found[name] = info
+    return found
+
+
+def is_mirror(datasette: Any, database: str | None) -> bool:
+    """True if `database` names an attached mirror."""
+    return database is not None and database in mirror_databases(datasette)
+
+
+# ---- plugin hooks: metadata, queries, facets, filters -----------------------------------------
+
+@hookimpl
+def get_metadata(datasette: Any, key: str | None, database: str | None, table: str | None) -> dict[str, Any] | None:
+    """Table settings (search, sort, facets, labels) for every attached mirror."""
+    mirrors = mirror_databases(datasette)
+    if not mirrors:
+        return None
+    base = json.loads(METADATA_JSON)
+    databases = {}
+    for name, info in mirrors.items():
+        meta = json.loads(METADATA_JSON)["database"]
+        if info.views:
+            meta["description_html"] = meta["description_html"].format(catalog=datasette.urls.table(name, CATALOG))
+        else:
+            del meta["description_html"], meta["tables"][CATALOG], meta["tables"][SEARCH]
+        databases[name] = meta
+    return {"title": base["title"], "databases": databases}
+
+
+@hookimpl
+def canned_queries(datasette: Any, database: str, actor: Any) -> dict[str, Any] | None:
+    """The canned queries of a mirror (fresh dicts: Datasette adds keys to them)."""
+    return json.loads(QUERIES_JSON) if is_mirror(datasette, database) else None
+
+
+@hookimpl
+def register_facet_classes() -> list[type]:
+    """Genre and quality facets counted from movie_genres and torrents."""
+    from .datasette_facets import GenreFacet, QualityFacet
+
+    return [GenreFacet, QualityFacet]
+
+
+@hookimpl
+def filters_from_request(request: Any, database: str, table: str, datasette: Any) -> Any:
+    """?_genre=, ?_quality= and the ranked ?_search= of the movie_search view."""
+    if table not in render.MOVIE_TABLES or not is_mirror(datasette, database):
+        return None
+    from .datasette_facets import filter_arguments
+
+    return filter_arguments(request.args, search_view=table == SEARCH)
+
+
+@hookimpl
+def prepare_connection(conn: sqlite3.Connection, database: str, datasette: Any) -> None:
+    """A larger page cache for mirror connections: facets revisit the same index pages."""
+    if is_mirror(datasette, database):
+        conn.execute("PRAGMA cache_size = -32000")
+
+
+# ---- plugin hooks: rendering ---------------------------------------------------------------
+
+@hookimpl
+def render_cell(row: Any, value: Any, column: str, table: str | None, database: str, datasette: Any) -> Any:
+    """Covers, linked titles, removed markers, magnet links and readable numbers."""
+    if value is None or not is_mirror(datasette, database):
+        return None
+    return render.render_value(column, value, row, table, movie_url(datasette, database))
+
+
+def movie_url(datasette: Any, database: str) -> render.RowUrl:
+    """A function giving the page of a movie id."""
+    return lambda movie_id: datasette.urls.row(database, "movies", str(movie_id))
+
+
+@hookimpl
+def extra_template_vars(template: str, database: str | None, table: str | None, columns: Any, view_name: str,
+                        request: Any, datasette: Any) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+    """The torrents, cast, suggestions, reviews and guides of a movie page."""
+    if view_name != "row" or table != "movies" or request is None or not is_mirror(datasette, database):
+        return None
+
+    async def movie_vars() -> dict[str, Any]:
+        from datasette.utils import urlsafe_components
+
+        from .datasette_pages import movie_page
+
+        try:
+            movie_id = int(urlsafe_components(request.url_vars["pks"])[0])
+        except (KeyError, IndexError, ValueError):
+            return {}
+        page = await movie_page(datasette.get_database(database), movie_id, movie_url(datasette, database),
+                                datasette.urls.table(database, CATALOG))
+        return {"yts_movie": page}
+
+    return movie_vars
+
+
+@hookimpl
+def prepare_jinja2_environment(env: Any, datasette: Any) -> None:
+    """Serve the movie page and catalog templates for mirror databases only."""
+    from jinja2 import ChoiceLoader
+
+    from .datasette_pages import MirrorTemplates
+
+    env.loader = ChoiceLoader([env.loader, MirrorTemplates(lambda: mirror_databases(datasette))])
+
+
+# ---- plugin hooks: search redirects ------------------------------------------------------------
+
+@hookimpl
+def asgi_wrapper(datasette: Any) -> Callable[[Any], Any]:
+    """Send HTML searches to the ranked movie_search view, and bare visits to the catalog."""
+
+    def wrap(app: Any) -> Any:
+        async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            target = redirect_target(datasette, scope) if scope.get("type") == "http" else None
+            if target is None:
+                await app(scope, receive, send)
+                return
+            await send({"type": "http.response.start", "status": 302,
+                        "headers": [(b"location", target.encode("utf-8")), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+
+        return wrapped
+
+    return wrap
+
+
+def redirect_target(datasette: Any, scope: dict[str, Any]) -> str | None:
+    """Where a GET of a mirror's movies, catalog or search page should go instead, if anywhere."""
+    if scope.get("method") not in ("GET", "HEAD"):
+        return None
+    base = datasette.setting("base_url")
+    path = scope.get("path", "")
+    if not path.startswith(base):
+        return None
+    parts = path[len(base):].split("/")
+    if len(parts) != 2 or parts[1] not in render.MOVIE_TABLES:
+        return None
+    name = database_for_route(datasette, parts[0])
+    if name is None:
+        return None
+    args = parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True)
+    table = next_table(parts[1], args)
+    if table is None:
+        return None
+    kept = [(k, v) for k, v in args if k != "_next" and not (table == CATALOG and (k == "_search" or v == "rank"))]
+    query = urlencode(kept)
+    return datasette.urls.table(name, table) + (f"?{query}" if query else "")
+
+
+def database_for_route(datasette: Any, route: str) -> str | None:
+    """The mirror (with its browsing views) served at a URL route."""
+    for name, info in mirror_databases(datasette).items():
+        if info.views and datasette.databases[name].route == route:
+            return name
+    return None
+
+
+def next_table(table: str, args: list[tuple[str, str]]) -> str | None:
+    """The table a request for `table` with `args` should be redirected to, if any."""
+    keys = {key for key, _ in args}
+    searching = any(key == "_search" and value.strip() for key, value in args)
+    if table == SEARCH:
+        return None if searching else CATALOG
+    if not searching:
+        return CATALOG if table == "movies" and not args else None
+    if keys & {"_sort", "_sort_desc"}:
+        return None
+    if table == "movies" and not all(key in SEARCH_ARGS or key.split("__")[0] in CATALOG_COLUMNS for key in keys):
+        return None
+    return SEARCH

@@ -1,0 +1,114 @@
+"""Datasette facets and filters for genres and torrent qualities, which live in their own tables.
+
+A movie's genres are rows of movie_genres and its qualities rows of torrents, so the catalog
+facets on them with indexed subqueries (a JSON array facet would scan every movie). Selecting a
+value adds ?_genre=Drama or ?_quality=1080p, which filter_arguments turns into WHERE clauses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasette.database import QueryInterrupted
+from datasette.facets import Facet
+from datasette.filters import FilterArguments
+from datasette.utils import path_with_added_args, path_with_removed_args
+
+RELATED = {
+    # facet type: (query arg, SQL counting movies per value among the ids of {inner}, the same for all movies,
+    #              WHERE clause selecting movies with :param, human description)
+    "genre": (
+        "_genre",
+        "select genre as value, count(*) as count from movie_genres where movie_id in (select id from ({inner})) "
+        "group by genre order by count desc, value limit {limit}",
+        "select genre as value, count(*) as count from movie_genres group by genre order by count desc, value limit {limit}",
+        "id in (select movie_id from movie_genres where genre = :{param})",
+        "genre is {value!r}",
+    ),
+    "quality": (
+        "_quality",
+        "select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
+        "and movie_id in (select id from ({inner})) group by quality order by count desc, value limit {limit}",
+        "select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
+        "group by quality order by count desc, value limit {limit}",
+        "id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
+        "has a {value!r} torrent",
+    ),
+}
+
+
+class RelatedFacet(Facet):
+    """Counts movies per value of a related table; values toggle a ?_genre= style argument."""
+
+    type = ""
+
+    async def suggest(self) -> list[dict[str, Any]]:
+        return []
+
+    def unfiltered(self) -> bool:
+        """True when the page lists every row of its table or view (no WHERE clause)."""
+        return not self.params and " where " not in self.sql.lower()
+
+    async def facet_results(self) -> tuple[list[dict[str, Any]], list[str]]:
+        if not self.get_configs():
+            return [], []
+        arg, filtered_sql, all_sql, _, _ = RELATED[self.type]
+        size = self.get_facet_size()
+        sql = (all_sql if self.unfiltered() else filtered_sql).format(inner=self.sql, limit=size + 1)
+        try:
+            rows = (await self.ds.execute(self.database, sql, self.params, truncate=False,
+                                          custom_time_limit=self.ds.setting("facet_time_limit_ms"))).rows
+        except QueryInterrupted:
+            return [], [self.type]
+        selected = set(self.request.args.getlist(arg))
+        return [{
+            "name": self.type,
+            "type": "column",
+            "hideable": False,
+            "toggle_url": "",
+            "truncated": len(rows) > size,
+            "results": [self.result(arg, row["value"], row["count"], selected) for row in rows[:size]],
+        }], []
+
+    def result(self, arg: str, value: Any, count: int, selected: set[str]) -> dict[str, Any]:
+        """One facet value with the link that toggles it."""
+        text = "" if value is None else str(value)
+        chosen = text in selected
+        path = (path_with_removed_args(self.request, {arg: text}) if chosen
+                else path_with_added_args(self.request, {arg: text}))
+        return {"value": text, "label": text, "count": count, "selected": chosen,
+                "toggle_url": self.ds.absolute_url(self.request, path)}
+
+
+class GenreFacet(RelatedFacet):
+    type = "genre"
+
+
+class QualityFacet(RelatedFacet):
+    type = "quality"
+
+
+def filter_arguments(args: Any, search_view: bool) -> FilterArguments | None:
+    """WHERE clauses for ?_genre=, ?_quality= and, on the movie_search view, a ranked ?_search=."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    human: list[str] = []
+    extra: dict[str, Any] = {}
+    for facet_type, (arg, _, _, clause, description) in RELATED.items():
+        for index, value in enumerate(args.getlist(arg)):
+            param = f"yts_{facet_type}_{index}"
+            clauses.append(clause.format(param=param))
+            params[param] = value
+            human.append(description.format(value=value))
+    if search_view:
+        extra["supports_search"] = True
+        query = args.get("_search") or ""
+        if query.strip():
+            raw = args.get("_searchmode") == "raw"
+            clauses.append("fts match " + (":yts_search" if raw else "escape_fts(:yts_search)"))
+            params["yts_search"] = query
+            human.append(f'search matches "{query}"')
+            extra["search"] = query
+    if not (clauses or extra):
+        return None
+    return FilterArguments(clauses, params, human, extra)
