@@ -133,6 +133,60 @@ def crawl_new(
         page += 1
 
 
+class CatalogMoved(Exception):
+    """The catalog changed (or its order disagrees with ours) while we compared it."""
+
+
+def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT) -> list[int]:
+    """Return the ids of `present` (mirror order, newest first) that the upstream list lacks.
+
+    Compares the upstream list with ours by binary search over pages: for an upstream movie at
+    offset o and our rank r, r - o counts our movies missing upstream before it. Where that
+    count does not change between two pages, nothing between them is missing, so only pages
+    around removals are read: about log2(pages) requests per removal, never more than every
+    page once. Raises CatalogMoved if the catalog changes meanwhile or its order is not ours.
+    """
+    rank = {movie_id: index for index, movie_id in enumerate(present)}
+    pages: dict[int, list[int]] = {}
+    total: list[int] = []
+
+    def ranks_of(number: int) -> list[int]:
+        if number not in pages:
+            movies, count = fetch_page(client, number, limit)
+            ids = [to_int(movie["id"]) for movie in movies]
+            if total and count != total[0]:
+                raise CatalogMoved(f"movie_count changed from {total[0]} to {count}")
+            total[:] = [count]
+            if any(i not in rank for i in ids):
+                raise CatalogMoved(f"page {number} holds a movie the mirror lacks")
+            pages[number] = [rank[i] for i in ids]  # type: ignore[index]
+            if pages[number] != sorted(pages[number]):
+                raise CatalogMoved(f"page {number} is not in the mirror's order")
+        return pages[number]
+
+    first = ranks_of(1)
+    if not first or total[0] >= len(present):
+        return []
+    last_page = (total[0] - 1) // limit + 1
+
+    def search(a: int, b: int) -> None:
+        gap = (ranks_of(b)[0] - ranks_of(a)[-1]) - ((b - 1) * limit - ((a - 1) * limit + len(pages[a]) - 1))
+        if gap and b > a + 1:
+            middle = (a + b) // 2
+            search(a, middle)
+            search(middle, b)
+
+    if last_page > 1:
+        search(1, last_page)
+    offset = {r: (number - 1) * limit + index for number, ranks in pages.items() for index, r in enumerate(ranks)}
+    upstream = sorted(offset)
+    missing = list(range(upstream[0])) + list(range(upstream[-1] + 1, len(present)))
+    for before, after in zip(upstream, upstream[1:]):
+        if after - before > 1 and offset[after] - offset[before] == 1:  # neighbours upstream, not here
+            missing.extend(range(before + 1, after))
+    return [present[r] for r in missing]
+
+
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Run an iterator in a background thread, `depth` items ahead of the consumer."""
     buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)

@@ -221,6 +221,25 @@ def mark_removed(db: sqlite_utils.Database, since: str, removed_at: str) -> tupl
     return movies, torrents
 
 
+def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: str) -> int:
+    """Mark the given present movies (and their torrents) as removed; return how many."""
+    if not ids:
+        return 0
+    marks = _placeholders(len(ids))
+    with db.atomic():
+        count = db.execute(
+            f"UPDATE movies SET removed_at = ? WHERE removed_at IS NULL AND id IN ({marks})", [removed_at, *ids]
+        ).rowcount
+        db.execute(f"UPDATE torrents SET removed_at = ? WHERE removed_at IS NULL AND movie_id IN ({marks})",
+                   [removed_at, *ids])
+    return count
+
+
+def present_ids(db: sqlite_utils.Database) -> list[int]:
+    """Ids of present movies, newest first (YTS ids grow with date_added)."""
+    return [row[0] for row in db.execute("SELECT id FROM movies WHERE removed_at IS NULL ORDER BY id DESC")]
+
+
 # ---- checkpoints and the run log ------------------------------------------------------------
 
 def get_state(db: sqlite_utils.Database, key: str) -> dict[str, Any] | None:

@@ -14,14 +14,15 @@ from typing import Any
 
 import sqlite_utils
 
-from . import store
-from .client import YTSClient
+from . import store, transform
+from .client import FetchError, YTSClient
 from .config import Config
-from .crawl import Page, crawl_full, crawl_new, prefetch
+from .crawl import CatalogMoved, Page, crawl_full, crawl_new, find_missing, prefetch
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "crawl"
+RECONCILE = "reconcile"
 
 
 class LockedError(Exception):
@@ -160,12 +161,19 @@ class Syncer:
         seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
         observed_at = started_at if self.config.sync.torrent_history else None
         self.progress.advance(len(seen))
+        counts = {checkpoint["movie_count"]} - {None}
         pages = prefetch(crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")))
         for page in pages:
             self._commit_page(summary, page, checkpoint, observed_at)
+            counts.add(page.movie_count)
             if self.stop.is_set():
                 return
         self._finish_full(summary, started_at)
+        if len(counts) > 1:
+            # Movies removed after this crawl read them still look present: the next
+            # incremental sync looks for them (find_missing) once the catalog holds still.
+            with self.db.atomic():
+                store.set_state(self.db, RECONCILE, {"since": started_at})
 
     def _finish_full(self, summary: RunSummary, started_at: str) -> None:
         """After a complete crawl: mark removals (unless implausibly many) and drop the checkpoint."""
@@ -204,3 +212,26 @@ class Syncer:
                 return
         with self.db.atomic():
             store.clear_state(self.db, CHECKPOINT)
+        if store.get_state(self.db, RECONCILE):
+            self._reconcile(summary)
+
+    def _reconcile(self, summary: RunSummary) -> None:
+        """Find movies removed upstream after a full crawl had read them, and mark them."""
+        try:
+            candidates = find_missing(self.client, store.present_ids(self.db))
+        except CatalogMoved as error:
+            self.progress.message(f"removal check postponed: {error}")
+            return
+        removed = [movie_id for movie_id in candidates if self._gone_upstream(movie_id)]
+        summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
+        with self.db.atomic():
+            store.clear_state(self.db, RECONCILE)
+
+    def _gone_upstream(self, movie_id: int) -> bool:
+        """Confirm a removal: movie_details answers an unknown id with its placeholder."""
+        try:
+            data = self.client.get("movie_details", {"movie_id": movie_id})
+        except FetchError as error:
+            log.warning("cannot confirm removal of movie %d: %s", movie_id, error)
+            return False
+        return transform.is_placeholder(transform.details_movie(data))

@@ -91,18 +91,16 @@ def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[...,
     sync(db_path, sim, config_file, "--full")
     sim.churn.every = 0  # the catalog holds still from here on
     assert len(sim.catalog.removed) > 50 and sim.catalog._next_id > 1700
-    sync(db_path, sim, config_file)
-    mirror = mirror_movies(db_path)
-    expected_ids = set(sim.catalog.movies)
-    missing = expected_ids - set(mirror)
-    assert not missing, f"missed {len(missing)} movies"
-    # Movies removed upstream after the crawl had read them can only be noticed by re-reading.
-    assert set(mirror) - expected_ids <= set(sim.catalog.removed)
-    sync(db_path, sim, config_file, "--full")
+    requests_before = sim.counts["list_movies"]
+    run = sync(db_path, sim, config_file)
+    assert run["kind"] == "incremental"
     assert_mirror_equals_catalog(db_path, sim.catalog)
     conn = connect(db_path)
     removed = {row[0] for row in conn.execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
     assert removed == set(sim.catalog.removed) & set(mirror_movies(db_path, include_removed=True))
+    assert sim.counts["list_movies"] - requests_before < 30, "the removal check should beat a re-crawl"
+    sync(db_path, sim, config_file, "--full")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
 def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -286,3 +284,19 @@ def test_readers_never_see_locked_database(simulator: Callable[..., FakeYTS], db
         done.set()
         thread.join()
     assert not errors and reads > 10
+
+
+def test_find_missing_reads_few_pages(simulator: Callable[..., FakeYTS]) -> None:
+    from mirror.client import YTSClient
+    from mirror.crawl import CatalogMoved, find_missing
+
+    sim = simulator(movies=5000)
+    present = sorted(sim.catalog.movies, reverse=True)
+    gone = sorted(sim.catalog.remove(ids=[present[7], present[2222], present[2223], present[4999]]))
+    client = YTSClient([sim.url], rate=0)
+    assert sorted(find_missing(client, present)) == gone
+    assert client.stats.requests <= 4 * 7 + 2  # about log2(100 pages) per removal, far below 100
+    assert find_missing(client, [i for i in present if i not in gone]) == []
+    sim.catalog.add(1)
+    with pytest.raises(CatalogMoved):
+        find_missing(client, present)
