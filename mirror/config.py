@@ -65,7 +65,7 @@ class EnrichConfig:
         "movie_details": 90.0, "movie_suggestions": 180.0, "movie_reviews": 180.0,
         "movie_parental_guides": 365.0, "movie_comments": 30.0,
     })
-    pause_after: int = 5
+    pause_after: int = 3
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,12 @@ def test_details_row_from_2015_images_block() -> None:
     row = transform.details_row(movie)
     assert row["large_screenshot_image1"] == "http://x/1.jpg"
     assert row["like_count"] == 4 and row["cast_names"] == "A B"
+
+
+def test_config_example_documents_the_defaults() -> None:
+    from pathlib import Path
+
+    from mirror.config import Config, load_config
+
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    assert load_config(example) == Config()
