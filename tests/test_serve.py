@@ -1,0 +1,452 @@
+"""Browsing the mirror in Datasette: search, facets, canned queries, movie pages, safety, errors.
+
+The mirror is built by the real pipeline (`yts-mirror sync` against the loopback simulator), with
+one movie whose API text is hostile, and one movie removed upstream by a later full sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+from click.testing import CliRunner
+
+from mirror import datasette_render as render
+from mirror.cli import cli
+from mirror.fakeapi import Catalog, FakeYTS, FaultPlan
+from mirror.serve import make_datasette
+
+MOVIES = 300
+EVIL_WORD = "zanzibarquest"
+EVIL_TITLE = 'Crimson <script>window.__pwned=1</script> Harbor "><b>bold</b>'
+EVIL_DESCRIPTION = (f'{EVIL_WORD} <img src=x onerror="window.__pwned=2"> <a href="javascript:window.__pwned=3">click</a> '
+                    "javascript:alert(1) <script>window.__pwned=4</script>")
+EVIL_FIELDS = {
+    "title": EVIL_TITLE, "title_english": EVIL_TITLE, "title_long": EVIL_TITLE, "description_full": EVIL_DESCRIPTION,
+    "summary": EVIL_DESCRIPTION, "genres": ["Horror", "Mystery"], "url": "javascript:window.__pwned=5",
+    "medium_cover_image": "javascript:alert(1)", "large_cover_image": "javascript:alert(2)",
+    "small_cover_image": "data:text/html,<script>alert(3)</script>",
+}
+FACETS = ("genre", "year", "quality", "language", "mpa_rating")
+
+
+@dataclass
+class Mirror:
+    """A synced mirror and what the tests know about it."""
+
+    path: Path
+    name: str
+    evil_id: int
+    removed_id: int
+    catalog: Catalog
+
+
+def sync(path: Path, url: str, *extra: str) -> None:
+    """Run `yts-mirror sync` in-process and insist it succeeded."""
+    result = CliRunner().invoke(cli, ["-q", "sync", "--db", str(path), "--base-url", url, "--rate", "0",
+                                      "--concurrency", "4", *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def evil_catalog(movies: int, seed: int) -> tuple[Catalog, int]:
+    """A simulator catalog whose newest movie carries hostile text."""
+    catalog = Catalog(movies, seed)
+    evil_id = catalog.ids()[0]
+    catalog.edit(evil_id, **EVIL_FIELDS)
+    return catalog, evil_id
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Mirror:
+    """Sync 300 movies with enrichment, then remove one upstream and sync --full."""
+    path = tmp_path_factory.mktemp("serve") / "mirror.db"
+    catalog, evil_id = evil_catalog(MOVIES, 5)
+    removed_id = catalog.ids()[7]
+    with FakeYTS(catalog, FaultPlan.parse("")) as sim:
+        sync(path, sim.url)
+        catalog.remove(ids=[removed_id])
+        sync(path, sim.url, "--full", "--no-enrich")
+    return Mirror(path, "mirror", evil_id, removed_id, catalog)
+
+
+def get(mirror: Mirror, *paths: str, **settings: Any) -> list[Any]:
+    """GET paths from a fresh Datasette on the mirror with its own test client."""
+
+    async def fetch() -> list[Any]:
+        datasette = make_datasette(str(mirror.path), **settings)
+        await datasette.invoke_startup()
+        return [await datasette.client.get(path) for path in paths]
+
+    return asyncio.run(fetch())
+
+
+def get_json(mirror: Mirror, path: str) -> Any:
+    """GET a .json path and decode it, insisting on 200."""
+    (response,) = get(mirror, path)
+    assert response.status_code == 200, response.text[:500]
+    return response.json()
+
+
+def query(mirror: Mirror, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    """Read the mirror directly, as a check on what the pages show."""
+    conn = sqlite3.connect(mirror.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def search_ids(mirror: Mirror, text: str) -> list[int]:
+    """The ids the ranked search view returns for `text`, in order."""
+    rows = get_json(mirror, f"/{mirror.name}/movie_search.json?_shape=array&_size=1000&_search={quote(text)}")
+    return [row["id"] for row in rows]
+
+
+# ---- search ----------------------------------------------------------------------------------
+
+def test_search_redirects_to_ranked_view_and_keeps_filters(mirror: Mirror) -> None:
+    responses = get(mirror, f"/{mirror.name}/movie_catalog?_search=detective&_genre=Drama",
+                    f"/{mirror.name}/movies?_search=detective", f"/{mirror.name}/movies",
+                    f"/{mirror.name}/movie_search?_genre=Drama&_sort=rank")
+    assert [r.status_code for r in responses] == [302] * 4
+    assert responses[0].headers["location"] == f"/{mirror.name}/movie_search?_search=detective&_genre=Drama"
+    assert responses[1].headers["location"] == f"/{mirror.name}/movie_search?_search=detective"
+    assert responses[2].headers["location"] == f"/{mirror.name}/movie_catalog"
+    assert responses[3].headers["location"] == f"/{mirror.name}/movie_catalog?_genre=Drama"
+
+
+def test_search_finds_a_movie_by_a_word_of_its_description(mirror: Mirror) -> None:
+    row = query(mirror, "SELECT id, description_full FROM movies WHERE id != ? AND removed_at IS NULL "
+                        "ORDER BY id LIMIT 1 OFFSET 40", (mirror.evil_id,))[0]
+    words = re.findall(r"[a-z]{5,}", row["description_full"])
+    assert words
+    for word in words[:3]:
+        assert row["id"] in search_ids(mirror, word), word
+    assert search_ids(mirror, EVIL_WORD) == [mirror.evil_id]
+    (page,) = get(mirror, f"/{mirror.name}/movie_search?_search={EVIL_WORD}")
+    assert page.status_code == 200
+    assert f'href="/{mirror.name}/movies/{mirror.evil_id}"' in page.text
+    assert "1 row where search matches" in page.text
+
+
+def test_search_finds_a_movie_by_an_actor(mirror: Mirror) -> None:
+    cast = query(mirror, "SELECT movie_id, name FROM movie_cast WHERE name IS NOT NULL ORDER BY movie_id LIMIT 1")
+    assert cast, "enrichment filled no cast: is mirror/enrich.py wired into `yts-mirror sync`?"
+    movie_id, name = cast[0]["movie_id"], cast[0]["name"]
+    expected = {r["movie_id"] for r in query(mirror, "SELECT movie_id FROM movie_cast WHERE name = ?", (name,))}
+    found = search_ids(mirror, name)
+    assert movie_id in found
+    assert expected <= set(found)
+
+
+def test_search_results_are_ranked(mirror: Mirror) -> None:
+    rows = get_json(mirror, f"/{mirror.name}/movie_search.json?_shape=array&_size=1000&_search=Crimson")
+    assert len(rows) > 3
+    ranks = [row["rank"] for row in rows]
+    assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+    # a title hit outranks a description-only hit (which only mentions the title once)
+    assert "Crimson" in rows[0]["title"]
+
+
+def test_search_with_odd_characters_does_not_error(mirror: Mirror) -> None:
+    texts = ['"unbalanced', "AND OR NOT", "a*b:c", "((", "NEAR(x"]
+    responses = get(mirror, *(f"/{mirror.name}/movie_search?_search={quote(text)}" for text in texts))
+    for text, response in zip(texts, responses):
+        assert response.status_code == 200, (text, response.text[:300])
+
+
+# ---- facets ----------------------------------------------------------------------------------
+
+def facet_counts(data: dict[str, Any], name: str) -> dict[str, int]:
+    """A facet's value -> count from a Datasette JSON response."""
+    return {item["value"]: item["count"] for item in data["facet_results"][name]["results"]}
+
+
+@pytest.mark.parametrize("table", ["movie_catalog", "movies"])
+def test_every_facet_appears_with_counts(mirror: Mirror, table: str) -> None:
+    data = get_json(mirror, f"/{mirror.name}/{table}.json?_size=1")
+    assert set(FACETS) <= set(data["facet_results"])
+    for name in FACETS:
+        assert facet_counts(data, name) and all(count > 0 for count in facet_counts(data, name).values()), name
+    genres = dict(tuple(r) for r in query(mirror, "SELECT genre, COUNT(*) FROM movie_genres GROUP BY genre"))
+    assert facet_counts(data, "genre") == genres
+    qualities = dict(tuple(r) for r in query(
+        mirror, "SELECT quality, COUNT(DISTINCT movie_id) FROM torrents WHERE removed_at IS NULL GROUP BY quality"))
+    assert facet_counts(data, "quality") == qualities
+    languages = dict(tuple(r) for r in query(mirror, "SELECT language, COUNT(*) FROM movies GROUP BY language"))
+    assert facet_counts(data, "language") == languages
+    (page,) = get(mirror, f"/{mirror.name}/{table}" + ("?_nocol=raw" if table == "movies" else ""))
+    for name in FACETS:
+        assert f'data-column="{name}"' in page.text
+
+
+def test_facet_selection_filters_and_recounts(mirror: Mirror) -> None:
+    data = get_json(mirror, f"/{mirror.name}/movie_catalog.json?_genre=Drama&_quality=1080p&_size=max")
+    expected = {r[0] for r in query(
+        mirror, "SELECT id FROM movies WHERE id IN (SELECT movie_id FROM movie_genres WHERE genre = 'Drama') "
+                "AND id IN (SELECT movie_id FROM torrents WHERE quality = '1080p' AND removed_at IS NULL)")}
+    ids = {row[0] for row in data["rows"]}
+    assert ids == expected and data["filtered_table_rows_count"] == len(expected)
+    assert facet_counts(data, "genre")["Drama"] == len(expected)
+    assert facet_counts(data, "quality")["1080p"] == len(expected)
+    selected = [item for item in data["facet_results"]["genre"]["results"] if item["selected"]]
+    assert [item["value"] for item in selected] == ["Drama"]
+    assert "_genre=Drama" not in selected[0]["toggle_url"]
+
+
+def test_search_page_facets_count_the_matches(mirror: Mirror) -> None:
+    data = get_json(mirror, f"/{mirror.name}/movie_search.json?_search={EVIL_WORD}")
+    assert facet_counts(data, "genre") == {"Horror": 1, "Mystery": 1}
+    assert sum(facet_counts(data, "year").values()) == 1
+
+
+# ---- canned queries and views -----------------------------------------------------------------
+
+def canned_params(mirror: Mirror) -> dict[str, dict[str, str]]:
+    """Parameters that give each canned query some rows."""
+    actor = query(mirror, "SELECT name FROM movie_cast WHERE name IS NOT NULL LIMIT 1")
+    return {"top_rated_in_genre": {"genre": "drama"}, "best_seeded_at_quality": {"quality": "1080p"},
+            "movies_with_actor": {"actor": actor[0]["name"] if actor else "Ada"}, "search": {"q": "detective"}}
+
+
+def test_every_canned_query_runs(mirror: Mirror) -> None:
+    names = json.loads((Path(render.__file__).parent / "datasette_queries.json").read_text())
+    assert {"newest_movies", "top_rated_in_genre", "best_seeded_at_quality", "movies_with_actor", "search",
+            "sync_health"} <= set(names)
+    params = canned_params(mirror)
+    paths = []
+    for name in names:
+        qs = urlencode(params.get(name, {}))
+        paths += [f"/{mirror.name}/{name}.json?_shape=array&{qs}", f"/{mirror.name}/{name}?{qs}"]
+    responses = get(mirror, *paths)
+    for path, response in zip(paths, responses):
+        assert response.status_code == 200, (path, response.text[:500])
+        if ".json" in path:
+            assert response.json(), f"{path} returned no rows"
+    sections = {row["section"] for row in responses[paths.index(
+        f"/{mirror.name}/sync_health.json?_shape=array&")].json()}
+    assert {"freshness", "catalog", "backlog"} <= sections and any(s.startswith("run #") for s in sections)
+
+
+def test_canned_query_results_render_links(mirror: Mirror) -> None:
+    (page,) = get(mirror, f"/{mirror.name}/best_seeded_at_quality?quality=1080p")
+    magnets = re.findall(r'href="(magnet:[^"]+)"', page.text)
+    assert magnets and all("urn:btih:" in m for m in magnets)
+    assert re.search(rf'href="/{mirror.name}/movies/\d+"', page.text)
+
+
+def test_views_for_ad_hoc_sql_answer(mirror: Mirror) -> None:
+    for view in ("movie_torrents", "movie_catalog", "movie_actors", "enrich_backlog"):
+        assert query(mirror, f"SELECT * FROM {view} LIMIT 1"), view
+    ranked = query(mirror, "SELECT id FROM movie_search WHERE fts MATCH ? ORDER BY rank", (EVIL_WORD,))
+    assert [r["id"] for r in ranked] == [mirror.evil_id]
+
+
+# ---- the movie page --------------------------------------------------------------------------
+
+def movie_with_everything(mirror: Mirror) -> int:
+    """A present movie with cast, suggestions, reviews and parental guides."""
+    rows = query(mirror, """
+        SELECT id FROM movies m WHERE removed_at IS NULL
+          AND EXISTS (SELECT 1 FROM movie_cast c WHERE c.movie_id = m.id)
+          AND EXISTS (SELECT 1 FROM movie_suggestions s JOIN movies o ON o.id = s.suggested_id WHERE s.movie_id = m.id)
+          AND EXISTS (SELECT 1 FROM movie_reviews r WHERE r.movie_id = m.id)
+          AND EXISTS (SELECT 1 FROM movie_parental_guides g WHERE g.movie_id = m.id)
+        ORDER BY id LIMIT 1""")
+    assert rows, "no fully enriched movie in the mirror"
+    return rows[0]["id"]
+
+
+def test_movie_page_magnet_links_match_the_hashes(mirror: Mirror) -> None:
+    movie_id = movie_with_everything(mirror)
+    (page,) = get(mirror, f"/{mirror.name}/movies/{movie_id}")
+    assert page.status_code == 200
+    magnets = re.findall(r'<a class="yts-magnet" href="([^"]+)"', page.text)
+    hashes = {r["hash"] for r in query(mirror, "SELECT hash FROM torrents WHERE movie_id = ?", (movie_id,))}
+    assert magnets and {render.magnet_hash(m.replace("&amp;", "&")) for m in magnets} == hashes
+    for info_hash in hashes:
+        assert f"<code>{info_hash}</code>" in page.text
+
+
+def test_movie_page_shows_cast_suggestions_reviews_and_guides(mirror: Mirror) -> None:
+    movie_id = movie_with_everything(mirror)
+    (page,) = get(mirror, f"/{mirror.name}/movies/{movie_id}")
+    html = page.text
+    for heading in ("Torrents", "Cast", "Suggestions", "Reviews", "Parental guides"):
+        assert f"<h2>{heading}</h2>" in html
+    for row in query(mirror, "SELECT name FROM movie_cast WHERE movie_id = ?", (movie_id,)):
+        assert str(escape(row["name"])) in html
+    for row in query(mirror, "SELECT s.suggested_id FROM movie_suggestions s JOIN movies m ON m.id = s.suggested_id "
+                             "WHERE s.movie_id = ?", (movie_id,)):
+        assert f'class="yts-suggestion" href="/{mirror.name}/movies/{row["suggested_id"]}"' in html
+    for row in query(mirror, "SELECT review_summary FROM movie_reviews WHERE movie_id = ?", (movie_id,)):
+        assert str(escape(row["review_summary"])) in html
+    for row in query(mirror, "SELECT type FROM movie_parental_guides WHERE movie_id = ?", (movie_id,)):
+        assert f"<th>{escape(row['type'])}</th>" in html
+    size = query(mirror, "SELECT size_bytes FROM torrents WHERE movie_id = ? LIMIT 1", (movie_id,))[0][0]
+    assert render.human_size(size) in html and "/ 10" in html
+
+
+def test_removed_movies_are_marked(mirror: Mirror) -> None:
+    (catalog, movie) = get(mirror, f"/{mirror.name}/movie_catalog?removed_at__notblank=1",
+                           f"/{mirror.name}/movies/{mirror.removed_id}")
+    assert 'class="yts-gone"' in catalog.text and 'class="yts-removed"' in catalog.text
+    assert f'href="/{mirror.name}/movies/{mirror.removed_id}"' in catalog.text
+    assert 'class="yts-removed"' in movie.text
+
+
+# ---- safety ----------------------------------------------------------------------------------
+
+def escape(text: str) -> str:
+    from markupsafe import escape as markup_escape
+
+    return str(markup_escape(text))
+
+
+def assert_inert(html: str) -> None:
+    """No hostile markup from the API survives as markup."""
+    assert "<script>window.__pwned" not in html
+    assert "<img src=x" not in html and "onerror=\"window" not in html
+    assert not re.search(r"""(href|src)\s*=\s*["']?\s*(javascript|data):""", html, re.IGNORECASE)
+    assert "<b>bold</b>" not in html
+
+
+def test_untrusted_text_is_never_markup(mirror: Mirror) -> None:
+    name, evil = mirror.name, mirror.evil_id
+    paths = [f"/{name}/movie_catalog", f"/{name}/movie_search?_search={EVIL_WORD}", f"/{name}/movies/{evil}",
+             f"/{name}/movies?id={evil}&_nocol=raw", f"/{name}/torrents?movie_id={evil}",
+             f"/{name}/search?q={EVIL_WORD}", f"/{name}/newest_movies", f"/{name}/movie_torrents?movie_id={evil}",
+             f"/{name}/movie_genres?movie_id={evil}"]
+    responses = get(mirror, *paths)
+    for path, response in zip(paths, responses):
+        assert response.status_code == 200, path
+        assert_inert(response.text)
+    movie_page = responses[2].text
+    assert escape(EVIL_TITLE) in movie_page
+    assert "&lt;script&gt;window.__pwned=4&lt;/script&gt;" in movie_page
+    assert "javascript:alert(1)" in movie_page  # shown as text, never as a link
+
+
+def test_render_helpers_only_allow_http_urls_and_real_magnets() -> None:
+    assert render.http_url(" https://img.example/a.jpg ") == "https://img.example/a.jpg"
+    for bad in ("javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x", "//evil.example/x",
+                'https://x.example/"onerror="alert(1)', "ftp://x", None, 42):
+        assert render.http_url(bad) is None, bad
+    good = "magnet:?xt=urn:btih:" + "A" * 40 + "&dn=x&tr=udp%3A%2F%2Ftracker"
+    assert render.magnet_url(good) == good and render.magnet_hash(good) == "A" * 40
+    assert render.magnet_url('magnet:?xt=urn:btih:' + "A" * 40 + '"><script>') is None
+    assert render.magnet_url("javascript:alert(1)//magnet:?xt=urn:btih:" + "A" * 40) is None
+    html = str(render.render_value("title", "<b>x</b>", {"id": 3, "removed_at": "2026"}, "movie_catalog",
+                                   lambda i: f"/m/movies/{i}"))
+    assert html.startswith('<a href="/m/movies/3">&lt;b&gt;x&lt;/b&gt;</a>') and "removed" in html
+    assert render.render_value("cover", "javascript:alert(1)", {"id": 3}, "movie_catalog", str) is None
+
+
+def test_readable_numbers() -> None:
+    assert render.human_size(1536) == "1.50 KiB" and render.human_size(3 * 2**30) == "3.00 GiB"
+    assert render.human_size(512) == "512 B" and render.human_size(None) is None
+    assert render.human_runtime(127) == "2 h 07 min" and render.human_runtime(45) == "45 min"
+    assert render.human_runtime(0) is None and render.human_rating(7) == "7.0 / 10"
+    assert render.human_date(1_500_000_000) == "2017-07-14"
+
+
+# ---- plain datasette and the command ----------------------------------------------------------
+
+def test_plain_datasette_picks_up_the_plugin(mirror: Mirror) -> None:
+    datasette = Path(sys.executable).with_name("datasette")
+    result = subprocess.run([str(datasette), str(mirror.path), "--get", f"/mirror/movies/{mirror.evil_id}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '<a class="yts-magnet"' in result.stdout and "<h2>Torrents</h2>" in result.stdout
+    assert_inert(result.stdout)
+
+
+def run_serve(*args: str) -> tuple[int, str]:
+    """Run `yts-mirror serve` expecting it to fail fast; return (exit code, stderr)."""
+    result = CliRunner().invoke(cli, ["serve", *args])
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stderr
+
+
+def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> None:
+    code, err = run_serve("--db", str(tmp_path / "missing.db"))
+    assert code == 2 and err.count("\n") == 1 and "no database at" in err
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    code, err = run_serve("--db", str(other))
+    assert code == 2 and err.count("\n") == 1 and "is not a yts-mirror database" in err
+    text = tmp_path / "text.db"
+    text.write_text("not sqlite at all")
+    code, err = run_serve("--db", str(text))
+    assert code == 2 and err.count("\n") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        code, err = run_serve("--db", str(mirror.path), "--port", str(busy.getsockname()[1]))
+    assert code == 2 and err.count("\n") == 1 and "cannot listen on" in err
+
+
+def test_serve_uses_the_database_from_the_environment(mirror: Mirror, tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "mirror", "serve", "--port", "0"], stderr=subprocess.PIPE,
+                            text=True, env={**__import__("os").environ, "YTS_MIRROR_DB": str(mirror.path)})
+    try:
+        line = proc.stderr.readline()
+        assert f"serving {mirror.path} at http://127.0.0.1:" in line and line.rstrip().endswith("(Ctrl-C stops)")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+# ---- reading while sync writes -----------------------------------------------------------------
+
+def test_pages_keep_answering_while_sync_writes(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    catalog, _ = evil_catalog(100, 11)
+    with FakeYTS(catalog, FaultPlan.parse("")) as sim:
+        sync(path, sim.url, "--no-enrich")
+        catalog.add(150)
+        paths = ["/busy/movie_catalog", "/busy/movie_search?_search=detective&_genre=Drama", "/busy/movies/1",
+                 "/busy/newest_movies.json", "/busy/sync_health", "/busy/movie_catalog.json?_quality=1080p"]
+        statuses, counts, during = asyncio.run(read_while_syncing(path, sim.url, paths))
+    assert all(status == 200 for status, _ in statuses), [s for s in statuses if s[0] != 200][:3]
+    assert not any("locked" in body for _, body in statuses)
+    assert during >= 10, f"only {during} page loads overlapped the sync"
+    assert counts[0] < counts[-1] == 250, counts  # the pages saw the writes land
+
+
+async def read_while_syncing(path: Path, url: str, paths: list[str]) -> tuple[list[tuple[int, str]], list[int], int]:
+    """Load pages in a loop while a `yts-mirror sync` subprocess writes; return what came back."""
+    datasette = make_datasette(str(path))
+    await datasette.invoke_startup()
+    proc = subprocess.Popen([sys.executable, "-m", "mirror", "-q", "sync", "--db", str(path), "--base-url", url,
+                             "--rate", "0", "--concurrency", "4"], stderr=subprocess.PIPE, text=True)
+    statuses: list[tuple[int, str]] = []
+    counts: list[int] = []
+    during = 0
+    try:
+        while proc.poll() is None:
+            for page in paths:
+                response = await datasette.client.get(page)
+                statuses.append((response.status_code, response.text if response.status_code != 200 else ""))
+                during += proc.poll() is None
+            data = (await datasette.client.get("/busy/movie_catalog.json?_size=1")).json()
+            counts.append(data["filtered_table_rows_count"])
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    data = (await datasette.client.get("/busy/movie_catalog.json?_size=1")).json()
+    counts.append(data["filtered_table_rows_count"])
+    return statuses, counts, during
