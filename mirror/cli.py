@@ -445,21 +445,58 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     """Sync a simulated catalog into demo.db offline, then show what you got."""
     from dataclasses import replace
 
-    from .fakeapi import Catalog, FakeYTS, FaultPlan
-
-    with FakeYTS(Catalog(movies, seed=42), FaultPlan.parse("mix=0.03,retry_after=0")) as sim:
-        click.echo(f"simulator with {movies} movies at {sim.url} (3% of requests faulted)", err=True)
-        config = resolve(None, db=db, base_url=sim.url, rate=0, concurrency=4)
+    with simulator_process(movies, faults="mix=0.03,retry_after=0") as url:
+        click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
+        config = resolve(None, db=db, base_url=url, rate=0, concurrency=4)
         config = replace(config, api=replace(config.api, backoff_initial=0.05, backoff_max=0.5))
         run_sync(config, full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
     database = store.open_db(db)
     click.echo(format_stats(collect_stats(database, config)))
-    word = database.execute("SELECT title FROM movies ORDER BY id LIMIT 1").fetchone()[0].split()[-1]
-    click.echo(f"\n$ yts-mirror search {word} --db {db} --limit 5")
-    for row in store.search(database, word, 5):
+    query = demo_query(database)
+    click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
+    for row in store.search(database, query, 5):
         click.echo(f"{row['id']:>7}  {row['title']} ({row['year']})")
     click.echo(f"\nBrowse it:  yts-mirror serve --db {db}   (Datasette on http://127.0.0.1:8001)")
     click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
+
+
+def demo_query(database: Any) -> str:
+    """An actor's name if the demo enriched, else a word from a title."""
+    row = database.execute("SELECT name FROM movie_cast GROUP BY name ORDER BY COUNT(*) DESC LIMIT 1").fetchone()
+    if row:
+        return f'"{row[0]}"'
+    title = database.execute("SELECT title FROM movies ORDER BY id LIMIT 1").fetchone()[0]
+    return max(title.split(), key=len)
+
+
+@contextmanager
+def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
+    """Run `yts-mirror fake-api` in its own process (its own core) and yield its URL."""
+    import socket
+    import subprocess
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "mirror", "-q", "fake-api", "--movies", str(movies),
+                                "--port", str(port), "--seed", "42", "--faults", faults])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                requests.get(f"{url}/_admin/stats", timeout=1)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise click.ClickException("the simulator did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def main() -> None:
