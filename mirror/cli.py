@@ -18,6 +18,7 @@ import click
 from . import __version__, store
 from .client import FetchError, YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
+from .enrich import backlog_summary, enrich_backlog
 from .sync import LockedError, Progress, Syncer, make_client, writer_lock
 
 log = logging.getLogger("mirror")
@@ -133,11 +134,6 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def config_from(ctx: click.Context, **overrides: Any) -> Config:
-    """Resolve the config with the flags given to this command."""
-    return resolve(config_path=overrides.pop("config_path", None) or ctx.obj.get("config_path"), **overrides)
-
-
 # ---- the group --------------------------------------------------------------------------------
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,10 +152,6 @@ db_option = click.option("--db", "db", type=click.Path(dir_okay=False), default=
                          help="Database file [env YTS_MIRROR_DB; default yts-mirror.db].")
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="TOML config file [env YTS_MIRROR_CONFIG].")
-
-
-def rate_type(value: Any) -> float:
-    return click.FloatRange(min=0).convert(value, None, None)
 
 
 @cli.command()
@@ -206,12 +198,9 @@ def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool
             db.close()
 
 
-def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Event, quiet: bool) -> Callable[[Any], None] | None:
-    """The enrichment step a sync runs after its crawl, when enrichment is available."""
-    try:
-        from .enrich import enrich_backlog
-    except ImportError:
-        return None
+def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Event,
+                       quiet: bool) -> Callable[[Any], None]:
+    """The enrichment step a sync runs after its crawl: new and changed movies only."""
 
     def step(summary: Any) -> None:
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
@@ -249,8 +238,6 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
 def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,
                quiet: bool = False, stop: threading.Event | None = None) -> Any:
     """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
-    from .enrich import enrich_backlog
-
     with writer_lock(config.db, wait=wait):
         database = open_existing(config.db)
         client = make_client(config)
@@ -363,10 +350,6 @@ def collect_stats(database: Any, config: Config) -> dict[str, Any]:
         "freshness": store.freshness(database),
         "last_runs": store.last_runs(database),
     }
-    try:
-        from .enrich import backlog_summary
-    except ImportError:
-        return report
     report["backlog"] = backlog_summary(database, config)
     return report
 

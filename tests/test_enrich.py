@@ -7,7 +7,6 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 
 from mirror.fakeapi import FakeYTS
 from support import cli_subprocess, connect, integrity_ok, run_cli, wait_for
