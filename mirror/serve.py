@@ -41,6 +41,7 @@ SETTINGS: dict[str, Any] = {
 }
 # Query args a search on the catalog or the movies table carries over to the movie_search view.
 SEARCH_ARGS = frozenset({"_search", "_searchmode", "_genre", "_quality", "_facet", "_facet_size", "_size"})
+SORT_ARGS = frozenset({"_sort", "_sort_desc", "_sort_by_desc"})
 CATALOG_COLUMNS = frozenset({"id", "cover", "title", "year", "rating", "runtime", "genres", "language",
                              "mpa_rating", "date_uploaded_unix", "removed_at"})
 
@@ -327,9 +328,18 @@ def redirect_target(datasette: Any, scope: dict[str, Any]) -> str | None:
     table = next_table(parts[1], args)
     if table is None:
         return None
-    kept = [(k, v) for k, v in args if k != "_next" and not (table == CATALOG and (k == "_search" or v == "rank"))]
-    query = urlencode(kept)
+    query = urlencode(redirect_args(table, args))
     return datasette.urls.table(name, table) + (f"?{query}" if query else "")
+
+
+def redirect_args(target: str, args: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The query args to carry to `target`: the page restarts, and the view's default sort applies."""
+    source_default = "rank" if target == CATALOG else "date_uploaded_unix"
+    sort = [value for key, value in args if key in ("_sort", "_sort_desc")]
+    drop = {"_next"} | ({"_search", "_searchmode"} if target == CATALOG else set())
+    if all(value in ("", source_default) for value in sort):
+        drop |= SORT_ARGS
+    return [(key, value) for key, value in args if key not in drop]
 
 
 def database_for_route(datasette: Any, route: str) -> str | None:
@@ -342,14 +352,20 @@ def database_for_route(datasette: Any, route: str) -> str | None:
 
 def next_table(table: str, args: list[tuple[str, str]]) -> str | None:
     """The table a request for `table` with `args` should be redirected to, if any."""
-    keys = {key for key, _ in args}
     searching = any(key == "_search" and value.strip() for key, value in args)
     if table == SEARCH:
         return None if searching else CATALOG
     if not searching:
         return CATALOG if table == "movies" and not args else None
-    if keys & {"_sort", "_sort_desc"}:
-        return None
-    if table == "movies" and not all(key in SEARCH_ARGS or key.split("__")[0] in CATALOG_COLUMNS for key in keys):
+    if table == "movies" and not all(catalog_arg(key, value) for key, value in args):
         return None
     return SEARCH
+
+
+def catalog_arg(key: str, value: str) -> bool:
+    """True if a movies-table query arg means the same on the catalog and search views."""
+    if key in SORT_ARGS and key != "_sort_by_desc":
+        return value in CATALOG_COLUMNS or not value
+    if key.startswith("_filter_column"):
+        return value in CATALOG_COLUMNS or not value
+    return key in SEARCH_ARGS or key in SORT_ARGS or key.startswith("_filter_") or key.split("__")[0] in CATALOG_COLUMNS

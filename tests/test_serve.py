@@ -120,12 +120,21 @@ def search_ids(mirror: Mirror, text: str) -> list[int]:
 def test_search_redirects_to_ranked_view_and_keeps_filters(mirror: Mirror) -> None:
     responses = get(mirror, f"/{mirror.name}/movie_catalog?_search=detective&_genre=Drama",
                     f"/{mirror.name}/movies?_search=detective", f"/{mirror.name}/movies",
-                    f"/{mirror.name}/movie_search?_genre=Drama&_sort=rank")
-    assert [r.status_code for r in responses] == [302] * 4
+                    f"/{mirror.name}/movie_search?_genre=Drama&_sort=rank",
+                    f"/{mirror.name}/movie_catalog?_search=x&_filter_column=&_filter_op=exact&_filter_value="
+                    "&_sort=date_uploaded_unix&_sort_by_desc=on&_genre=War",
+                    f"/{mirror.name}/movie_catalog?_search=x&_sort_desc=rating")
+    assert [r.status_code for r in responses] == [302] * 6
     assert responses[0].headers["location"] == f"/{mirror.name}/movie_search?_search=detective&_genre=Drama"
     assert responses[1].headers["location"] == f"/{mirror.name}/movie_search?_search=detective"
     assert responses[2].headers["location"] == f"/{mirror.name}/movie_catalog"
     assert responses[3].headers["location"] == f"/{mirror.name}/movie_catalog?_genre=Drama"
+    assert responses[4].headers["location"] == (f"/{mirror.name}/movie_search?_search=x&_filter_column=&_filter_op=exact"
+                                                "&_filter_value=&_genre=War")
+    assert responses[5].headers["location"] == f"/{mirror.name}/movie_search?_search=x&_sort_desc=rating"
+    (plain, json_page) = get(mirror, f"/{mirror.name}/movies?imdb_code=tt1&_search=x",
+                             f"/{mirror.name}/movie_catalog.json?_search=x")
+    assert plain.status_code == 200 and json_page.status_code == 200  # no view for these: no redirect
 
 
 def test_search_finds_a_movie_by_a_word_of_its_description(mirror: Mirror) -> None:
