@@ -222,6 +222,18 @@ SELECT m.id AS movie_id, m.title, m.year, t.quality, t.type, t.video_codec, t.si
        t.size_bytes, t.seeds, t.peers, t.hash, t.magnet, t.removed_at
 FROM torrents t JOIN movies m ON m.id = t.movie_id;
 
+-- The YTS-compatible API (mirror/api.py, issue 6). The movies rows are wide (raw JSON), so
+-- list_movies filters and sorts the present movies from one narrow covering index instead;
+-- the others serve its quality, genre and cast filters and the seeds/peers sorts.
+CREATE INDEX IF NOT EXISTS movies_api_present ON movies(
+    id, removed_at, rating, year, like_count, download_count, title, imdb_code
+) WHERE removed_at IS NULL;
+CREATE INDEX IF NOT EXISTS torrents_api_movie ON torrents(movie_id, removed_at, quality, seeds, peers);
+CREATE INDEX IF NOT EXISTS torrents_api_quality ON torrents(quality COLLATE NOCASE, movie_id) WHERE removed_at IS NULL;
+CREATE INDEX IF NOT EXISTS movie_genres_api_genre ON movie_genres(genre COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS movie_cast_api_name ON movie_cast(name COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS movie_cast_api_imdb_code ON movie_cast(imdb_code COLLATE NOCASE);
+
 -- ---- Browsing (Datasette, `yts-mirror serve`) ----------------------------------------------
 -- Indexes behind the catalog facets.
 CREATE INDEX IF NOT EXISTS movies_language ON movies(language);

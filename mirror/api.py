@@ -34,10 +34,13 @@ ROUTE = r"^/api/v2/(?P<endpoint>[^/]+?)(?:\.(?P<format>[^./]*))?$"
 PLUGIN_NAME = "yts-mirror-api"
 FORMATS = ("json", "jsonp", "xml")
 PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX = 20, 50
+INT_MAX = 2**63 - 1  # SQLite's INTEGER
 PAGE_MAX = 1_000_000  # 50 million movies deep: anything beyond is a bad request, not a query
+PRESENT_INDEX = "movies_api_present"  # schema.sql
 SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "like_count", "date_added")
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 OK_MESSAGE = "Query was successful"
+TIME_LIMIT_MS = 10_000
 CACHE_MAX_AGE = 60.0  # seconds; the file-state check below is the real invalidation
 
 # The documented user and write endpoints (yts-api-v2.txt): never served by a mirror.
@@ -76,7 +79,7 @@ class Params:
     def text(self, name: str) -> str | None:
         """The raw value, or None when absent or empty."""
         values = self.args.getlist(name)
-        return values[-1] if values and values[-1].strip() else None
+        return values[-1] if values and values[-1] else None
 
     def flag(self, name: str) -> bool:
         """A boolean parameter: 1, true, yes or on."""
@@ -85,17 +88,20 @@ class Params:
     def integer(self, name: str, default: int, signed: bool = False) -> int:
         """A whole number; anything else is a bad request."""
         value = self.text(name)
-        if value is None:
+        if value is None or not value.strip():
             return default
         if not (_SIGNED if signed else _UNSIGNED).fullmatch(value):
             kind = "a whole number" if signed else "a positive whole number"
             raise ApiError(f"{name} must be {kind}, not {shorten(value)!r}")
-        return int(value)
+        number = int(value)
+        if abs(number) > INT_MAX:
+            raise ApiError(f"{name} is out of range: {shorten(value.strip())}")
+        return number
 
     def number(self, name: str, default: float) -> float:
         """A decimal number; anything else is a bad request."""
         value = self.text(name)
-        if value is None:
+        if value is None or not value.strip():
             return default
         if not _NUMBER.fullmatch(value):
             raise ApiError(f"{name} must be a number, not {shorten(value)!r}")
@@ -210,10 +216,14 @@ async def _has_mirror_tables(db: Any) -> bool:
 
 
 async def run_read(datasette: Any, db: Any, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-    """Run `fn(conn)` on one of Datasette's read-only connections, under its SQL time limit."""
+    """Run `fn(conn)` on one of Datasette's read-only connections, under a time limit.
+
+    The limit is Datasette's sql_time_limit_ms but at least TIME_LIMIT_MS: sorting a large
+    catalog once (then cached) may take longer than an ad-hoc query should.
+    """
 
     def in_thread(conn: sqlite3.Connection) -> Any:
-        with sqlite_timelimit(conn, datasette.sql_time_limit_ms):
+        with sqlite_timelimit(conn, max(datasette.sql_time_limit_ms, TIME_LIMIT_MS)):
             try:
                 return fn(conn)
             except sqlite3.OperationalError as error:
@@ -306,8 +316,8 @@ class ListQuery:
         page = max(1, params.integer("page", 1, signed=True))
         if page > PAGE_MAX:
             raise ApiError(f"page must be at most {PAGE_MAX}")
-        sort_by = (params.text("sort_by") or "").strip().lower()
-        order_by = (params.text("order_by") or "").strip().lower()
+        sort_by = params.text("sort_by") or ""  # case-sensitive, as upstream
+        order_by = (params.text("order_by") or "").lower()
         params.flag("with_rt_ratings")  # accepted; the mirror has no Rotten Tomatoes ratings
         return cls(
             limit=limit, page=page,
@@ -322,10 +332,10 @@ class ListQuery:
 
     @staticmethod
     def _filter(value: str | None, none_values: tuple[str, ...] = ("all",)) -> str | None:
-        """A filter value, or None for "no filter" (absent, or the documented default)."""
-        if value is None or value.strip().lower() in none_values:
+        """A filter value as given, or None for "no filter" (absent, empty or the documented default)."""
+        if value is None or value.lower() in none_values:
             return None
-        return value.strip()
+        return value
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """The WHERE clause and its parameters."""
@@ -358,31 +368,72 @@ class ListQuery:
         return ("m.id IN (SELECT movie_id FROM torrents WHERE quality = :quality COLLATE NOCASE"
                 " AND removed_at IS NULL)")
 
+    def newest_first_unfiltered(self) -> bool:
+        """True for the plain date_added listing, which pages straight from an index."""
+        return self.sort_by == "date_added" and not (self.quality or self.minimum_rating or self.genre
+                                                      or self.query_term)
+
     def order(self) -> str:
         """The ORDER BY clause: the sort value, ties broken on id in the same direction."""
         direction = "DESC" if self.descending else "ASC"
         return f"{SORT_SQL[self.sort_by]} {direction}, m.id {direction}"
 
 
+def cached(cache: LRU, key: Hashable, state: Hashable, compute: Callable[[], Any], cost: Callable[[Any], int]) -> Any:
+    """`compute()`, cached for the database state (never cached without one)."""
+    value = cache.get(key, state) if state else None
+    if value is None:
+        value = compute()
+        if state:
+            cache.put(key, state, value, cost(value))
+    return value
+
+
+def present_index_hint(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> str:
+    """`INDEXED BY movies_api_present` when it applies and exists: plans stay index-only without ANALYZE."""
+    if query.include_removed:
+        return ""
+    path = state[0] if state else None  # type: ignore[index]
+    exists = cached(ORDERINGS, ("index", path), state, lambda: conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [PRESENT_INDEX]).fetchone() is not None,
+        lambda value: 64)
+    return f"INDEXED BY {PRESENT_INDEX}" if exists else ""
+
+
 def ordered_ids(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> array:
     """Every id the query matches, in order; cached so paging through a result is cheap."""
     where, args = query.where()
-    key = (state and state[0], where, tuple(sorted(args.items())), query.order())  # type: ignore[index]
-    ids = ORDERINGS.get(key, state) if state else None
-    if ids is None:
-        ids = array("q", (row[0] for row in conn.execute(
-            f"SELECT m.id FROM movies m WHERE {where} ORDER BY {query.order()}", args)))
-        if state:
-            ORDERINGS.put(key, state, ids, ids.itemsize * len(ids) + 64)
-    return ids
+    hint = present_index_hint(conn, query, state)
+    sql = f"SELECT m.id FROM movies m {hint} WHERE {where} ORDER BY {query.order()}"
+    key = (state[0] if state else None, sql, tuple(sorted(args.items())))  # type: ignore[index]
+    return cached(ORDERINGS, key, state, lambda: array("q", (row[0] for row in conn.execute(sql, args))),
+                  lambda ids: ids.itemsize * len(ids) + 64)
+
+
+def newest_page(conn: sqlite3.Connection, query: ListQuery, state: Hashable, offset: int) -> tuple[int, list[int]]:
+    """The unfiltered date_added order (the crawl's and most apps' request): count, then one page by index."""
+    where, args = query.where()
+    hint = present_index_hint(conn, query, state)
+    count_sql = f"SELECT COUNT(*) FROM movies m {hint} WHERE {where}"
+    count = cached(ORDERINGS, (state[0] if state else None, count_sql), state,  # type: ignore[index]
+                   lambda: conn.execute(count_sql, args).fetchone()[0], lambda value: 64)
+    if offset >= count:
+        return count, []
+    rows = conn.execute(f"SELECT m.id FROM movies m {hint} WHERE {where} ORDER BY {query.order()} "
+                        "LIMIT :limit OFFSET :offset", {**args, "limit": query.limit, "offset": offset})
+    return count, [row[0] for row in rows]
 
 
 def list_movies_data(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> dict[str, Any]:
     """list_movies `data`: counts, then the page's movies (no `movies` key on an empty page)."""
-    ids = ordered_ids(conn, query, state)
-    data: dict[str, Any] = {"movie_count": len(ids), "limit": query.limit, "page_number": query.page}
     offset = (query.page - 1) * query.limit
-    movies = list_movies_by_id(conn, ids[offset:offset + query.limit])
+    if query.newest_first_unfiltered():
+        count, ids = newest_page(conn, query, state, offset)
+    else:
+        ordered = ordered_ids(conn, query, state)
+        count, ids = len(ordered), list(ordered[offset:offset + query.limit])
+    data: dict[str, Any] = {"movie_count": count, "limit": query.limit, "page_number": query.page}
+    movies = list_movies_by_id(conn, ids)
     if movies:
         data["movies"] = movies
     return data
@@ -600,10 +651,12 @@ def meta(started: float) -> dict[str, Any]:
     }
 
 
-def envelope_json(status: str, message: str, data_json: str, started: float) -> str:
+def envelope_json(status: str, message: str, data_json: bytes, started: float) -> bytes:
     """The envelope as JSON around an already encoded `data`."""
     head = json.dumps({"status": status, "status_message": message}, separators=(",", ":"))
-    return f'{head[:-1]},"data":{data_json},"@meta":{json.dumps(meta(started), separators=(",", ":"))}}}'
+    head = head.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # echoed input stays inert
+    tail = json.dumps(meta(started), separators=(",", ":"))
+    return b"".join((head[:-1].encode(), b',"data":', data_json, b',"@meta":', tail.encode(), b"}"))
 
 
 XML_ITEM_NAMES = {
@@ -657,7 +710,7 @@ class Answer:
 
     status: str
     message: str
-    data_json: str
+    data_json: bytes
     http_status: int = 200
     headers: Mapping[str, str] | None = None
 
@@ -667,18 +720,19 @@ def render(answer: Answer, fmt: str, callback: str | None, started: float, cors:
     headers = {"X-Content-Type-Options": "nosniff", **(answer.headers or {})}
     if cors:
         add_cors_headers(headers)
+    http_status, content_type = answer.http_status, "application/json; charset=utf-8"
     if fmt == "xml":
         body = {"status": answer.status, "status_message": answer.message,
                 "data": json.loads(answer.data_json), "@meta": meta(started)}
-        return Response(to_xml(body).encode(), status=answer.http_status, headers=headers,
-                        content_type="application/xml; charset=utf-8")
-    text = envelope_json(answer.status, answer.message, answer.data_json, started)
+        content, content_type = to_xml(body).encode(), "application/xml; charset=utf-8"
+    else:
+        content = envelope_json(answer.status, answer.message, answer.data_json, started)
     if callback:
         # 200 so a <script> tag still runs the callback; /**/ guards against content sniffing.
-        return Response(f"/**/{callback}({text});".encode(), status=200, headers=headers,
-                        content_type="application/javascript; charset=utf-8")
-    return Response(text.encode(), status=answer.http_status, headers=headers,
-                    content_type="application/json; charset=utf-8")
+        content = b"".join((b"/**/", callback.encode(), b"(", content, b");"))
+        http_status, content_type = 200, "application/javascript; charset=utf-8"
+    headers["Content-Length"] = str(len(content))
+    return Response(content, status=http_status, headers=headers, content_type=content_type)
 
 
 # ---- the route ----------------------------------------------------------------------------------
@@ -694,15 +748,27 @@ def check_method(request: Request, endpoint: str) -> None:
         raise ApiError(f"read-only mirror: user endpoints such as {endpoint} are not mirrored", 404)
 
 
+PERMISSIONS = LRU(2**16)  # (database, actor) -> allowed, for PERMISSION_MAX_AGE seconds
+PERMISSION_MAX_AGE = 10.0
+
+
 async def check_permissions(datasette: Any, request: Request, db: Any) -> None:
-    """Apply Datasette's view permissions for the mirror database."""
-    try:
-        await datasette.ensure_permissions(request.actor, [("view-database", db.name), "view-instance"])
-    except Forbidden:
-        raise ApiError("forbidden: you may not view this mirror", 403) from None
+    """Apply Datasette's view permissions for the mirror database (decisions kept a few seconds)."""
+    key = (id(datasette), db.name, json.dumps(request.actor, sort_keys=True, default=repr))
+    slot = int(time.monotonic() // PERMISSION_MAX_AGE)
+    allowed = PERMISSIONS.get(key, slot)
+    if allowed is None:
+        try:
+            await datasette.ensure_permissions(request.actor, [("view-database", db.name), "view-instance"])
+            allowed = True
+        except Forbidden:
+            allowed = False
+        PERMISSIONS.put(key, slot, allowed, len(key[2]) + 64)
+    if not allowed:
+        raise ApiError("forbidden: you may not view this mirror", 403)
 
 
-async def answer_data(datasette: Any, request: Request, name: str, params: Params) -> str:
+async def answer_data(datasette: Any, request: Request, name: str, params: Params) -> bytes:
     """Run one endpoint and return its `data`, encoded as JSON (from the cache when unchanged)."""
     check_method(request, name)
     endpoint = ENDPOINTS.get(name)
@@ -716,7 +782,7 @@ async def answer_data(datasette: Any, request: Request, name: str, params: Param
     data_json = RESPONSES.get(key, state) if state else None
     if data_json is None:
         data = await run_read(datasette, db, lambda conn: endpoint.run(conn, query, state))
-        data_json = json.dumps(data, separators=(",", ":"))
+        data_json = json.dumps(data, separators=(",", ":")).encode()
         if state:
             RESPONSES.put(key, state, data_json, len(data_json) + 200)
     return data_json
@@ -732,10 +798,10 @@ async def api_view(datasette: Any, request: Request) -> Response:
         callback = parse_callback(params, fmt)
         answer = Answer("ok", OK_MESSAGE, await answer_data(datasette, request, request.url_vars["endpoint"], params))
     except ApiError as error:
-        answer = Answer("error", error.message, "null", error.http_status, error.headers)
+        answer = Answer("error", error.message, b"null", error.http_status, error.headers)
     except Exception:  # noqa: BLE001 - a bug must still answer in the API's envelope
         log.exception("API request %s failed", request.path)
-        answer = Answer("error", "internal error; see the server log", "null", 500)
+        answer = Answer("error", "internal error; see the server log", b"null", 500)
     return render(answer, fmt, callback, started, bool(getattr(datasette, "cors", False)))
 
 
