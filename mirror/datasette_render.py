@@ -114,20 +114,20 @@ def genre_list(value: Any) -> list[str]:
 
 def image(url: str, alt: str = "", height: int = 60) -> Markup:
     """An <img> for an already checked http(s) URL."""
-    return Markup('<img src="{}" alt="{}" height="{}" loading="lazy" referrerpolicy="no-referrer" class="yts-img">').format(
-        url, alt, height)
+    return Markup(f'<img src="{escape(url)}" alt="{escape(alt)}" height="{int(height)}" loading="lazy" '
+                  'referrerpolicy="no-referrer" class="yts-img">')
 
 
 def link(url: str, text: Any, css: str = "") -> Markup:
     """An <a> for an already checked URL."""
-    return Markup('<a href="{}"{}>{}</a>').format(url, Markup(' class="{}"').format(css) if css else "", text)
+    css_attr = f' class="{escape(css)}"' if css else ""
+    return Markup(f'<a href="{escape(url)}"{css_attr}>{escape(text)}</a>')
 
 
 def removed_badge(removed_at: Any) -> Markup:
     """The marker shown next to a movie removed upstream."""
-    return Markup('<span class="yts-removed" title="removed upstream {}" '
-                  'style="background:#b00020;color:#fff;border-radius:3px;padding:0 4px;font-size:0.8em">removed</span>'
-                  ).format(removed_at)
+    return Markup(f'<span class="yts-removed" title="removed upstream {escape(removed_at)}" '
+                  'style="background:#b00020;color:#fff;border-radius:3px;padding:0 4px;font-size:0.8em">removed</span>')
 
 
 def row_value(row: Any, key: str) -> Any:
@@ -161,14 +161,15 @@ def render_value(column: str, value: Any, row: Any, table: str | None, row_url: 
     simple = SIMPLE_RENDERERS.get(column)
     if simple:
         text = simple(value)
-        return Markup("{}").format(text) if text is not None else None
+        return escape(text) if text is not None else None
     if column == "magnet":
         url = magnet_url(value)
         return link(url, "magnet", "yts-magnet") if url else None
     if column == "removed_at":
-        return removed_badge(value) + Markup(" {}").format(value)
+        return removed_badge(value) + Markup(" ") + escape(value)
     if column == "genres":
-        return Markup("{}").format(", ".join(genre_list(value))) if genre_list(value) or value == "[]" else None
+        genres = genre_list(value)
+        return escape(", ".join(genres)) if genres or value == "[]" else None
     if (column == "suggested_id" or (column == "movie_id" and table is None)) and isinstance(value, int):
         return link(row_url(value), value)
     return None

@@ -99,7 +99,7 @@ def prepare_database(path: str) -> str:
         if not info.views:
             raise
         log.warning("serving without updating the schema: %s", error)
-    MIRROR_FILES.pop(str(Path(path).resolve()), None)
+    MIRROR_FILES.clear()  # look again now that the views exist
     return path
 
 
@@ -157,11 +157,10 @@ MIRROR_FILES: dict[str, MirrorFile | None] = {}
 
 
 def inspect_file(path: str) -> MirrorFile | None:
-    """Look (read-only) at a database file's tables; None if it is not a mirror."""
-    key = str(Path(path).resolve())
-    if key not in MIRROR_FILES:
+    """Look (read-only) at a database file's tables, once per path; None if it is not a mirror."""
+    if path not in MIRROR_FILES:
         try:
-            conn = sqlite3.connect(Path(key).as_uri() + "?mode=ro", uri=True)
+            conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
             try:
                 names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             finally:
@@ -169,8 +168,8 @@ def inspect_file(path: str) -> MirrorFile | None:
         except sqlite3.DatabaseError:
             names = set()
         is_mirror = all(name in names for name in MIRROR_TABLES)
-        MIRROR_FILES[key] = MirrorFile(views={CATALOG, SEARCH} <= names) if is_mirror else None
-    return MIRROR_FILES[key]
+        MIRROR_FILES[path] = MirrorFile(views={CATALOG, SEARCH} <= names) if is_mirror else None
+    return MIRROR_FILES[path]
 
 
 def mirror_databases(datasette: Any) -> dict[str, MirrorFile]:
@@ -284,9 +283,10 @@ def prepare_jinja2_environment(env: Any, datasette: Any) -> None:
     """Serve the movie page and catalog templates for mirror databases only."""
     from jinja2 import ChoiceLoader
 
-    from .datasette_pages import MirrorTemplates
+    from .datasette_pages import MirrorTemplates, catalog_rows
 
     env.loader = ChoiceLoader([env.loader, MirrorTemplates(lambda: mirror_databases(datasette))])
+    env.filters["yts_catalog_rows"] = catalog_rows
 
 
 # ---- plugin hooks: search redirects ------------------------------------------------------------
