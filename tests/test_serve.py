@@ -419,6 +419,23 @@ def test_serve_uses_the_database_from_the_environment(mirror: Mirror, tmp_path: 
         proc.wait(timeout=20)
 
 
+def test_serve_open_launches_the_catalog(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    import mirror.serve as serve
+
+    opened: list[str] = []
+    served: list[Any] = []
+    monkeypatch.setattr(serve.webbrowser, "open", opened.append)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append((self.config, sockets)))
+    result = CliRunner().invoke(cli, ["serve", "--db", str(mirror.path), "--port", "0", "--open"])
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 1 and re.fullmatch(r"http://127\.0\.0\.1:\d+/mirror/movie_catalog", opened[0])
+    (config, sockets), = served
+    assert sockets[0].getsockname()[0] == "127.0.0.1"  # loopback by default
+    sockets[0].close()
+
+
 # ---- reading while sync writes -----------------------------------------------------------------
 
 def test_pages_keep_answering_while_sync_writes(tmp_path: Path) -> None:
