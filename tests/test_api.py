@@ -359,3 +359,34 @@ def test_hundreds_of_odd_requests_never_500(mirror: Mirror) -> None:
         statuses.add(response.status_code)
         assert response.status_code in (200, 400, 404), (endpoint, name, value, response.text[:200])
     assert statuses >= {200, 400, 404}
+
+
+# ---- both ways in: the anonymous fast lane and Datasette's route --------------------------------
+
+def test_requests_with_cookies_or_auth_take_the_route_and_answer_the_same(mirror: Mirror) -> None:
+    url = f"{API}/list_movies.json?limit=3&sort_by=rating"
+    anonymous = mirror.get(url)
+    for headers in ({"Cookie": "ds_actor=nobody"}, {"Authorization": "Bearer x"}):
+        routed = asyncio.run(mirror.datasette.client.get(url, headers=headers))
+        assert routed.status_code == 200 and "vary" in routed.headers
+        assert routed.json()["data"] == anonymous.json()["data"]
+    assert anonymous.headers["vary"] == "Cookie, Authorization"
+
+
+def test_datasette_permissions_apply_to_the_api(mirror: Mirror) -> None:
+    name = mirror.path.stem
+    locked = Datasette([str(mirror.path)], metadata={"databases": {name: {"allow": False}}})
+    for headers in ({}, {"Cookie": "x=1"}):
+        response = asyncio.run(locked.client.get(f"{API}/list_movies.json", headers=headers))
+        assert response.status_code == 403 and response.json()["status"] == "error"
+
+
+def test_base_url_prefix(mirror: Mirror) -> None:
+    prefixed = Datasette([str(mirror.path)], settings={"base_url": "/yts/"})
+    response = asyncio.run(prefixed.client.get(f"{API}/list_movies.json?limit=2"))  # the client adds /yts
+    assert str(response.url).startswith("http://localhost/yts/api/v2/")
+    assert response.status_code == 200 and len(response.json()["data"]["movies"]) == 2
+    routed = asyncio.run(prefixed.client.get(f"{API}/list_movies.json?limit=2", headers={"Cookie": "x=1"}))
+    assert routed.status_code == 200 and routed.json()["data"] == response.json()["data"]
+    post = asyncio.run(prefixed.client.post(f"{API}/list_movies.json"))
+    assert post.status_code == 405
