@@ -16,7 +16,7 @@ from datasette.utils import path_with_added_args, path_with_removed_args
 
 RELATED = {
     # facet type: (query arg, SQL counting movies per value among the ids of {inner}, the same for all movies,
-    #              WHERE clause selecting movies with :param, human description)
+    #              WHERE clause selecting movies with :param, human description, the ids of movies with :param)
     "genre": (
         "_genre",
         "select genre as value, count(*) as count from movie_genres where movie_id in (select id from ({inner})) "
@@ -24,6 +24,7 @@ RELATED = {
         "select genre as value, count(*) as count from movie_genres group by genre order by count desc, value limit {limit}",
         "id in (select movie_id from movie_genres where genre = :{param})",
         "genre is {value!r}",
+        "select movie_id from movie_genres where genre = :{param}",
     ),
     "quality": (
         "_quality",
@@ -33,6 +34,7 @@ RELATED = {
         "group by quality order by count desc, value limit {limit}",
         "id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
         "has a {value!r} torrent",
+        "select movie_id from torrents where quality = :{param} and removed_at is null",
     ),
 }
 
@@ -49,12 +51,30 @@ class RelatedFacet(Facet):
         """True when the page lists every row of its table or view (no WHERE clause)."""
         return not self.params and " where " not in self.sql.lower()
 
+    def related_ids(self) -> str | None:
+        """When the page is filtered by ?_genre= and ?_quality= alone, SQL for its movie ids without the movies table."""
+        if self.table == "movie_search":
+            return None
+        clauses, id_queries = related_clauses(self.request.args)
+        if not clauses or not self.sql.rstrip().endswith(" where " + " and ".join(clauses)):
+            return None
+        return " intersect ".join(id_queries)
+
+    def count_sql(self, size: int) -> str:
+        """The query counting movies per value for this page."""
+        _, filtered_sql, all_sql, _, _, _ = RELATED[self.type]
+        if self.unfiltered():
+            return all_sql.format(limit=size + 1)
+        ids = self.related_ids()
+        inner = f"select movie_id as id from ({ids})" if ids else self.sql
+        return filtered_sql.format(inner=inner, limit=size + 1)
+
     async def facet_results(self) -> tuple[list[dict[str, Any]], list[str]]:
         if not self.get_configs():
             return [], []
-        arg, filtered_sql, all_sql, _, _ = RELATED[self.type]
+        arg = RELATED[self.type][0]
         size = self.get_facet_size()
-        sql = (all_sql if self.unfiltered() else filtered_sql).format(inner=self.sql, limit=size + 1)
+        sql = self.count_sql(size)
         try:
             rows = (await self.ds.execute(self.database, sql, self.params, truncate=False,
                                           custom_time_limit=self.ds.setting("facet_time_limit_ms"))).rows
@@ -88,17 +108,26 @@ class QualityFacet(RelatedFacet):
     type = "quality"
 
 
+def related_clauses(args: Any) -> tuple[list[str], list[str]]:
+    """The WHERE clauses of ?_genre= and ?_quality=, and the id queries they test."""
+    clauses, id_queries = [], []
+    for facet_type, (arg, _, _, clause, _, ids) in RELATED.items():
+        for index in range(len(args.getlist(arg))):
+            param = f"yts_{facet_type}_{index}"
+            clauses.append(clause.format(param=param))
+            id_queries.append(ids.format(param=param))
+    return clauses, id_queries
+
+
 def filter_arguments(args: Any, search_view: bool) -> FilterArguments | None:
     """WHERE clauses for ?_genre=, ?_quality= and, on the movie_search view, a ranked ?_search=."""
-    clauses: list[str] = []
+    clauses, _ = related_clauses(args)
     params: dict[str, Any] = {}
     human: list[str] = []
     extra: dict[str, Any] = {}
-    for facet_type, (arg, _, _, clause, description) in RELATED.items():
+    for facet_type, (arg, _, _, _, description, _) in RELATED.items():
         for index, value in enumerate(args.getlist(arg)):
-            param = f"yts_{facet_type}_{index}"
-            clauses.append(clause.format(param=param))
-            params[param] = value
+            params[f"yts_{facet_type}_{index}"] = value
             human.append(description.format(value=value))
     if search_view:
         extra["supports_search"] = True
