@@ -41,7 +41,7 @@ SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "lik
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 OK_MESSAGE = "Query was successful"
 TIME_LIMIT_MS = 10_000
-CACHE_MAX_AGE = 60.0  # seconds; the file-state check below is the real invalidation
+CACHE_MAX_AGE = 60.0  # seconds, a backstop: database_state() is the real invalidation
 
 # The documented user and write endpoints (yts-api-v2.txt): never served by a mirror.
 USER_ENDPOINTS = frozenset({"user_details", "user_profile", "get_movie_bookmarks"})
@@ -172,18 +172,27 @@ ORDERINGS = LRU(16 * 2**20)   # list_movies: every matching id, in order, by (da
 
 
 def database_state(path: str | None) -> Hashable:
-    """Identify the database file's current contents by its and its WAL's stat (None: never cache)."""
+    """Identify the database's committed contents without querying it (None: never cache).
+
+    Each commit changes the WAL-index header at the start of the `-shm` file (WAL mode) or the
+    change counter in the database header (rollback mode); file sizes and times back that up.
+    """
     if not path:
         return None
-    state: list[Any] = [path]
-    for suffix in ("", "-wal"):
-        try:
-            st = os.stat(path + suffix)
-        except OSError:
-            state.append(None)
-            continue
-        state.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(state)
+    return (path, *(file_state(path + suffix, head) for suffix, head in (("", 28), ("-wal", 0), ("-shm", 48))))
+
+
+def file_state(path: str, head: int) -> tuple[int, int, int, bytes] | None:
+    """A file's inode, size, mtime and first `head` bytes (raw syscalls: this runs per request)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return st.st_ino, st.st_size, st.st_mtime_ns, os.pread(fd, head, 0) if head else b""
+    finally:
+        os.close(fd)
 
 
 # ---- the database -------------------------------------------------------------------------------

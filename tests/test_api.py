@@ -390,3 +390,24 @@ def test_base_url_prefix(mirror: Mirror) -> None:
     assert routed.status_code == 200 and routed.json()["data"] == response.json()["data"]
     post = asyncio.run(prefixed.client.post(f"{API}/list_movies.json"))
     assert post.status_code == 405
+
+
+def test_cached_answers_follow_every_commit(tmp_path: Path, mirror: Mirror) -> None:
+    """Answers are cached, but a commit (even of the same size, right after a WAL reset) is seen at once."""
+    path = tmp_path / "copy.db"
+    shutil.copy(mirror.path, path)
+    datasette = Datasette([str(path)])
+    url = f"{API}/list_movies.json?limit=1"
+    first = json.loads(fetch(datasette, url).text)["data"]["movies"][0]
+    hash_ = first["torrents"][0]["hash"].upper()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    try:
+        for seeds in range(1000, 1030):
+            conn.execute("UPDATE torrents SET seeds = ? WHERE hash = ?", [seeds, hash_])
+            movie = json.loads(fetch(datasette, url).text)["data"]["movies"][0]
+            assert movie["torrents"][0]["seeds"] == seeds
+            if seeds % 3 == 0:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
