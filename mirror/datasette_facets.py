@@ -15,12 +15,13 @@ from datasette.filters import FilterArguments
 from datasette.utils import path_with_added_args, path_with_removed_args
 
 RELATED = {
-    # facet type: (query arg, SQL counting movies per value among the ids of {inner}, the same for all movies,
-    #              WHERE clause selecting movies with :param, human description, the ids of movies with :param)
+    # facet type: (query arg, SQL counting movies per value among the distinct ids of {inner}, the same for
+    #              all movies, WHERE clause selecting movies with :param, human description, the ids of movies
+    #              with :param, each once)
     "genre": (
         "_genre",
-        "select genre as value, count(*) as count from movie_genres where movie_id in (select id from ({inner})) "
-        "group by genre order by count desc, value limit {limit}",
+        "select g.genre as value, count(*) as count from ({inner}) s join movie_genres g on g.movie_id = s.id "
+        "group by g.genre order by count desc, value limit {limit}",
         "select genre as value, count(*) as count from movie_genres group by genre order by count desc, value limit {limit}",
         "id in (select movie_id from movie_genres where genre = :{param})",
         "genre is {value!r}",
@@ -28,13 +29,14 @@ RELATED = {
     ),
     "quality": (
         "_quality",
-        "select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
-        "and movie_id in (select id from ({inner})) group by quality order by count desc, value limit {limit}",
+        "select t.quality as value, count(distinct t.movie_id) as count from ({inner}) s "
+        "join torrents t on t.movie_id = s.id where t.removed_at is null "
+        "group by t.quality order by count desc, value limit {limit}",
         "select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
         "group by quality order by count desc, value limit {limit}",
         "id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
         "has a {value!r} torrent",
-        "select movie_id from torrents where quality = :{param} and removed_at is null",
+        "select distinct movie_id from torrents where quality = :{param} and removed_at is null",
     ),
 }
 
