@@ -210,11 +210,13 @@ def report(args: argparse.Namespace, build_seconds: float | None, figures: dict[
           f"p50 {ms(loaded, 0.5)}, p95 {ms(loaded, 0.95)}   [target >= 300 req/s]")
     for sort, values in cold.items():
         print(f"uncached list_movies?limit=50&sort_by={sort}&page=<random> ({len(values)} pages): "
-              f"p50 {ms(values, 0.5)}, p95 {ms(values, 0.95)}")
+              f"first {values[0] * 1000:.0f} ms (fills the count or ordering cache), then p50 {ms(values[1:], 0.5)}, "
+              f"p95 {ms(values[1:], 0.95)}")
     if args.json:
         summary = {"p50_ms": statistics.median(single) * 1000, "req_per_s": figures["rate"],
                    "loaded_p50_ms": statistics.median(loaded) * 1000,
-                   "cold_p50_ms": {sort: statistics.median(v) * 1000 for sort, v in cold.items()}}
+                   "cold_first_ms": {sort: v[0] * 1000 for sort, v in cold.items()},
+                   "cold_p50_ms": {sort: statistics.median(v[1:]) * 1000 for sort, v in cold.items()}}
         print(json.dumps(summary))
 
 
