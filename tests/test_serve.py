@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 from click.testing import CliRunner
+from markupsafe import escape as markup_escape
 
 from mirror import datasette_render as render
 from mirror.cli import cli
@@ -107,6 +107,11 @@ def query(mirror: Mirror, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def escape(text: str) -> str:
+    """HTML-escape text the way the pages must."""
+    return str(markup_escape(text))
 
 
 def search_ids(mirror: Mirror, text: str) -> list[int]:
@@ -324,12 +329,6 @@ def test_removed_movies_are_marked(mirror: Mirror) -> None:
 
 # ---- safety ----------------------------------------------------------------------------------
 
-def escape(text: str) -> str:
-    from markupsafe import escape as markup_escape
-
-    return str(markup_escape(text))
-
-
 def assert_inert(html: str) -> None:
     """No hostile markup from the API survives as markup."""
     assert "<script>window.__pwned" not in html
@@ -415,7 +414,7 @@ def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> 
 
 def test_serve_uses_the_database_from_the_environment(mirror: Mirror, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "mirror", "serve", "--port", "0"], stderr=subprocess.PIPE,
-                            text=True, env={**__import__("os").environ, "YTS_MIRROR_DB": str(mirror.path)})
+                            text=True, env={**os.environ, "YTS_MIRROR_DB": str(mirror.path)})
     try:
         line = proc.stderr.readline()
         assert f"serving {mirror.path} at http://127.0.0.1:" in line and line.rstrip().endswith("(Ctrl-C stops)")
