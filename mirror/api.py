@@ -291,7 +291,8 @@ def list_movie(raw: str, swarm: Mapping[str, tuple[int | None, int | None]]) -> 
     return movie
 
 
-def list_movies_by_id(conn: sqlite3.Connection, ids: Sequence[int], include_removed: bool = True) -> list[dict[str, Any]]:
+def list_movies_by_id(conn: sqlite3.Connection, ids: Sequence[int],
+                      include_removed: bool = True) -> list[dict[str, Any]]:
     """The list JSON of movies, in the order of `ids` (unknown and hidden ids are skipped)."""
     if not ids:
         return []
