@@ -16,6 +16,7 @@ Targets: a search page under 100 ms at p50, a faceted catalog page under 300 ms 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -88,7 +89,7 @@ def report(label: str, times: list[float], target: float | None = None) -> None:
     p50 = statistics.median(times)
     p95 = statistics.quantiles(times, n=20)[18] if len(times) >= 20 else max(times)
     verdict = "" if target is None else (f"  (target p50 < {target:.0f} ms: {'met' if p50 < target else 'MISSED'})")
-    print(f"{label:58} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms{verdict}")
+    print(f"{label:55} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  min {min(times):6.1f} ms{verdict}", flush=True)
 
 
 def cycle(items: Iterable[str]) -> Callable[[int], str]:
@@ -135,7 +136,7 @@ def main() -> None:
             count = client.get(f"/{db}/movie_catalog.json?_size=1").json()["filtered_table_rows_count"]
             print(f"{count} movies in {path} ({store.database_size(path) / 2**20:.0f} MiB), served at {base}")
             print(f"{args.rounds} answers per line; HTML pages with all five facets (genre, year, quality, "
-                  "language, mpa_rating)\n")
+                  f"language, mpa_rating); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
             search = f"/{db}/movie_search?_search="
             report("search page: an actor's name", measure(client, cycle(search + quote(a) for a in actors),
                                                             args.rounds), 100)
@@ -155,6 +156,7 @@ def main() -> None:
                            args.rounds), 300)
             report("movie page", measure(client, cycle(f"/{db}/movies/{i}" for i in ids),
                                          args.rounds))
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

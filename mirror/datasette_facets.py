@@ -7,6 +7,7 @@ value adds ?_genre=Drama or ?_quality=1080p, which filter_arguments turns into W
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from datasette.database import QueryInterrupted
@@ -39,6 +40,22 @@ RELATED = {
         "select distinct movie_id from torrents where quality = :{param} and removed_at is null",
     ),
 }
+
+
+# Whole-catalog counts, by (database file, facet type, size): (file stamp, [(value, count)]).
+CATALOG_COUNTS: dict[tuple[str, str, int], tuple[tuple[int, ...], list[tuple[Any, int]]]] = {}
+
+
+def file_stamp(path: str) -> tuple[int, ...]:
+    """Changes whenever a transaction commits to the database (its file or its WAL changes)."""
+    stamp: list[int] = []
+    for name in (path, f"{path}-wal"):
+        try:
+            info = os.stat(name)
+            stamp += [info.st_mtime_ns, info.st_size]
+        except OSError:
+            stamp += [0, 0]
+    return tuple(stamp)
 
 
 class RelatedFacet(Facet):
@@ -76,10 +93,8 @@ class RelatedFacet(Facet):
             return [], []
         arg = RELATED[self.type][0]
         size = self.get_facet_size()
-        sql = self.count_sql(size)
         try:
-            rows = (await self.ds.execute(self.database, sql, self.params, truncate=False,
-                                          custom_time_limit=self.ds.setting("facet_time_limit_ms"))).rows
+            rows = await self.counts(size)
         except QueryInterrupted:
             return [], [self.type]
         selected = set(self.request.args.getlist(arg))
@@ -89,8 +104,22 @@ class RelatedFacet(Facet):
             "hideable": False,
             "toggle_url": "",
             "truncated": len(rows) > size,
-            "results": [self.result(arg, row["value"], row["count"], selected) for row in rows[:size]],
+            "results": [self.result(arg, value, count, selected) for value, count in rows[:size]],
         }], []
+
+    async def counts(self, size: int) -> list[tuple[Any, int]]:
+        """(value, movies) pairs, best first; whole-catalog counts are reused until the database changes."""
+        path = getattr(self.ds.get_database(self.database), "path", None)
+        key = (str(path), self.type, size)
+        stamp = file_stamp(str(path)) if path and self.unfiltered() else None
+        if stamp is not None and key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == stamp:
+            return CATALOG_COUNTS[key][1]
+        result = await self.ds.execute(self.database, self.count_sql(size), self.params, truncate=False,
+                                       custom_time_limit=self.ds.setting("facet_time_limit_ms"))
+        rows = [(row["value"], row["count"]) for row in result.rows]
+        if stamp is not None:
+            CATALOG_COUNTS[key] = (stamp, rows)
+        return rows
 
     def result(self, arg: str, value: Any, count: int, selected: set[str]) -> dict[str, Any]:
         """One facet value with the link that toggles it."""

@@ -226,6 +226,30 @@ def test_facet_selection_filters_and_recounts(mirror: Mirror) -> None:
     assert "_genre=Drama" not in selected[0]["toggle_url"]
 
 
+def test_whole_catalog_counts_follow_writes(mirror: Mirror, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    source = sqlite3.connect(mirror.path)
+    source.backup(target := sqlite3.connect(copy))
+    source.close()
+    target.execute("PRAGMA journal_mode = wal")
+
+    async def genre_counts(datasette: Any) -> dict[str, int]:
+        response = await datasette.client.get("/copy/movie_catalog.json?_size=1&_facet_size=max")
+        return facet_counts(response.json(), "genre")
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        datasette = make_datasette(str(copy))
+        await datasette.invoke_startup()
+        before, again = await genre_counts(datasette), await genre_counts(datasette)
+        with target:
+            target.execute("DELETE FROM movie_genres WHERE genre = 'Drama'")
+        return before, again, await genre_counts(datasette)
+
+    before, again, after = asyncio.run(scenario())
+    target.close()
+    assert before == again and before["Drama"] > 0 and "Drama" not in after
+
+
 def test_search_page_facets_count_the_matches(mirror: Mirror) -> None:
     data = get_json(mirror, f"/{mirror.name}/movie_search.json?_search={EVIL_WORD}")
     assert facet_counts(data, "genre") == {"Horror": 1, "Mystery": 1}
