@@ -51,7 +51,6 @@ CREATE INDEX IF NOT EXISTS movies_imdb_code ON movies(imdb_code);
 CREATE INDEX IF NOT EXISTS movies_year ON movies(year);
 CREATE INDEX IF NOT EXISTS movies_rating ON movies(rating);
 CREATE INDEX IF NOT EXISTS movies_date_uploaded_unix ON movies(date_uploaded_unix);
-CREATE INDEX IF NOT EXISTS movies_last_seen_at ON movies(last_seen_at);
 
 CREATE TABLE IF NOT EXISTS torrents (
     hash TEXT PRIMARY KEY,                 -- upper case info hash
@@ -74,8 +73,6 @@ CREATE TABLE IF NOT EXISTS torrents (
     last_seen_at TEXT NOT NULL,
     removed_at TEXT
 );
-CREATE INDEX IF NOT EXISTS torrents_movie_id ON torrents(movie_id);
-CREATE INDEX IF NOT EXISTS torrents_quality_seeds ON torrents(quality, seeds);
 
 CREATE TABLE IF NOT EXISTS movie_genres (
     movie_id INTEGER NOT NULL REFERENCES movies(id),

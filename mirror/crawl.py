@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from .client import FetchError, TransientError, YTSClient
 from .transform import list_page_movies, to_int
@@ -15,7 +13,6 @@ from .transform import list_page_movies, to_int
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 50  # the API's maximum page size (yts-api-v2.txt)
-T = TypeVar("T")
 
 
 @dataclass
@@ -185,37 +182,3 @@ def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT)
         if after - before > 1 and offset[after] - offset[before] == 1:  # neighbours upstream, not here
             missing.extend(range(before + 1, after))
     return [present[r] for r in missing]
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Run an iterator in a background thread, `depth` items ahead of the consumer."""
-    buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(("done", None))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            buffer.put(("error", error))
-
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = buffer.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()

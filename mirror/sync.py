@@ -17,7 +17,7 @@ import sqlite_utils
 from . import store, transform
 from .client import FetchError, YTSClient
 from .config import Config
-from .crawl import CatalogMoved, Page, crawl_full, crawl_new, find_missing, prefetch
+from .crawl import CatalogMoved, Page, crawl_full, crawl_new, find_missing
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ class Syncer:
         observed_at = started_at if self.config.sync.torrent_history else None
         self.progress.advance(len(seen))
         counts = {checkpoint["movie_count"]} - {None}
-        pages = prefetch(crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")))
-        for page in pages:
+        # No read-ahead: a page fetched but not committed is a request a kill wastes.
+        for page in crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")):
             self._commit_page(summary, page, checkpoint, observed_at)
             counts.add(page.movie_count)
             if self.stop.is_set():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote_plus
@@ -43,8 +44,6 @@ TORRENT_TEXT_FIELDS = (
 TORRENT_INT_FIELDS = ("is_repack", "bit_depth", "seeds", "peers", "size_bytes", "date_uploaded_unix")
 TORRENT_COLUMNS = ("hash", "movie_id") + TORRENT_TEXT_FIELDS + TORRENT_INT_FIELDS + ("magnet",)
 
-# Swarm counts change constantly; they must not make a movie look "changed".
-VOLATILE_TORRENT_KEYS = frozenset({"seeds", "peers"})
 
 
 def to_int(value: Any) -> int | None:
@@ -76,8 +75,8 @@ def to_float(value: Any) -> float | None:
 
 def to_text(value: Any) -> str | None:
     """Coerce a scalar to str, keeping None; containers become JSON."""
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
@@ -96,16 +95,15 @@ def magnet_uri(info_hash: str, name: str | None, trackers: Iterable[str] = DEFAU
     return uri + _tracker_params(tuple(trackers))
 
 
-def list_hash(movie: Mapping[str, Any]) -> str:
+# Swarm counts as they appear in the JSON we store; stripped before hashing.
+_VOLATILE = re.compile(r'"(?:seeds|peers)": ?(?:-?\d+|"[^"]*"|null)')
+
+
+def list_hash(movie: Mapping[str, Any], raw: str | None = None) -> str:
     """Hash a movie's list JSON, ignoring swarm counts, to tell real changes apart."""
-    stable = {key: value for key, value in movie.items() if key != "torrents"}
-    stable["torrents"] = [
-        {key: value for key, value in torrent.items() if key not in VOLATILE_TORRENT_KEYS}
-        for torrent in movie.get("torrents") or []
-        if isinstance(torrent, Mapping)
-    ]
-    encoded = json.dumps(stable, sort_keys=True, ensure_ascii=False).encode()
-    return hashlib.blake2b(encoded, digest_size=12).hexdigest()
+    text = raw if raw is not None else json.dumps(movie, ensure_ascii=False)
+    stable = _VOLATILE.sub("", text).encode()
+    return hashlib.blake2b(stable, digest_size=12).hexdigest()
 
 
 def genres_of(movie: Mapping[str, Any]) -> list[str]:
@@ -126,7 +124,7 @@ def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any
     row["rating"] = to_float(movie.get("rating"))
     row["genres"] = json.dumps(genres_of(movie), ensure_ascii=False)
     row["raw"] = raw if raw is not None else json.dumps(movie, ensure_ascii=False)
-    row["list_hash"] = list_hash(movie)
+    row["list_hash"] = list_hash(movie, row["raw"])
     return row
 
 

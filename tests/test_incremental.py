@@ -120,8 +120,12 @@ def test_twenty_kills_then_one_run(simulator: Callable[..., FakeYTS], db_path: P
             "--no-enrich"]
     rng = random.Random(7)
     for _ in range(20):
+        # Kill at a random moment: after a random number of committed pages, plus a random
+        # fraction of the next one (so sometimes mid-request, sometimes mid-write).
+        target = (checkpoint(db_path) or {}).get("next_page", 1) + rng.randint(0, 14)
         process = cli_subprocess(args)
-        time.sleep(rng.uniform(0.2, 1.0))
+        wait_for(lambda: process.poll() is not None or (checkpoint(db_path) or {}).get("next_page", 1) >= target)
+        time.sleep(rng.uniform(0, 0.03))
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert integrity_ok(db_path)
