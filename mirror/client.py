@@ -114,6 +114,17 @@ def extract_json(text: str) -> Any:
     raise ValueError("no JSON envelope in body")
 
 
+def _error_envelope(text: str) -> str | None:
+    """The status_message of a JSON error envelope, or None for any other body."""
+    try:
+        envelope = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(envelope, dict) and envelope.get("status") == "error":
+        return str(envelope.get("status_message") or "error")
+    return None
+
+
 def describe_bad_body(text: str) -> str:
     """Name what a non-JSON body looks like, for error messages."""
     head = text.lstrip()[:200].lower()
@@ -292,6 +303,9 @@ class YTSClient:
                                  retry_after_seconds(response.headers.get("Retry-After")))
         if status >= 500:
             raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
+        if status >= 400 and _error_envelope(text):
+            # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
+            raise FetchError(full_url, f"HTTP {status}: {_error_envelope(text)}")
         if status in (403, 404, 408, 410):
             # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
             raise TransientError(full_url, f"HTTP {status}", host_failure=True)

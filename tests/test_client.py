@@ -148,3 +148,29 @@ def test_limiter_is_shared_by_threads() -> None:
     stamps.sort()
     elapsed = stamps[-1] - stamps[0]
     assert elapsed >= (len(stamps) - 1) / 50 * 0.95  # 20 requests never faster than 50/s
+
+
+def test_json_error_envelope_on_404_is_final() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = b'{"status":"error","status_message":"movie 7 is not in this mirror yet"}'
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = fast_client(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(FetchError, match="not in this mirror yet"):
+            client.get("movie_reviews", {"movie_id": 7})
+        assert client.stats.requests == 1
+    finally:
+        server.shutdown()
+        server.server_close()
