@@ -366,7 +366,10 @@ def redirect_args(target: str, args: list[tuple[str, str]]) -> list[tuple[str, s
 
 
 def database_for_route(datasette: Any, route: str) -> str | None:
-    """The mirror (with its browsing views) served at a URL route."""
+    """The mirror (with its browsing views) served at a URL route (tilde-encoded, as Datasette writes it)."""
+    from datasette.utils import tilde_decode
+
+    route = tilde_decode(route)
     for name, info in mirror_databases(datasette).items():
         if info.views and datasette.databases[name].route == route:
             return name

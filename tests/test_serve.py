@@ -142,6 +142,19 @@ def test_search_redirects_to_ranked_view_and_keeps_filters(mirror: Mirror) -> No
     assert plain.status_code == 200 and json_page.status_code == 200  # no view for these: no redirect
 
 
+def test_redirects_work_for_database_names_that_need_encoding(mirror: Mirror, tmp_path: Path) -> None:
+    copy = tmp_path / "my.mirror.db"
+    source = sqlite3.connect(mirror.path)
+    source.backup(target := sqlite3.connect(copy))
+    source.close()
+    target.close()
+    dotted = Mirror(copy, "my~2Emirror", mirror.evil_id, mirror.removed_id, mirror.catalog)
+    bare, search = get(dotted, "/my~2Emirror/movies", f"/my~2Emirror/movie_catalog?_search={EVIL_WORD}")
+    assert bare.status_code == 302 and bare.headers["location"] == "/my~2Emirror/movie_catalog"
+    assert search.headers["location"] == f"/my~2Emirror/movie_search?_search={EVIL_WORD}"
+    assert search_ids(dotted, EVIL_WORD) == [mirror.evil_id]
+
+
 def test_search_finds_a_movie_by_a_word_of_its_description(mirror: Mirror) -> None:
     row = query(mirror, "SELECT id, description_full FROM movies WHERE id != ? AND removed_at IS NULL "
                         "ORDER BY id LIMIT 1 OFFSET 40", (mirror.evil_id,))[0]
