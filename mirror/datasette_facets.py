@@ -2,7 +2,9 @@
 
 A movie's genres are rows of movie_genres and its qualities rows of torrents, so the catalog
 facets on them with indexed subqueries (a JSON array facet would scan every movie). Selecting a
-value adds ?_genre=Drama or ?_quality=1080p, which filter_arguments turns into WHERE clauses.
+value adds ?_genre=Drama or ?_quality=1080p, which filter_arguments turns into WHERE clauses. Those
+test membership with a unary + on id, so SQLite walks the page's sort index and stops after a
+page of rows, instead of fetching every matching movie first (a genre can hold half the catalog).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ RELATED = {
         "select g.genre as value, count(*) as count from ({inner}) s join movie_genres g on g.movie_id = s.id "
         "group by g.genre order by count desc, value limit {limit}",
         "select genre as value, count(*) as count from movie_genres group by genre order by count desc, value limit {limit}",
-        "id in (select movie_id from movie_genres where genre = :{param})",
+        "+id in (select movie_id from movie_genres where genre = :{param})",
         "genre is {value!r}",
         "select movie_id from movie_genres where genre = :{param}",
     ),
@@ -35,7 +37,7 @@ RELATED = {
         "group by t.quality order by count desc, value limit {limit}",
         "select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
         "group by quality order by count desc, value limit {limit}",
-        "id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
+        "+id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
         "has a {value!r} torrent",
         "select distinct movie_id from torrents where quality = :{param} and removed_at is null",
     ),
@@ -128,6 +130,74 @@ class RelatedFacet(Facet):
         path = (path_with_removed_args(self.request, {arg: text}) if chosen
                 else path_with_added_args(self.request, {arg: text}))
         return {"value": text, "label": text, "count": count, "selected": chosen,
+                "toggle_url": self.ds.absolute_url(self.request, path)}
+
+
+class ValueFacet(RelatedFacet):
+    """Facets on plain movie columns (year, language, mpa_rating), all counted in one pass over the page's rows."""
+
+    type = "value"
+
+    async def facet_results(self) -> tuple[list[dict[str, Any]], list[str]]:
+        columns = [config["config"].get("column") or config["config"]["simple"] for config in self.get_configs()]
+        if not columns:
+            return [], []
+        size = self.get_facet_size()
+        try:
+            counts = await self.value_counts(columns, size)
+        except QueryInterrupted:
+            return [], columns
+        pairs = self.get_querystring_pairs()
+        return [{
+            "name": column,
+            "type": "column",
+            "hideable": False,
+            "toggle_url": "",
+            "truncated": len(counts[column]) > size,
+            "results": [self.value_result(column, value, count, pairs) for value, count in counts[column][:size]],
+        } for column in columns], []
+
+    async def value_counts(self, columns: list[str], size: int) -> dict[str, list[tuple[Any, int]]]:
+        """(value, movies) pairs per column, best first."""
+        if self.unfiltered():
+            return {column: await self.cached_counts(column, size) for column in columns}
+        ids = self.related_ids()
+        names = ", ".join(f"[{column}]" for column in columns)
+        rows_sql = (f"select {', '.join(f'm.[{column}]' for column in columns)} from ({ids}) s "
+                    "join movies m on m.id = s.movie_id" if ids else f"select {names} from ({self.sql})")
+        groups = " union all ".join(
+            f"select {i} as k, [{column}] as value, count(*) as count from page where [{column}] is not null "
+            f"group by [{column}]" for i, column in enumerate(columns))
+        sql = f"with page as materialized ({rows_sql}) {groups}"
+        rows = (await self.ds.execute(self.database, sql, self.params, truncate=False,
+                                      custom_time_limit=self.ds.setting("facet_time_limit_ms"))).rows
+        counts: dict[str, list[tuple[Any, int]]] = {column: [] for column in columns}
+        for row in rows:
+            counts[columns[row["k"]]].append((row["value"], row["count"]))
+        return {column: sorted(pairs, key=lambda item: (-item[1], str(item[0])))[:size + 1]
+                for column, pairs in counts.items()}
+
+    async def cached_counts(self, column: str, size: int) -> list[tuple[Any, int]]:
+        """Whole-catalog counts of one column (from its index), reused until the database changes."""
+        path = str(getattr(self.ds.get_database(self.database), "path", ""))
+        key, stamp = (path, f"value:{self.table}:{column}", size), file_stamp(path)
+        if key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == stamp:
+            return CATALOG_COUNTS[key][1]
+        sql = (f"select [{column}] as value, count(*) as count from ({self.sql}) where [{column}] is not null "
+               f"group by [{column}] order by count desc, value limit {size + 1}")
+        result = await self.ds.execute(self.database, sql, self.params, truncate=False,
+                                       custom_time_limit=self.ds.setting("facet_time_limit_ms"))
+        rows = [(row["value"], row["count"]) for row in result.rows]
+        CATALOG_COUNTS[key] = (stamp, rows)
+        return rows
+
+    def value_result(self, column: str, value: Any, count: int, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        """One column value with the ?column=value link that toggles it, as Datasette's column facet makes."""
+        text = str(value)
+        chosen = (column, text) in pairs or (f"{column}__exact", text) in pairs
+        path = (path_with_removed_args(self.request, {column: text, f"{column}__exact": text}) if chosen
+                else path_with_added_args(self.request, {column: text}))
+        return {"value": value, "label": text, "count": count, "selected": chosen,
                 "toggle_url": self.ds.absolute_url(self.request, path)}
 
 

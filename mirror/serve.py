@@ -239,10 +239,10 @@ def canned_queries(datasette: Any, database: str, actor: Any) -> dict[str, Any] 
 
 @hookimpl
 def register_facet_classes() -> list[type]:
-    """Genre and quality facets counted from movie_genres and torrents."""
-    from .datasette_facets import GenreFacet, QualityFacet
+    """Genre and quality facets counted from movie_genres and torrents; one-pass year, language and MPA facets."""
+    from .datasette_facets import GenreFacet, QualityFacet, ValueFacet
 
-    return [GenreFacet, QualityFacet]
+    return [GenreFacet, QualityFacet, ValueFacet]
 
 
 @hookimpl
