@@ -151,6 +151,9 @@ def main() -> None:
                    measure(client, cycle(f"{catalog}?_genre={quote(g)}" for g in genres), args.rounds), 300)
             report("faceted catalog page: one year selected",
                    measure(client, cycle(f"{catalog}?year={y}" for y in years), args.rounds), 300)
+            report("faceted catalog page: one quality selected",
+                   measure(client, cycle(f"{catalog}?_quality={q}" for q in ("720p", "1080p", "2160p", "3D")),
+                           args.rounds), 300)
             report("faceted catalog page: genre + quality + language",
                    measure(client, cycle(f"{catalog}?_genre={quote(g)}&_quality=1080p&language=en" for g in genres),
                            args.rounds), 300)
