@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_api.py --movies 70000 --db /tmp/bench-api.db --seconds 10
 
 The mirror is synthesized from the simulator's catalog (mirror.fakeapi.Catalog) and written with
-the project's own store.upsert_movies, exactly the rows `yts-mirror sync --no-enrich` writes, plus
-the like/download counts enrichment would add; that takes under two minutes on a 2-CPU box where
+the project's own store.upsert_movies and enrich.write_movie (bench/synthetic.py), the rows a sync
+with movie_details enrichment writes; that takes under two minutes on a 2-CPU box where
 a real 70k-movie sync over loopback takes six. The file is reused by later runs (--rebuild to
 redo it). It is then served by `yts-mirror serve` (or `datasette` with --server datasette) in a
 subprocess, and measured with keep-alive HTTP/1.1 clients on asyncio:
@@ -34,32 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror import store
-from mirror.fakeapi import Catalog
+from synthetic import build_mirror  # noqa: E402 - bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH = "/api/v2/list_movies.json?limit=50"
-CHUNK = 1000
-
-
-def build_mirror(path: Path, movies: int, seed: int) -> float:
-    """Write a mirror of `movies` simulated movies to `path`; return the seconds it took."""
-    started = time.perf_counter()
-    catalog = Catalog(movies, seed)
-    db = store.open_db(path)
-    seen_at = store.now_iso()
-    ids = sorted(catalog.movies)
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        with db.atomic():
-            store.upsert_movies(db, [catalog.movies[i] for i in chunk], seen_at)
-            db.conn.executemany(
-                "UPDATE movies SET like_count = ?, download_count = ?, description_intro = ? WHERE id = ?",
-                [(catalog.extra[i]["like_count"], catalog.extra[i]["download_count"],
-                  catalog.extra[i]["description_intro"], i) for i in chunk],
-            )
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    return time.perf_counter() - started
 
 
 def free_port() -> int:

@@ -28,32 +28,9 @@ from urllib.parse import quote
 
 import httpx
 
-from mirror import enrich, store
-from mirror.fakeapi import Catalog
+from mirror import store
+from synthetic import build_mirror  # noqa: E402 - bench/ is on sys.path
 
-CHUNK = 1000
-
-
-def build_mirror(path: Path, movies: int, seed: int) -> float:
-    """Write a mirror of `movies` simulated, enriched-with-cast movies to `path`; return the seconds it took."""
-    started = time.perf_counter()
-    catalog = Catalog(movies, seed)
-    db = store.open_db(path)
-    seen_at = store.now_iso()
-    ids = sorted(catalog.movies)
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        with db.atomic():
-            store.upsert_movies(db, [catalog.movies[i] for i in chunk], seen_at, observed_at=seen_at)
-        hashes = dict(db.execute(f"SELECT id, list_hash FROM movies WHERE id IN ({','.join('?' * len(chunk))})",
-                                 chunk).fetchall())
-        for movie_id in chunk:
-            details = {"movie": catalog.details(movie_id, with_images=True, with_cast=True)}
-            item = enrich.WorkItem(movie_id, hashes[movie_id], ["movie_details"])
-            enrich.write_movie(db, item, {"movie_details": ("ok", details)})
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    return time.perf_counter() - started
 
 
 def start_server(path: Path) -> tuple[subprocess.Popen[str], str]:
