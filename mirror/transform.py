@@ -116,11 +116,29 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
+def text_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str | None]:
+    """Coerce several fields with to_text, skipping the call for values already str or None."""
+    out = {}
+    for field in fields:
+        value = source.get(field)
+        out[field] = value if value is None or type(value) is str else to_text(value)
+    return out
+
+
+def int_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, int | None]:
+    """Coerce several fields with to_int, skipping the call for values already int or None."""
+    out = {}
+    for field in fields:
+        value = source.get(field)
+        out[field] = value if value is None or type(value) is int else to_int(value)
+    return out
+
+
 def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:
     """Turn one list_movies movie into a `movies` row (without bookkeeping timestamps)."""
     row: dict[str, Any] = {"id": to_int(movie.get("id"))}
-    row.update({field: to_text(movie.get(field)) for field in MOVIE_TEXT_FIELDS})
-    row.update({field: to_int(movie.get(field)) for field in MOVIE_INT_FIELDS})
+    row.update(text_fields(movie, MOVIE_TEXT_FIELDS))
+    row.update(int_fields(movie, MOVIE_INT_FIELDS))
     row["rating"] = to_float(movie.get("rating"))
     row["genres"] = json.dumps(genres_of(movie), ensure_ascii=False)
     row["raw"] = raw if raw is not None else json.dumps(movie, ensure_ascii=False)
@@ -141,8 +159,8 @@ def torrent_rows(
             continue
         info_hash = str(torrent["hash"]).strip().upper()
         row: dict[str, Any] = {"hash": info_hash, "movie_id": movie_id}
-        row.update({field: to_text(torrent.get(field)) for field in TORRENT_TEXT_FIELDS})
-        row.update({field: to_int(torrent.get(field)) for field in TORRENT_INT_FIELDS})
+        row.update(text_fields(torrent, TORRENT_TEXT_FIELDS))
+        row.update(int_fields(torrent, TORRENT_INT_FIELDS))
         row["magnet"] = magnet_uri(info_hash, to_text(name), tracker_list)
         rows[info_hash] = row
     return list(rows.values())
@@ -177,7 +195,7 @@ def details_row(movie: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         field: to_text(movie.get(field, images.get(field))) for field in DETAIL_TEXT_FIELDS
     }
-    row.update({field: to_int(movie.get(field)) for field in DETAIL_INT_FIELDS})
+    row.update(int_fields(movie, DETAIL_INT_FIELDS))
     row["cast_names"] = " ".join(member["name"] for member in cast_rows(movie) if member["name"]) or None
     return row
 
