@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -116,22 +116,24 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-def text_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str | None]:
-    """Coerce several fields with to_text, skipping the call for values already str or None."""
+def coerce_fields(source: Mapping[str, Any], fields: Iterable[str], kind: type,
+                  coerce: Callable[[Any], Any]) -> dict[str, Any]:
+    """Read several fields, calling `coerce` only on values that are not None or already `kind`."""
     out = {}
     for field in fields:
         value = source.get(field)
-        out[field] = value if value is None or type(value) is str else to_text(value)
+        out[field] = value if value is None or type(value) is kind else coerce(value)
     return out
+
+
+def text_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str | None]:
+    """Coerce several fields with to_text."""
+    return coerce_fields(source, fields, str, to_text)
 
 
 def int_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, int | None]:
-    """Coerce several fields with to_int, skipping the call for values already int or None."""
-    out = {}
-    for field in fields:
-        value = source.get(field)
-        out[field] = value if value is None or type(value) is int else to_int(value)
-    return out
+    """Coerce several fields with to_int."""
+    return coerce_fields(source, fields, int, to_int)
 
 
 def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:
