@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS],
     count = connect(db_path).execute("SELECT COUNT(*) FROM movies").fetchone()[0]
     assert count == (next_page - 1) * 50, "committed pages and checkpoint disagree"
     assert count < 1000
+    time.sleep(0.3)  # let the simulator finish answering the killed process's last request
     requests_before = sim.ok_counts["list_movies"]
     run = sync(db_path, sim, config_file)
     assert run["kind"] == "full" and run["pages"] == 20 - (next_page - 1)
