@@ -21,8 +21,6 @@ Targets (issue 3): >= 18 req/s, 0 refused, peak RSS < 120 MB.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sqlite3
 import statistics
 import sys
@@ -32,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sync import YTS_MIRROR, Simulator, iso_seconds, machine, run_measured  # noqa: E402
+from bench_sync import (YTS_MIRROR, Simulator, iso_seconds, machine, remove_workdir,  # noqa: E402
+                        run_measured, save_figures)
 
 DEFAULT_ENDPOINTS = 4  # movie_details, movie_suggestions, movie_reviews, movie_parental_guides
 TARGET_RATE_FRACTION = 0.9
@@ -87,15 +86,9 @@ def main() -> None:
         finally:
             sim.stop()
         report(figures, args)
-        figures["machine_after"] = machine()
-        print(f"# after: {figures['machine_after']}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2))
+        save_figures(figures, args.json)
     finally:
-        if args.keep:
-            print(f"# kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, args.keep)
 
 
 def total(stats: dict[str, Any]) -> int:

@@ -350,15 +350,9 @@ def main() -> None:
                 figures["rss_spread"] = spread
                 print(f"ours peak RSS spread across sizes: {spread * 100:.1f}%  target <= "
                       f"{TARGET_RSS_SPREAD * 100:.0f}%: {'PASS' if spread <= TARGET_RSS_SPREAD else 'FAIL'}")
-        figures["machine_after"] = machine()
-        print(f"# after: {figures['machine_after']}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2))
+        save_figures(figures, args.json)
     finally:
-        if args.keep:
-            print(f"# kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, args.keep)
 
 
 def rss_by_size(sizes: list[int], args: argparse.Namespace, workdir: Path,
@@ -393,6 +387,22 @@ def profile_once(sim: Simulator, workdir: Path, path: str) -> None:
     stats.sort_stats("tottime").print_stats(15)
     print("our own functions by cumulative time:")
     stats.sort_stats("cumulative").print_stats(r"mirror[/\\](store|transform|crawl|sync|client)\.py", 15)
+
+
+def save_figures(figures: dict[str, Any], json_path: str | None) -> None:
+    """Note the machine's state after the run, and write the figures as JSON if asked."""
+    figures["machine_after"] = machine()
+    print(f"# after: {figures['machine_after']}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2))
+
+
+def remove_workdir(workdir: Path, keep: bool) -> None:
+    """Delete the scratch folder, unless --keep asked to look at it."""
+    if keep:
+        print(f"# kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def machine() -> str:
