@@ -192,11 +192,13 @@ def upsert_movies(
     return PageResult(new_ids, changed_ids, len(set(hashes) - known_hashes), removed)
 
 
-def known_ids(db: sqlite_utils.Database, ids: Sequence[int]) -> set[int]:
-    """Return which of `ids` are already in the mirror."""
+def known_ids(db: sqlite_utils.Database, ids: Sequence[int], before: str) -> set[int]:
+    """Return which of `ids` were first mirrored before the time `before`."""
     if not ids:
         return set()
-    rows = db.execute(f"SELECT id FROM movies WHERE id IN ({_placeholders(len(ids))})", list(ids)).fetchall()
+    rows = db.execute(
+        f"SELECT id FROM movies WHERE id IN ({_placeholders(len(ids))}) AND first_seen_at < ?", [*ids, before]
+    ).fetchall()
     return {row[0] for row in rows}
 
 

@@ -200,11 +200,7 @@ class Syncer:
         started_at = checkpoint["started_at"]
 
         def known_before(ids: list[int]) -> set[int]:
-            rows = self.db.execute(
-                f"SELECT id FROM movies WHERE id IN ({', '.join('?' * len(ids))}) AND first_seen_at < ?",
-                [*ids, started_at],
-            ).fetchall() if ids else []
-            return {row[0] for row in rows}
+            return store.known_ids(self.db, ids, started_at)
 
         for page in crawl_new(self.client, known_before, self.config.sync.overlap, checkpoint["next_page"]):
             self._commit_page(summary, page, checkpoint, None)
