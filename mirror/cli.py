@@ -179,23 +179,30 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
             f"{c['movies_removed']} removed, {c['enriched']} enriched", err=True)
 
 
-def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,
-             stop: threading.Event | None = None) -> Any:
-    """Run one sync under the writer lock, with progress output and signal handling."""
+@contextmanager
+def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: bool, stop: threading.Event | None,
+                   must_exist: bool = False) -> Iterator[tuple[Any, Any, TerminalProgress, threading.Event]]:
+    """Hold the writer lock; yield the database, client, progress output and stop event; close them."""
     with writer_lock(config.db, wait=wait):
-        db = store.open_db(config.db)
+        db = open_existing(config.db) if must_exist else store.open_db(config.db)
         client = make_client(config)
-        progress = TerminalProgress("sync", quiet=quiet)
+        progress = TerminalProgress(label, unit=unit, quiet=quiet)
         try:
             with stop_on_signals() as signal_stop:
-                event = stop or signal_stop
-                syncer = Syncer(db, client, config, progress.callbacks(), event)
-                after = enrich_after_crawl(db, client, config, event, quiet) if enrich else None
-                return syncer.run(full=full, after_crawl=after)
+                yield db, client, progress, stop or signal_stop
         finally:
             progress.close()
             client.close()
             db.close()
+
+
+def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,
+             stop: threading.Event | None = None) -> Any:
+    """Run one sync under the writer lock, with progress output and signal handling."""
+    with writer_session(config, "sync", "movies", wait, quiet, stop) as (db, client, progress, event):
+        syncer = Syncer(db, client, config, progress.callbacks(), event)
+        after = enrich_after_crawl(db, client, config, event, quiet) if enrich else None
+        return syncer.run(full=full, after_crawl=after)
 
 
 def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Event,
@@ -238,28 +245,21 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
 def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,
                quiet: bool = False, stop: threading.Event | None = None) -> Any:
     """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
-    with writer_lock(config.db, wait=wait):
-        database = open_existing(config.db)
-        client = make_client(config)
-        progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
+    with writer_session(config, "enrich", "requests", wait, quiet, stop, must_exist=True) as session:
+        database, client, progress, event = session
         store.close_stale_runs(database)
         run_id = store.start_run(database, "enrich", client.base_url)
         status, error, report = "failed", None, None
         try:
-            with stop_on_signals() as signal_stop:
-                event = stop or signal_stop
-                report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
-                                        stop=event, progress=progress.callbacks())
-                status = "interrupted" if event.is_set() else "ok"
+            report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
+                                    stop=event, progress=progress.callbacks())
+            status = "interrupted" if event.is_set() else "ok"
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            progress.close()
             store.finish_run(database, run_id, status, error, requests=client.stats.requests,
                              retries=client.stats.retries, enriched=report.movies_done if report else 0)
-            client.close()
-            database.close()
     for message in report.messages():
         progress.message(message)
     if not quiet:
