@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import requests
 import tenacity
 
@@ -104,6 +105,19 @@ def extract_json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         pass
+    return _find_envelope(text)
+
+
+def decode_body(body: bytes, text: Callable[[], str]) -> Any:
+    """Decode a response body: orjson on the bytes, else `extract_json` on the decoded text."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return extract_json(text())
+
+
+def _find_envelope(text: str) -> Any:
+    """The first `{"status": ...}` object in a text with other things around it."""
     for match in _ENVELOPE_START.finditer(text):
         try:
             value, _ = _decoder.raw_decode(text, match.start())
@@ -294,27 +308,31 @@ class YTSClient:
         full_url = response.url or url
         status = response.status_code
         try:
-            text = response.text
+            body = response.content
         except (requests.RequestException, OSError) as error:
             raise TransientError(full_url, f"body lost: {error}") from error
+
+        def text() -> str:  # decoded only where needed: orjson reads the bytes
+            return response.text
+
         if status == 429:
             # The 2026 rate-limit answer is plain text: error_http429__jackett-issue-16463.txt
             raise TransientError(full_url, "HTTP 429 Too Many Requests",
                                  retry_after_seconds(response.headers.get("Retry-After")))
         if status >= 500:
             raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
-        if status >= 400 and _error_envelope(text):
+        if status >= 400 and _error_envelope(text()):
             # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
-            raise FetchError(full_url, f"HTTP {status}: {_error_envelope(text)}")
+            raise FetchError(full_url, f"HTTP {status}: {_error_envelope(text())}")
         if status in (403, 404, 408, 410):
             # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
             raise TransientError(full_url, f"HTTP {status}", host_failure=True)
         if status >= 400:
             raise FetchError(full_url, f"HTTP {status}")
         try:
-            envelope = extract_json(text)
+            envelope = decode_body(body, text)
         except ValueError:
-            raise TransientError(full_url, describe_bad_body(text)) from None
+            raise TransientError(full_url, describe_bad_body(text())) from None
         if not isinstance(envelope, Mapping):
             raise TransientError(full_url, "JSON body is not an object")
         if envelope.get("status") != "ok":

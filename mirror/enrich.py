@@ -7,7 +7,6 @@ So a kill loses at most one movie's requests per worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -220,7 +219,7 @@ def _store_payload(db: sqlite_utils.Database, movie_id: int, endpoint: str, data
         if transform.is_placeholder(movie) or transform.to_int(movie.get("id")) != movie_id:  # type: ignore[union-attr]
             return "not_found"
         row = transform.details_row(movie)  # type: ignore[arg-type]
-        row["raw_details"] = json.dumps(movie, ensure_ascii=False)
+        row["raw_details"] = transform.dumps(movie)
         assignments = ", ".join(f"{column} = :{column}" for column in row)
         db.execute(f"UPDATE movies SET {assignments} WHERE id = :id", {**row, "id": movie_id})
         _replace_children(db, "movie_cast", movie_id, transform.cast_rows({**movie, "id": movie_id}))  # type: ignore[dict-item]

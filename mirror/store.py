@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -16,10 +16,26 @@ import sqlite_utils
 
 from . import transform
 
-SCHEMA_VERSION = 1
-# Versioned migrations: MIGRATIONS[n] holds the statements that take a database from n-1 to n.
-# schema.sql always describes the newest shape and is applied (idempotently) after them.
-MIGRATIONS: dict[int, Sequence[str]] = {}
+SCHEMA_VERSION = 2
+
+
+def _compact_raw_json(db: sqlite_utils.Database) -> None:
+    """Version 2 stores raw list JSON compact (orjson): rewrite it and rehash, keeping enrichment fresh."""
+    rows = db.execute("SELECT id, raw, list_hash FROM movies").fetchall()
+    for movie_id, raw, old_hash in rows:
+        try:
+            compact = transform.dumps(json.loads(raw))
+        except ValueError:
+            continue
+        new_hash = transform.list_hash({}, compact)
+        db.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [compact, new_hash, movie_id])
+        db.execute("UPDATE enrich_state SET list_hash = ? WHERE movie_id = ? AND list_hash = ?",
+                   [new_hash, movie_id, old_hash])
+
+
+# Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database
+# from version n-1 to n. schema.sql always describes the newest shape and is applied after them.
+MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] = {2: (_compact_raw_json,)}
 
 
 class StoreError(Exception):
@@ -72,8 +88,11 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
         with db.atomic():
             if version and version < SCHEMA_VERSION:
                 for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS.get(target, ()):
-                        db.execute(statement)
+                    for step in MIGRATIONS.get(target, ()):
+                        if isinstance(step, str):
+                            db.execute(step)
+                        else:
+                            step(db)
             for statement in split_sql(schema_sql()):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

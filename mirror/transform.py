@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote_plus
 
+import orjson
+
 # The trackers the API documentation recommends for magnet links (yts-api-v2.txt, "List Movies").
 DEFAULT_TRACKERS: tuple[str, ...] = (
     "udp://open.demonii.com:1337",
@@ -46,8 +48,18 @@ TORRENT_COLUMNS = ("hash", "movie_id") + TORRENT_TEXT_FIELDS + TORRENT_INT_FIELD
 
 
 
+def dumps(value: Any) -> str:
+    """Serialize JSON compactly, as the API sends it; orjson, or json for what orjson refuses."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def to_int(value: Any) -> int | None:
     """Coerce the API's loose integers ("8", "", 8, 8.0, None) to int or None."""
+    if type(value) is str and value.isdigit() and value.isascii():
+        return int(value)
     if value is None or isinstance(value, bool):
         return None if value is None else int(value)
     if isinstance(value, int):
@@ -78,7 +90,7 @@ def to_text(value: Any) -> str | None:
     if value is None or type(value) is str:
         return value
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
+        return dumps(value)
     return str(value)
 
 
@@ -89,10 +101,12 @@ def _tracker_params(trackers: tuple[str, ...]) -> str:
 
 def magnet_uri(info_hash: str, name: str | None, trackers: Iterable[str] = DEFAULT_TRACKERS) -> str:
     """Build a magnet URI the way the API docs describe."""
-    uri = f"magnet:?xt=urn:btih:{info_hash.upper()}"
-    if name:
-        uri += "&dn=" + quote_plus(name)
-    return uri + _tracker_params(tuple(trackers))
+    return f"magnet:?xt=urn:btih:{info_hash.upper()}" + _magnet_suffix(name, tuple(trackers))
+
+
+def _magnet_suffix(name: str | None, trackers: tuple[str, ...]) -> str:
+    """The part of a movie's magnet URIs after the info hash: its name, then the trackers."""
+    return ("&dn=" + quote_plus(name) if name else "") + _tracker_params(trackers)
 
 
 # Swarm counts as they appear in the JSON we store; stripped before hashing.
@@ -101,7 +115,7 @@ _VOLATILE = re.compile(r'"(?:seeds|peers)": ?(?:-?\d+|"[^"]*"|null)')
 
 def list_hash(movie: Mapping[str, Any], raw: str | None = None) -> str:
     """Hash a movie's list JSON, ignoring swarm counts, to tell real changes apart."""
-    text = raw if raw is not None else json.dumps(movie, ensure_ascii=False)
+    text = raw if raw is not None else dumps(movie)
     stable = _VOLATILE.sub("", text).encode()
     return hashlib.blake2b(stable, digest_size=12).hexdigest()
 
@@ -119,11 +133,9 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
 def coerce_fields(source: Mapping[str, Any], fields: Iterable[str], kind: type,
                   coerce: Callable[[Any], Any]) -> dict[str, Any]:
     """Read several fields, calling `coerce` only on values that are not None or already `kind`."""
-    out = {}
-    for field in fields:
-        value = source.get(field)
-        out[field] = value if value is None or type(value) is kind else coerce(value)
-    return out
+    get = source.get
+    return {field: value if (value := get(field)) is None or type(value) is kind else coerce(value)
+            for field in fields}
 
 
 def text_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str | None]:
@@ -142,8 +154,8 @@ def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any
     row.update(text_fields(movie, MOVIE_TEXT_FIELDS))
     row.update(int_fields(movie, MOVIE_INT_FIELDS))
     row["rating"] = to_float(movie.get("rating"))
-    row["genres"] = json.dumps(genres_of(movie), ensure_ascii=False)
-    row["raw"] = raw if raw is not None else json.dumps(movie, ensure_ascii=False)
+    row["genres"] = dumps(genres_of(movie))
+    row["raw"] = raw if raw is not None else dumps(movie)
     row["list_hash"] = list_hash(movie, row["raw"])
     return row
 
@@ -153,8 +165,7 @@ def torrent_rows(
 ) -> list[dict[str, Any]]:
     """Turn a movie's torrents into `torrents` rows, hashes upper-cased, repeats dropped."""
     movie_id = to_int(movie.get("id"))
-    name = movie.get("title_long") or movie.get("title")
-    tracker_list = tuple(trackers)
+    magnet_suffix = _magnet_suffix(to_text(movie.get("title_long") or movie.get("title")), tuple(trackers))
     rows: dict[str, dict[str, Any]] = {}
     for torrent in movie.get("torrents") or []:
         if not isinstance(torrent, Mapping) or not torrent.get("hash"):
@@ -163,7 +174,7 @@ def torrent_rows(
         row: dict[str, Any] = {"hash": info_hash, "movie_id": movie_id}
         row.update(text_fields(torrent, TORRENT_TEXT_FIELDS))
         row.update(int_fields(torrent, TORRENT_INT_FIELDS))
-        row["magnet"] = magnet_uri(info_hash, to_text(name), tracker_list)
+        row["magnet"] = f"magnet:?xt=urn:btih:{info_hash}{magnet_suffix}"
         rows[info_hash] = row
     return list(rows.values())
 

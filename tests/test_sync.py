@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror import store, transform
 from mirror.fakeapi import FAULT_KINDS, FakeYTS
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
                      mirror_movies, run_cli, wait_for, write_config)
@@ -83,6 +84,31 @@ def test_second_identical_sync_changes_nothing(simulator: Callable[..., FakeYTS]
     assert (run["movies_new"], run["movies_updated"], run["movies_removed"], run["torrents_new"]) == (0, 0, 0, 0)
     run = sync(db_path, sim, config_file)
     assert run["kind"] == "incremental" and run["pages"] == 1 and snapshot(db_path) == before
+
+
+def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                      config_file: Path) -> None:
+    sim = simulator(movies=120)
+    sync(db_path, sim, config_file)
+    compact = {row[0]: row[1] for row in connect(db_path).execute("SELECT id, raw FROM movies")}
+    conn = connect(db_path)
+    with conn:  # what version 1 wrote: json.dumps's spaced raw JSON, hashed as such, and enriched
+        for movie_id, raw in compact.items():
+            spaced = json.dumps(json.loads(raw), ensure_ascii=False)
+            old_hash = transform.list_hash({}, spaced)
+            conn.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [spaced, old_hash, movie_id])
+            conn.execute("INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, list_hash) "
+                         "VALUES (?, 'movie_details', 'ok', '2026-12-01T00:00:00.000000Z', 1, ?)", [movie_id, old_hash])
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    run = sync(db_path, sim, config_file, "--full")
+    assert run["movies_updated"] == 0
+    conn = connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert {row[0]: row[1] for row in conn.execute("SELECT id, raw FROM movies")} == compact
+    stale = conn.execute("SELECT COUNT(*) FROM enrich_state s JOIN movies m ON m.id = s.movie_id "
+                         "WHERE s.list_hash IS NOT m.list_hash").fetchone()[0]
+    assert stale == 0, "an upgrade must not send every movie back to movie_details"
 
 
 def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[..., FakeYTS], db_path: Path,

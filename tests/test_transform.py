@@ -43,6 +43,11 @@ def test_movie_row_coerces_and_keeps_raw() -> None:
     assert json.loads(row["raw"]) == MOVIE
 
 
+def test_raw_json_is_compact_and_survives_huge_integers() -> None:
+    assert transform.dumps({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'
+    assert json.loads(transform.dumps({"n": 2**70})) == {"n": 2**70}  # beyond orjson's 64 bits
+
+
 def test_torrent_rows_upper_case_and_deduplicate() -> None:
     frozen = copy.deepcopy(MOVIE)
     rows = transform.torrent_rows(MOVIE)
