@@ -164,40 +164,40 @@ def upsert_movies(
     observed_at: str | None = None,
 ) -> PageResult:
     """Upsert list_movies movies with their torrents and genres. Call inside a transaction."""
-    trackers = tuple(trackers)
-    rows = {}
-    for movie in movies:
-        row = transform.movie_row(movie)
-        rows[row["id"]] = (row, movie)  # a movie repeated on one page counts once
-    if not rows:
+    return write_page(db, transform.page_rows(movies, trackers), seen_at, observed_at)
+
+
+def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str,
+               observed_at: str | None = None) -> PageResult:
+    """Upsert one list page's rows; record swarm counts at `observed_at`. Call inside a transaction."""
+    if not rows.movies:
         return PageResult([], [])
-    ids = list(rows)
+    ids = list(rows.movies)
     existing = dict(db.execute(
         f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({_placeholders(len(ids))})",
         ids,
     ).fetchall())
     new_ids = [i for i in ids if i not in existing]
-    changed_ids = [i for i in ids if i in existing and existing[i] != rows[i][0]["list_hash"]]
-    unchanged_ids = [i for i in ids if i in existing and existing[i] == rows[i][0]["list_hash"]]
+    changed_ids = [i for i in ids if i in existing and existing[i] != rows.movies[i]["list_hash"]]
+    unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i]["list_hash"]]
 
     write_ids = new_ids + changed_ids
-    db.conn.executemany(_MOVIE_INSERT, [{**rows[i][0], "seen_at": seen_at} for i in write_ids])
+    db.conn.executemany(_MOVIE_INSERT, [{**rows.movies[i], "seen_at": seen_at} for i in write_ids])
     db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
     if changed_ids:
         db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({_placeholders(len(changed_ids))})", changed_ids)
     db.conn.executemany(
         "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES (:movie_id, :genre)",
-        [genre for i in write_ids for genre in transform.genre_rows(rows[i][1])],
+        [genre for i in write_ids for genre in rows.genres[i]],
     )
 
-    torrents = [t for i in ids for t in transform.torrent_rows(rows[i][1], trackers)]
-    hashes = [t["hash"] for t in torrents]
+    hashes = [t["hash"] for t in rows.torrents]
     known_hashes = {
         h for (h,) in db.execute(
             f"SELECT hash FROM torrents WHERE hash IN ({_placeholders(len(hashes))}) AND removed_at IS NULL", hashes
         ).fetchall()
     } if hashes else set()
-    db.conn.executemany(_TORRENT_INSERT, [{**t, "seen_at": seen_at} for t in torrents])
+    db.conn.executemany(_TORRENT_INSERT, [{**t, "seen_at": seen_at} for t in rows.torrents])
     removed = db.execute(
         f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({_placeholders(len(ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",
@@ -206,7 +206,7 @@ def upsert_movies(
     if observed_at:
         db.conn.executemany(
             "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) VALUES (?, ?, ?, ?)",
-            [(t["hash"], observed_at, t["seeds"], t["peers"]) for t in torrents],
+            [(t["hash"], observed_at, t["seeds"], t["peers"]) for t in rows.torrents],
         )
     return PageResult(new_ids, changed_ids, len(set(hashes) - known_hashes), removed)
 

@@ -162,7 +162,8 @@ class Syncer:
         observed_at = started_at if self.config.sync.torrent_history else None
         self.progress.advance(len(seen))
         counts = {checkpoint["movie_count"]} - {None}
-        # No read-ahead: a page fetched but not committed is a request a kill wastes.
+        # No read-ahead: a page fetched but not committed is a request a kill wastes, and a
+        # fetching thread gains nothing here (SQLite gives up the GIL per row, then waits for it).
         for page in crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")):
             self._commit_page(summary, page, checkpoint, observed_at)
             counts.add(page.movie_count)

@@ -6,7 +6,8 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -183,6 +184,29 @@ def genre_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Turn a movie's genres into `movie_genres` rows."""
     movie_id = to_int(movie.get("id"))
     return [{"movie_id": movie_id, "genre": genre} for genre in genres_of(movie)]
+
+
+@dataclass(frozen=True)
+class PageRows:
+    """The rows of one list page: movies and genres by movie id, and the torrents."""
+
+    movies: dict[int, dict[str, Any]]
+    genres: dict[int, list[dict[str, Any]]]
+    torrents: list[dict[str, Any]]
+
+
+def page_rows(movies: Sequence[Mapping[str, Any]], trackers: Iterable[str] = DEFAULT_TRACKERS) -> PageRows:
+    """Turn a list page's movies into rows; a movie repeated on one page counts once (the last)."""
+    by_id: dict[int, tuple[dict[str, Any], Mapping[str, Any]]] = {}
+    for movie in movies:
+        row = movie_row(movie)
+        by_id[row["id"]] = (row, movie)
+    tracker_list = tuple(trackers)
+    return PageRows(
+        movies={movie_id: row for movie_id, (row, _) in by_id.items()},
+        genres={movie_id: genre_rows(movie) for movie_id, (_, movie) in by_id.items()},
+        torrents=[t for _, movie in by_id.values() for t in torrent_rows(movie, tracker_list)],
+    )
 
 
 def is_placeholder(movie: Mapping[str, Any] | None) -> bool:
