@@ -85,7 +85,14 @@ CREATE VIRTUAL TABLE IF NOT EXISTS movies_fts USING fts5(
     title, title_english, description_full, cast_names,
     content='movies', content_rowid='id'
 );
-CREATE TRIGGER IF NOT EXISTS movies_fts_ai AFTER INSERT ON movies BEGIN
+-- A row here, only ever inside a writer's transaction, pauses movies_fts_ai: the list sync
+-- indexes a page's new movies in one statement, several times faster than row by row.
+CREATE TABLE IF NOT EXISTS fts_batch (
+    active INTEGER PRIMARY KEY
+);
+CREATE TRIGGER IF NOT EXISTS movies_fts_ai AFTER INSERT ON movies
+WHEN NOT EXISTS (SELECT 1 FROM fts_batch)
+BEGIN
     INSERT INTO movies_fts(rowid, title, title_english, description_full, cast_names)
     VALUES (new.id, new.title, new.title_english, new.description_full, new.cast_names);
 END;

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -35,7 +37,9 @@ def _compact_raw_json(db: sqlite_utils.Database) -> None:
 
 # Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database
 # from version n-1 to n. schema.sql always describes the newest shape and is applied after them.
-MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] = {2: (_compact_raw_json,)}
+MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] = {
+    2: (_compact_raw_json, "DROP TRIGGER IF EXISTS movies_fts_ai"),  # schema.sql adds its fts_batch guard
+}
 
 
 class StoreError(Exception):
@@ -121,21 +125,58 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 
 # ---- upserts -------------------------------------------------------------------------------
 
-MOVIE_DATA_COLUMNS = transform.MOVIE_COLUMNS
-_MOVIE_INSERT = (
-    f"INSERT INTO movies ({', '.join(MOVIE_DATA_COLUMNS)}, first_seen_at, last_seen_at, removed_at) "
-    f"VALUES ({', '.join(':' + c for c in MOVIE_DATA_COLUMNS)}, :seen_at, :seen_at, NULL) "
-    "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in MOVIE_DATA_COLUMNS if c != "id")
+_MOVIE_UPSERT = (
+    f"INSERT INTO movies ({', '.join(transform.MOVIE_COLUMNS)}, first_seen_at, last_seen_at, removed_at) "
+    "VALUES {} ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in transform.MOVIE_COLUMNS if c != "id")
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
 )
-_TORRENT_INSERT = (
+_TORRENT_UPSERT = (
     f"INSERT INTO torrents ({', '.join(transform.TORRENT_COLUMNS)}, first_seen_at, last_seen_at, removed_at) "
-    f"VALUES ({', '.join(':' + c for c in transform.TORRENT_COLUMNS)}, :seen_at, :seen_at, NULL) "
-    "ON CONFLICT(hash) DO UPDATE SET "
+    "VALUES {} ON CONFLICT(hash) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in transform.TORRENT_COLUMNS if c != "hash")
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
 )
+_GENRE_INSERT = "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES {}"
+_STATS_INSERT = "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) VALUES {}"
+_FTS_INSERT = (
+    "INSERT INTO movies_fts (rowid, title, title_english, description_full, cast_names) "
+    "SELECT id, title, title_english, description_full, cast_names FROM movies WHERE id IN ({})"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _values_sql(template: str, width: int, count: int) -> str:
+    """`template` with its `VALUES {}` filled with `count` rows of `width` parameters."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(", ".join([row] * count))
+
+
+ROWS_PER_STATEMENT = 25  # few statement shapes to prepare and cache, each still amortised over rows
+
+
+def insert_rows(db: sqlite_utils.Database, template: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run an INSERT `template` over `rows` as multi-row statements of up to ROWS_PER_STATEMENT rows."""
+    if not rows:
+        return
+    width = len(rows[0])
+    limit = db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    per_statement = max(1, min(ROWS_PER_STATEMENT, limit))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        db.conn.execute(_values_sql(template, width, len(chunk)), [value for row in chunk for value in row])
+
+
+@contextmanager
+def fts_batch(db: sqlite_utils.Database, movie_ids: Sequence[int]) -> Iterator[None]:
+    """Pause per-row full-text indexing of inserted movies, then index `movie_ids` in one statement."""
+    db.execute("INSERT INTO fts_batch (active) VALUES (1)")
+    try:
+        yield
+    finally:
+        db.execute("DELETE FROM fts_batch")
+    if movie_ids:
+        db.execute(_FTS_INSERT.format(_placeholders(len(movie_ids))), list(movie_ids))
 
 
 @dataclass
@@ -182,14 +223,13 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
     unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i]["list_hash"]]
 
     write_ids = new_ids + changed_ids
-    db.conn.executemany(_MOVIE_INSERT, [{**rows.movies[i], "seen_at": seen_at} for i in write_ids])
+    with fts_batch(db, new_ids):  # changed movies are reindexed by the update trigger
+        insert_rows(db, _MOVIE_UPSERT, [
+            (*(rows.movies[i][c] for c in transform.MOVIE_COLUMNS), seen_at, seen_at, None) for i in write_ids])
     db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
     if changed_ids:
         db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({_placeholders(len(changed_ids))})", changed_ids)
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES (:movie_id, :genre)",
-        [genre for i in write_ids for genre in rows.genres[i]],
-    )
+    insert_rows(db, _GENRE_INSERT, [(g["movie_id"], g["genre"]) for i in write_ids for g in rows.genres[i]])
 
     hashes = [t["hash"] for t in rows.torrents]
     known_hashes = {
@@ -197,17 +237,15 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
             f"SELECT hash FROM torrents WHERE hash IN ({_placeholders(len(hashes))}) AND removed_at IS NULL", hashes
         ).fetchall()
     } if hashes else set()
-    db.conn.executemany(_TORRENT_INSERT, [{**t, "seen_at": seen_at} for t in rows.torrents])
+    insert_rows(db, _TORRENT_UPSERT, [
+        (*(t[c] for c in transform.TORRENT_COLUMNS), seen_at, seen_at, None) for t in rows.torrents])
     removed = db.execute(
         f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({_placeholders(len(ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",
         [seen_at, *ids, seen_at],
     ).rowcount
     if observed_at:
-        db.conn.executemany(
-            "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) VALUES (?, ?, ?, ?)",
-            [(t["hash"], observed_at, t["seeds"], t["peers"]) for t in rows.torrents],
-        )
+        insert_rows(db, _STATS_INSERT, [(t["hash"], observed_at, t["seeds"], t["peers"]) for t in rows.torrents])
     return PageResult(new_ids, changed_ids, len(set(hashes) - known_hashes), removed)
 
 

@@ -120,10 +120,16 @@ def assert_mirror_equals_catalog(db_path: Path | str, catalog: Catalog) -> None:
 
 
 def integrity_ok(db_path: Path | str) -> bool:
-    """PRAGMA integrity_check says ok."""
+    """PRAGMA integrity_check says ok, and the full-text index matches the movies table."""
     conn = sqlite3.connect(str(db_path))
     try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            return False
+        try:  # rank 1: compare the index with the external content, row by row
+            conn.execute("INSERT INTO movies_fts (movies_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError:
+            return False
+        return True
     finally:
         conn.close()
 

@@ -184,6 +184,28 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
     assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
 
 
+def test_full_text_index_follows_every_writer(simulator: Callable[..., FakeYTS], db_path: Path,
+                                            config_file: Path) -> None:
+    sim = simulator(movies=120)
+    sim.catalog.edit(sim.catalog.order[3], title="Zanzibar Nights")
+    sync(db_path, sim, config_file)
+    conn = connect(db_path)
+    with conn:  # an ad-hoc writer, not yts-mirror: the triggers alone keep the index in step
+        conn.execute("INSERT INTO movies (id, title, raw, first_seen_at, last_seen_at) "
+                     "VALUES (999999, 'Quixotic Harbour', '{}', 'x', 'x')")
+        conn.execute("UPDATE movies SET title = 'Plain Title' WHERE id = ?", [sim.catalog.order[3]])
+    db = store.connect(db_path)
+    assert [row["id"] for row in store.search(db, "quixotic")] == [999999]
+    assert store.search(db, "zanzibar") == []
+    assert conn.execute("SELECT COUNT(*) FROM fts_batch").fetchone()[0] == 0
+    assert integrity_ok(db_path)
+    with conn:  # the check above can fail: a row indexed by nobody
+        conn.execute("DROP TRIGGER movies_fts_ai")
+        conn.execute("INSERT INTO movies (id, title, raw, first_seen_at, last_seen_at) "
+                     "VALUES (999998, 'Unindexed', '{}', 'x', 'x')")
+    assert not integrity_ok(db_path)
+
+
 def test_stats_reports_counts_runs_and_size(simulator: Callable[..., FakeYTS], db_path: Path,
                                             config_file: Path) -> None:
     sim = simulator(movies=120)
