@@ -188,7 +188,7 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
         client = make_client(config)
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
         try:
-            with stop_on_signals() as signal_stop:
+            with stop_on_signals() as signal_stop, store.background_checkpoints(config.db):
                 yield db, client, progress, stop or signal_stop
         finally:
             progress.close()

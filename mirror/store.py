@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from typing import Any
 import sqlite_utils
 
 from . import transform
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 
@@ -80,8 +84,8 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
     try:
         db.enable_wal()
         db.execute("PRAGMA synchronous = NORMAL")
-        # Copy the WAL back every 64 MB rather than 4 MB: each copy waits on the disk. A power
-        # cut may then roll back more recent pages, but they roll back with their checkpoint.
+        # Copy the WAL back every 64 MB rather than 4 MB: each copy waits on the disk. Writers
+        # also run background_checkpoints, which copies it sooner without making commits wait.
         db.execute("PRAGMA wal_autocheckpoint = 16384")
         db.execute("PRAGMA journal_size_limit = 67108864")
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -102,6 +106,31 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.DatabaseError as error:
         raise StoreError(f"cannot prepare database: {error}") from None
+
+
+@contextmanager
+def background_checkpoints(path: str | os.PathLike[str], interval: float = 0.5) -> Iterator[None]:
+    """Copy the WAL back into the database from a thread, so the writer's commits seldom wait on the disk."""
+    stop = threading.Event()
+
+    def run() -> None:
+        conn = sqlite3.connect(str(path), check_same_thread=False)
+        try:
+            while not stop.wait(interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never blocks readers or the writer
+                except sqlite3.OperationalError as error:
+                    log.debug("background checkpoint skipped: %s", error)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=run, name="wal-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def split_sql(script: str) -> list[str]:

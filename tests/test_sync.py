@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -204,6 +205,30 @@ def test_full_text_index_follows_every_writer(simulator: Callable[..., FakeYTS],
         conn.execute("INSERT INTO movies (id, title, raw, first_seen_at, last_seen_at) "
                      "VALUES (999998, 'Unindexed', '{}', 'x', 'x')")
     assert not integrity_ok(db_path)
+
+
+def test_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.db"
+    db = store.open_db(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema is in the file; what follows, in the WAL
+    db.execute("PRAGMA wal_autocheckpoint = 0")  # only the background thread copies the WAL back
+    movies = [{"id": i, "title": f"Movie {i}", "torrents": [{"hash": f"{i:040X}"}]} for i in range(1, 301)]
+
+    def in_database_file() -> int:  # immutable=1 reads the main file alone, ignoring the WAL
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM movies").fetchone()[0]
+        finally:
+            conn.close()
+
+    with db.atomic():
+        store.upsert_movies(db, movies[:100], store.now_iso())
+    assert in_database_file() == 0
+    with store.background_checkpoints(path, interval=0.05):
+        with db.atomic():
+            store.upsert_movies(db, movies[100:], store.now_iso())
+        wait_for(lambda: in_database_file() == 300, timeout=10)
+    db.close()
 
 
 def test_stats_reports_counts_runs_and_size(simulator: Callable[..., FakeYTS], db_path: Path,
