@@ -108,10 +108,11 @@ def replay(pages: list[list[dict[str, Any]]], path: Path, setup: list[str], brea
             setattr(transform, name, timed)
     try:
         started = time.process_time()
-        observed_at = store.now_iso()
+        started_at = store.now_iso()
         for movies in pages:
             with db.atomic():
-                store.upsert_movies(db, movies, store.now_iso(), observed_at=observed_at)
+                store.upsert_movies(db, movies, store.now_iso())
+        store.record_swarm(db, observed_at=started_at, seen_since=started_at)
         total = time.process_time() - started
     finally:
         for name, original in originals.items():

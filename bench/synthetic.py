@@ -25,13 +25,14 @@ def build_mirror(path: Path, movies: int, seed: int) -> float:
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start:start + CHUNK]
         with db.atomic():
-            store.upsert_movies(db, [catalog.movies[i] for i in chunk], seen_at, observed_at=seen_at)
+            store.upsert_movies(db, [catalog.movies[i] for i in chunk], seen_at)
         marks = ",".join("?" * len(chunk))
         hashes = dict(db.execute(f"SELECT id, list_hash FROM movies WHERE id IN ({marks})", chunk).fetchall())
         for movie_id in chunk:
             details = {"movie": catalog.details(movie_id, with_images=True, with_cast=True)}
             item = enrich.WorkItem(movie_id, hashes[movie_id], ["movie_details"])
             enrich.write_movie(db, item, {"movie_details": ("ok", details)})
+    store.record_swarm(db, observed_at=seen_at, seen_since=seen_at)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return time.perf_counter() - started

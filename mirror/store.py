@@ -167,7 +167,6 @@ _TORRENT_UPSERT = (
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
 )
 _GENRE_INSERT = "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES {}"
-_STATS_INSERT = "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) VALUES {}"
 _FTS_INSERT = (
     "INSERT INTO movies_fts (rowid, title, title_english, description_full, cast_names) "
     "SELECT id, title, title_english, description_full, cast_names FROM movies WHERE id IN ({})"
@@ -231,15 +230,13 @@ def upsert_movies(
     movies: Sequence[Mapping[str, Any]],
     seen_at: str,
     trackers: Iterable[str] = transform.DEFAULT_TRACKERS,
-    observed_at: str | None = None,
 ) -> PageResult:
     """Upsert list_movies movies with their torrents and genres. Call inside a transaction."""
-    return write_page(db, transform.page_rows(movies, trackers), seen_at, observed_at)
+    return write_page(db, transform.page_rows(movies, trackers), seen_at)
 
 
-def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str,
-               observed_at: str | None = None) -> PageResult:
-    """Upsert one list page's rows; record swarm counts at `observed_at`. Call inside a transaction."""
+def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str) -> PageResult:
+    """Upsert one list page's rows. Call inside a transaction."""
     if not rows.movies:
         return PageResult([], [])
     ids = list(rows.movies)
@@ -273,9 +270,19 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
         "AND removed_at IS NULL AND last_seen_at < ?",
         [seen_at, *ids, seen_at],
     ).rowcount
-    if observed_at:
-        insert_rows(db, _STATS_INSERT, [(t["hash"], observed_at, t["seeds"], t["peers"]) for t in rows.torrents])
     return PageResult(new_ids, changed_ids, len(set(hashes) - known_hashes), removed)
+
+
+def record_swarm(db: sqlite_utils.Database, observed_at: str, seen_since: str) -> int:
+    """Add a `torrent_stats` row for each present torrent seen since `seen_since`; return how many."""
+    # One statement after the crawl, not one per page: its rows go in hash order, and a page's
+    # worth of scattered inserts would rewrite most of the table's pages on every commit.
+    with db.atomic():
+        return db.execute(
+            "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) "
+            "SELECT hash, ?, seeds, peers FROM torrents WHERE removed_at IS NULL AND last_seen_at >= ?",
+            [observed_at, seen_since],
+        ).rowcount
 
 
 def known_ids(db: sqlite_utils.Database, ids: Sequence[int], before: str) -> set[int]:

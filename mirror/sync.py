@@ -133,11 +133,10 @@ class Syncer:
         """Requests and retries this run has spent so far."""
         return self.client.stats.requests - self._base[0], self.client.stats.retries - self._base[1]
 
-    def _commit_page(self, summary: RunSummary, page: Page, checkpoint: dict[str, Any],
-                     observed_at: str | None) -> store.PageResult:
+    def _commit_page(self, summary: RunSummary, page: Page, checkpoint: dict[str, Any]) -> store.PageResult:
         """Upsert one page and move the checkpoint, in one transaction."""
         with self.db.atomic():
-            result = store.upsert_movies(self.db, page.movies, store.now_iso(), self.config.sync.trackers, observed_at)
+            result = store.upsert_movies(self.db, page.movies, store.now_iso(), self.config.sync.trackers)
             store.set_state(self.db, CHECKPOINT, {**checkpoint, "next_page": page.next_page,
                                                   "movie_count": page.movie_count})
             summary.counts["pages"] += 1
@@ -159,13 +158,12 @@ class Syncer:
                                     "movie_count": None, "run_id": summary.run_id}
         started_at = checkpoint["started_at"]
         seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
-        observed_at = started_at if self.config.sync.torrent_history else None
         self.progress.advance(len(seen))
         counts = {checkpoint["movie_count"]} - {None}
         # No read-ahead: a page fetched but not committed is a request a kill wastes, and a
         # fetching thread gains nothing here (SQLite gives up the GIL per row, then waits for it).
         for page in crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")):
-            self._commit_page(summary, page, checkpoint, observed_at)
+            self._commit_page(summary, page, checkpoint)
             counts.add(page.movie_count)
             if self.stop.is_set():
                 return
@@ -177,7 +175,9 @@ class Syncer:
                 store.set_state(self.db, RECONCILE, {"since": started_at})
 
     def _finish_full(self, summary: RunSummary, started_at: str) -> None:
-        """After a complete crawl: mark removals (unless implausibly many) and drop the checkpoint."""
+        """After a complete crawl: note swarm counts, mark removals (unless implausibly many), drop the checkpoint."""
+        if self.config.sync.torrent_history:
+            store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
         unseen, present = store.count_unseen_since(self.db, started_at)
         limit = self.config.sync.max_removed_fraction
         if present and unseen > max(10, limit * present):
@@ -204,7 +204,7 @@ class Syncer:
             return store.known_ids(self.db, ids, started_at)
 
         for page in crawl_new(self.client, known_before, self.config.sync.overlap, checkpoint["next_page"]):
-            self._commit_page(summary, page, checkpoint, None)
+            self._commit_page(summary, page, checkpoint)
             if self.stop.is_set():
                 return
         with self.db.atomic():

@@ -135,6 +135,9 @@ def test_twenty_kills_then_one_run(simulator: Callable[..., FakeYTS], db_path: P
     assert integrity_ok(db_path)
     print(f"list requests after 20 kills: {sim.counts['list_movies']} for {clean_pages} pages")
     assert sim.counts["list_movies"] <= 1.2 * clean_pages, sim.counts["list_movies"]
+    conn = connect(db_path)  # the crawl that finished across 21 processes observed every torrent once
+    assert tuple(conn.execute("SELECT COUNT(*), COUNT(DISTINCT observed_at) FROM torrent_stats").fetchone()) == (
+        conn.execute("SELECT COUNT(*) FROM torrents WHERE removed_at IS NULL").fetchone()[0], 1)
     statuses = [row[0] for row in connect(db_path).execute("SELECT status FROM sync_runs ORDER BY id")]
     assert statuses[-1] == "ok" and set(statuses[:-1]) <= {"interrupted"}
 
