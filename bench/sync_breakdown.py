@@ -3,10 +3,10 @@
 
 A diagnostic for bench_sync.py, not a test. It fetches every list page of a simulator (run in
 its own process) into memory once, so no HTTP is timed, then replays the pages through
-`store.upsert_movies` exactly as `Syncer._commit_page` does (one transaction per page) into a
-scratch database, timing each transform call and each SQL statement. Then it repeats the replay
-with parts of the schema removed (ablations), to attribute the SQL cost to the full-text
-trigger and the indexes. The ablations only ever touch the scratch database.
+`store.upsert_movies` exactly as `Syncer._commit_page` does (one transaction per page), then
+`store.record_swarm` as a completed crawl does, into a scratch database, timing each transform
+call and each SQL statement. Then it repeats the replay without the secondary indexes (an
+ablation), to attribute the SQL cost to them. The ablation only ever touches the scratch database.
 
     .venv/bin/python bench/sync_breakdown.py                    # 20,000 movies
     .venv/bin/python bench/sync_breakdown.py --movies 5000 --no-ablations
@@ -159,10 +159,8 @@ def main() -> None:
         conn.close()
         ablations = {
             "schema as is": [],
-            "without the FTS insert trigger": ["DROP TRIGGER movies_fts_ai"],
             f"without the {len(indexes)} secondary indexes on movies/torrents/movie_genres":
                 [f"DROP INDEX {name}" for name in indexes],
-            "without both": ["DROP TRIGGER movies_fts_ai", *(f"DROP INDEX {name}" for name in indexes)],
         }
         print(f"\nablations (scratch database only; min of {args.repeat} runs, cpu seconds):")
         base = None
