@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -166,6 +168,8 @@ _TORRENT_UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in transform.TORRENT_COLUMNS if c != "hash")
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
 )
+_movie_values = operator.itemgetter(*transform.MOVIE_COLUMNS)
+_torrent_values = operator.itemgetter(*transform.TORRENT_COLUMNS)
 _GENRE_INSERT = "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES {}"
 _FTS_INSERT = (
     "INSERT INTO movies_fts (rowid, title, title_english, description_full, cast_names) "
@@ -192,7 +196,7 @@ def insert_rows(db: sqlite_utils.Database, template: str, rows: Sequence[Sequenc
     per_statement = max(1, min(ROWS_PER_STATEMENT, limit))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start:start + per_statement]
-        db.conn.execute(_values_sql(template, width, len(chunk)), [value for row in chunk for value in row])
+        db.conn.execute(_values_sql(template, width, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 @contextmanager
@@ -249,9 +253,9 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
     unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i]["list_hash"]]
 
     write_ids = new_ids + changed_ids
+    bookkeeping = (seen_at, seen_at, None)  # first_seen_at, last_seen_at, removed_at
     with fts_batch(db, new_ids):  # changed movies are reindexed by the update trigger
-        insert_rows(db, _MOVIE_UPSERT, [
-            (*(rows.movies[i][c] for c in transform.MOVIE_COLUMNS), seen_at, seen_at, None) for i in write_ids])
+        insert_rows(db, _MOVIE_UPSERT, [_movie_values(rows.movies[i]) + bookkeeping for i in write_ids])
     db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
     if changed_ids:
         db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({_placeholders(len(changed_ids))})", changed_ids)
@@ -263,8 +267,7 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
             f"SELECT hash FROM torrents WHERE hash IN ({_placeholders(len(hashes))}) AND removed_at IS NULL", hashes
         ).fetchall()
     } if hashes else set()
-    insert_rows(db, _TORRENT_UPSERT, [
-        (*(t[c] for c in transform.TORRENT_COLUMNS), seen_at, seen_at, None) for t in rows.torrents])
+    insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in rows.torrents])
     removed = db.execute(
         f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({_placeholders(len(ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",

@@ -100,6 +100,11 @@ def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., F
             conn.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [spaced, old_hash, movie_id])
             conn.execute("INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, list_hash) "
                          "VALUES (?, 'movie_details', 'ok', '2026-12-01T00:00:00.000000Z', 1, ?)", [movie_id, old_hash])
+        conn.execute("DROP TRIGGER movies_fts_ai")  # version 1's trigger indexed every insert itself
+        conn.execute("CREATE TRIGGER movies_fts_ai AFTER INSERT ON movies BEGIN "
+                     "INSERT INTO movies_fts (rowid, title, title_english, description_full, cast_names) "
+                     "VALUES (new.id, new.title, new.title_english, new.description_full, new.cast_names); END")
+        conn.execute("DROP TABLE fts_batch")
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     run = sync(db_path, sim, config_file, "--full")
@@ -110,6 +115,10 @@ def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., F
     stale = conn.execute("SELECT COUNT(*) FROM enrich_state s JOIN movies m ON m.id = s.movie_id "
                          "WHERE s.list_hash IS NOT m.list_hash").fetchone()[0]
     assert stale == 0, "an upgrade must not send every movie back to movie_details"
+    sim.catalog.add(30)  # new movies go through the upgraded insert trigger and the page indexing
+    sync(db_path, sim, config_file)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert integrity_ok(db_path)
 
 
 def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[..., FakeYTS], db_path: Path,
