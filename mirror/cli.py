@@ -113,8 +113,8 @@ class TerminalProgress:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT ask the run to stop after the page in flight."""
+def stop_on_signals(announce: str | None = "finishing the current page, then stopping") -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT ask the run to stop after the page in flight (a second one interrupts)."""
     stop = threading.Event()
     previous = {}
 
@@ -122,7 +122,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        click.echo(f"\n{signal.Signals(signum).name}: finishing the current page, then stopping", err=True)
+        if announce:
+            click.echo(f"\n{signal.Signals(signum).name}: {announce}", err=True)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -412,7 +413,7 @@ def fake_api(movies: int, port: int, host: str, seed: int, latency_ms: float, fa
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     click.echo(f"fake YTS API with {movies} movies at {sim.url}/api/v2/list_movies.json (Ctrl-C stops)", err=True)
-    with stop_on_signals() as stop:
+    with stop_on_signals(announce=None) as stop:  # nothing in flight worth announcing
         while not stop.wait(0.5):
             pass
     sim.stop()

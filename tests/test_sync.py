@@ -329,6 +329,18 @@ def test_search_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
+def test_demo_syncs_and_shows_the_result_quietly(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    process = cli_subprocess(["demo", "--db", str(db), "--movies", "200", "--no-enrich"], cwd=tmp_path)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    text = out + err
+    assert "movies: 200 present, 0 removed" in text and "Browse it:" in text
+    assert "Traceback" not in text and "SIGTERM" not in text  # the simulator stops without a word
+    assert connect(db).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL").fetchone()[0] == 200
+    assert integrity_ok(db)
+
+
 def test_python_dash_m_works() -> None:
     process = cli_subprocess(["--version"])
     stdout, _ = process.communicate(timeout=30)
