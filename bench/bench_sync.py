@@ -375,7 +375,7 @@ def rss_by_size(sizes: list[int], args: argparse.Namespace, workdir: Path,
 
 
 def profile_once(sim: Simulator, workdir: Path, path: str) -> None:
-    """One more sync of ours under cProfile (main thread only: the crawl's fetch thread is not seen)."""
+    """One more sync of ours under cProfile (main thread only: the background checkpoint thread is not seen)."""
     import pstats
 
     db = workdir / "profile.db"
