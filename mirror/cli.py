@@ -18,7 +18,7 @@ import click
 from . import __version__, store
 from .client import FetchError, YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
-from .enrich import backlog_summary, enrich_backlog
+from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .sync import LockedError, Progress, Syncer, make_client, writer_lock
 
 log = logging.getLogger("mirror")
@@ -248,23 +248,19 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
     """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
     with writer_session(config, "enrich", "requests", wait, quiet, stop, must_exist=True) as session:
         database, client, progress, event = session
-        store.close_stale_runs(database)
-        run_id = store.start_run(database, "enrich", client.base_url)
-        status, error, report = "failed", None, None
-        try:
+        report: EnrichReport | None = None
+
+        def counts() -> dict[str, int]:
+            return {"requests": client.stats.requests, "retries": client.stats.retries,
+                    "enriched": report.movies_done if report else 0}
+
+        with store.logged_run(database, "enrich", client.base_url, event.is_set, counts) as outcome:
             report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
                                     stop=event, progress=progress.callbacks())
-            status = "interrupted" if event.is_set() else "ok"
-        except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            store.finish_run(database, run_id, status, error, requests=client.stats.requests,
-                             retries=client.stats.retries, enriched=report.movies_done if report else 0)
     for message in report.messages():
         progress.message(message)
     if not quiet:
-        click.echo(f"enrich {status}: {report.movies_done} movies, {client.stats.requests} requests "
+        click.echo(f"enrich {outcome.status}: {report.movies_done} movies, {client.stats.requests} requests "
                    f"({client.stats.retries} retries), backlog was {report.backlog} requests", err=True)
     return report
 

@@ -106,11 +106,16 @@ class Syncer:
 
     def run(self, full: bool = False, after_crawl: Callable[[RunSummary], None] | None = None) -> RunSummary:
         """Crawl (full or incremental), then call `after_crawl` (enrichment); log the run."""
-        store.close_stale_runs(self.db)
         kind, checkpoint = self.choose_kind(full)
-        summary = RunSummary(store.start_run(self.db, kind, self.client.base_url), kind)
+        summary = RunSummary(0, kind)  # its id comes with the sync_runs row below
         self._base = (self.client.stats.requests, self.client.stats.retries)
-        try:
+
+        def final_counts() -> dict[str, int]:
+            summary.counts["requests"], summary.counts["retries"] = self.request_counts()
+            return summary.counts
+
+        with store.logged_run(self.db, kind, self.client.base_url, self.stop.is_set, final_counts) as outcome:
+            summary.run_id = outcome.run_id
             if checkpoint:
                 self.progress.message(f"resuming {kind} crawl at page {checkpoint['next_page']}")
             if kind == "full":
@@ -119,14 +124,7 @@ class Syncer:
                 self._incremental(summary, checkpoint)
             if after_crawl and not self.stop.is_set():
                 after_crawl(summary)
-            summary.status = "interrupted" if self.stop.is_set() else "ok"
-        except BaseException as error:
-            summary.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            summary.error = f"{type(error).__name__}: {error}"
-            raise
-        finally:
-            summary.counts["requests"], summary.counts["retries"] = self.request_counts()
-            store.finish_run(self.db, summary.run_id, summary.status, summary.error, **summary.counts)
+        summary.status, summary.error = outcome.status, outcome.error
         return summary
 
     def request_counts(self) -> tuple[int, int]:

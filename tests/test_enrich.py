@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from mirror.fakeapi import FakeYTS
-from support import cli_subprocess, connect, integrity_ok, run_cli, wait_for
+from support import cli_subprocess, connect, integrity_ok, last_run, run_cli, wait_for
 
 ENRICHED = ("movie_details", "movie_suggestions", "movie_parental_guides")
 
@@ -103,9 +103,13 @@ def test_paused_endpoint_is_probed_once_then_resumed(simulator: Callable[..., Fa
     assert sim.counts["movie_reviews"] - spent <= 6  # one probe: max_attempts in the test config
     # Back to life: the probe succeeds and the backlog is fetched.
     sim.faults.dead.clear()
+    before = sum(sim.counts.values())
     result = run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config",
                       str(config_file), "--concurrency", "3"])
     assert "movie_reviews resumed" in result.output
+    run = last_run(db_path)  # the run log counts what this enrich run spent
+    assert (run["kind"], run["status"], run["error"]) == ("enrich", "ok", None)
+    assert run["requests"] == sum(sim.counts.values()) - before > 0
     for movie_id in sim.catalog.order:
         assert mirrored_details(db_path, movie_id)["reviews"] == expected_details(sim, movie_id)["reviews"]
     assert connect(db_path).execute("SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL").fetchone()[0] == 0
