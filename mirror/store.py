@@ -25,20 +25,27 @@ from . import transform
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
 
 
 def _compact_raw_json(db: sqlite_utils.Database) -> None:
     """Version 2 stores raw list JSON compact (orjson): rewrite it and rehash, keeping enrichment fresh."""
-    rows = db.execute("SELECT id, raw, list_hash FROM movies").fetchall()
-    for movie_id, raw, old_hash in rows:
-        try:
-            compact = transform.dumps(json.loads(raw))
-        except ValueError:
-            continue
-        new_hash = transform.list_hash({}, compact)
-        db.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [compact, new_hash, movie_id])
-        db.execute("UPDATE enrich_state SET list_hash = ? WHERE movie_id = ? AND list_hash = ?",
-                   [new_hash, movie_id, old_hash])
+    last_id = 0
+    while True:  # in batches, so a large mirror's JSON is never all in memory
+        rows = db.execute("SELECT id, raw, list_hash FROM movies WHERE id > ? ORDER BY id LIMIT ?",
+                          [last_id, MIGRATION_BATCH]).fetchall()
+        if not rows:
+            return
+        for movie_id, raw, old_hash in rows:
+            try:
+                compact = transform.dumps(json.loads(raw))
+            except ValueError:
+                continue
+            new_hash = transform.list_hash({}, compact)
+            db.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [compact, new_hash, movie_id])
+            db.execute("UPDATE enrich_state SET list_hash = ? WHERE movie_id = ? AND list_hash = ?",
+                       [new_hash, movie_id, old_hash])
+        last_id = rows[-1][0]
 
 
 # Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database

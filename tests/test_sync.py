@@ -88,7 +88,8 @@ def test_second_identical_sync_changes_nothing(simulator: Callable[..., FakeYTS]
 
 
 def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., FakeYTS], db_path: Path,
-                                                      config_file: Path) -> None:
+                                                      config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "MIGRATION_BATCH", 7)  # several batches, the last one short
     sim = simulator(movies=120)
     sync(db_path, sim, config_file)
     compact = {row[0]: row[1] for row in connect(db_path).execute("SELECT id, raw FROM movies")}
