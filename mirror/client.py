@@ -321,9 +321,10 @@ class YTSClient:
                                  retry_after_seconds(response.headers.get("Retry-After")))
         if status >= 500:
             raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
-        if status >= 400 and _error_envelope(text()):
+        message = _error_envelope(text()) if status >= 400 else None
+        if message:
             # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
-            raise FetchError(full_url, f"HTTP {status}: {_error_envelope(text())}")
+            raise FetchError(full_url, f"HTTP {status}: {message}")
         if status in (403, 404, 408, 410):
             # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
             raise TransientError(full_url, f"HTTP {status}", host_failure=True)
