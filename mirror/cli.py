@@ -153,15 +153,20 @@ db_option = click.option("--db", "db", type=click.Path(dir_okay=False), default=
                          help="Database file [env YTS_MIRROR_DB; default yts-mirror.db].")
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="TOML config file [env YTS_MIRROR_CONFIG].")
+base_url_option = click.option("--base-url", default=None,
+                               help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
+rate_option = click.option("--rate", type=click.FloatRange(min=0), default=None,
+                           help="Requests per second (default 0.4; 0 = unlimited, for local sources only).")
+concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None,
+                                  help="Enrichment worker threads.")
 
 
 @cli.command()
 @db_option
 @config_option
-@click.option("--base-url", default=None, help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
-@click.option("--rate", type=click.FloatRange(min=0), default=None,
-              help="Requests per second (default 0.4; 0 = unlimited, for local sources only).")
-@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None, help="Enrichment worker threads.")
+@base_url_option
+@rate_option
+@concurrency_option
 @click.option("--no-enrich", is_flag=True, help="Only crawl the list; skip per-movie endpoints.")
 @click.option("--full", is_flag=True, help="Re-crawl every list page (updates seeds, marks removals).")
 @click.option("--wait", is_flag=True, help="Wait for another sync on the same database instead of exiting.")
@@ -226,12 +231,12 @@ def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Eve
 @cli.command()
 @db_option
 @config_option
-@click.option("--base-url", default=None, help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
+@base_url_option
 @click.option("--endpoint", "endpoints", multiple=True, type=click.Choice(ENDPOINTS),
               help="Only these endpoints (repeatable; default: those enabled in the config).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many movies.")
-@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None, help="Worker threads.")
-@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Requests per second (0 = unlimited).")
+@concurrency_option
+@rate_option
 @click.option("--wait", is_flag=True, help="Wait for another writer on the same database instead of exiting.")
 @click.pass_context
 @handle_errors
@@ -268,9 +273,9 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
 @cli.command()
 @db_option
 @config_option
-@click.option("--base-url", default=None, help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
-@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Requests per second (0 = unlimited).")
-@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None, help="Enrichment worker threads.")
+@base_url_option
+@rate_option
+@concurrency_option
 @click.pass_context
 @handle_errors
 def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None,
@@ -479,15 +484,6 @@ def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli(obj={})
-
-
-if __name__ == "__main__":
-    main()
-
-
 def _register_plugins() -> None:
     """Attach commands that live in their own modules."""
     from .serve import serve_command
@@ -496,3 +492,12 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()
