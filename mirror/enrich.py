@@ -142,9 +142,16 @@ def _backlog_where(only_new: bool) -> str:
     return f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed})"
 
 
-def _cutoff(config: Config, endpoint: str) -> str:
+def _backlog_args(config: Config, endpoint: str) -> dict[str, Any]:
+    """The parameters of `_backlog_where` for one endpoint."""
     days = config.enrich.ttl_days.get(endpoint, 3650.0)
-    return (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"endpoint": endpoint, "cutoff": cutoff, "details": endpoint == "movie_details"}
+
+
+def paused_endpoints(db: sqlite_utils.Database) -> set[str]:
+    """Endpoints an earlier run paused."""
+    return {row[0] for row in db.execute("SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")}
 
 
 def plan(db: sqlite_utils.Database, config: Config, endpoints: Sequence[str], only_new: bool = False,
@@ -157,8 +164,7 @@ def plan(db: sqlite_utils.Database, config: Config, endpoints: Sequence[str], on
             "ON s.movie_id = m.id AND s.endpoint = :endpoint "
             f"WHERE m.removed_at IS NULL AND {_backlog_where(only_new)} ORDER BY m.id DESC"
         )
-        args = {"endpoint": endpoint, "cutoff": _cutoff(config, endpoint), "details": endpoint == "movie_details"}
-        for movie_id, list_hash in db.execute(sql, args):
+        for movie_id, list_hash in db.execute(sql, _backlog_args(config, endpoint)):
             items.setdefault(movie_id, WorkItem(movie_id, list_hash, [])).endpoints.append(endpoint)
     ordered = sorted(items.values(), key=lambda item: -item.movie_id)
     return ordered[:limit] if limit else ordered
@@ -166,13 +172,12 @@ def plan(db: sqlite_utils.Database, config: Config, endpoints: Sequence[str], on
 
 def backlog_summary(db: sqlite_utils.Database, config: Config) -> dict[str, dict[str, Any]]:
     """Per endpoint: pending, done, not found, failed, and whether it is paused."""
-    paused = {row[0] for row in db.execute("SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")}
+    paused = paused_endpoints(db)
     summary = {}
     for endpoint in config.enrich.endpoints:
-        args = {"endpoint": endpoint, "cutoff": _cutoff(config, endpoint), "details": endpoint == "movie_details"}
         pending = db.execute(
             "SELECT COUNT(*) FROM movies m LEFT JOIN enrich_state s ON s.movie_id = m.id AND s.endpoint = :endpoint "
-            f"WHERE m.removed_at IS NULL AND {_backlog_where(False)}", args,
+            f"WHERE m.removed_at IS NULL AND {_backlog_where(False)}", _backlog_args(config, endpoint),
         ).fetchone()[0]
         by_status = dict(db.execute(
             "SELECT status, COUNT(*) FROM enrich_state WHERE endpoint = ? GROUP BY status", [endpoint]
@@ -345,7 +350,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
     stop = stop or threading.Event()
     progress = progress or Progress()
     report = EnrichReport()
-    paused_before = {row[0] for row in db.execute("SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")}
+    paused_before = paused_endpoints(db)
     breakers = {name: Breaker(name, config.enrich.pause_after, probing=name in paused_before) for name in endpoints}
     items = plan(db, config, endpoints, only_new, limit)
     report.backlog = sum(len(item.endpoints) for item in items)

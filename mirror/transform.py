@@ -48,7 +48,6 @@ TORRENT_INT_FIELDS = ("is_repack", "bit_depth", "seeds", "peers", "size_bytes", 
 TORRENT_COLUMNS = ("hash", "movie_id") + TORRENT_TEXT_FIELDS + TORRENT_INT_FIELDS + ("magnet",)
 
 
-
 def dumps(value: Any) -> str:
     """Serialize JSON compactly, as the API sends it; orjson, or json for what orjson refuses."""
     try:
