@@ -344,7 +344,7 @@ class ListQuery:
             raise ApiError(f"page must be at most {PAGE_MAX}")
         sort_by = params.text("sort_by") or ""  # case-sensitive, as upstream
         order_by = (params.text("order_by") or "").lower()
-        params.flag("with_rt_ratings")  # accepted; the mirror has no Rotten Tomatoes ratings
+        # with_rt_ratings is accepted and ignored: the mirror has no Rotten Tomatoes ratings
         return cls(
             limit=limit, page=page,
             sort_by=sort_by if sort_by in SORT_KEYS else "date_added",
@@ -493,22 +493,22 @@ class MovieQuery:
         raise ApiError("movie_id or imdb_id is required" if allow_imdb else "movie_id is required")
 
 
-MOVIE_COLUMNS = (
-    "id, raw_details, removed_at, like_count, download_count, description_intro, "
+DETAILS_COLUMNS = (
+    "id, raw, raw_details, removed_at, like_count, download_count, description_intro, "
     "medium_screenshot_image1, medium_screenshot_image2, medium_screenshot_image3, "
     "large_screenshot_image1, large_screenshot_image2, large_screenshot_image3"
 )
 
 
-def find_movie(conn: sqlite3.Connection, query: MovieQuery) -> sqlite3.Row:
+def find_movie(conn: sqlite3.Connection, query: MovieQuery, columns: str = "id, removed_at") -> sqlite3.Row:
     """The movie row, or ApiError 404 when it is unknown, or removed and removed ones are hidden."""
     if query.movie_id is not None:
-        row = conn.execute(f"SELECT {MOVIE_COLUMNS} FROM movies WHERE id = ?", [query.movie_id]).fetchone()
+        row = conn.execute(f"SELECT {columns} FROM movies WHERE id = ?", [query.movie_id]).fetchone()
         label = f"movie_id {query.movie_id}"
     else:
         code = query.imdb_id or ""
         row = conn.execute(
-            f"SELECT {MOVIE_COLUMNS} FROM movies WHERE imdb_code IN (?, ?) ORDER BY removed_at IS NOT NULL, id DESC",
+            f"SELECT {columns} FROM movies WHERE imdb_code IN (?, ?) ORDER BY removed_at IS NOT NULL, id DESC",
             [code, code.upper()],
         ).fetchone()
         label = f"imdb_id {code}"
@@ -564,19 +564,19 @@ def drop_none(item: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in item.items() if value is not None}
 
 
-def cast_of(conn: sqlite3.Connection, movie_id: int) -> list[dict[str, Any]]:
-    """The movie's cast in stored order."""
+def child_rows(conn: sqlite3.Connection, table: str, columns: Sequence[str], movie_id: int) -> list[dict[str, Any]]:
+    """A movie's rows in an enrichment table, in stored order, without the keys upstream left out."""
     rows = conn.execute(
-        f"SELECT {', '.join(CAST_KEYS)} FROM movie_cast WHERE movie_id = ? ORDER BY position", [movie_id]
+        f"SELECT {', '.join(columns)} FROM {table} WHERE movie_id = ? ORDER BY position", [movie_id]
     )
-    return [drop_none(dict(zip(CAST_KEYS, row))) for row in rows]
+    return [drop_none(dict(zip(columns, row))) for row in rows]
 
 
 def movie_details_data(conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
     """movie_details `data`."""
-    row = find_movie(conn, query)
-    movie = list_movies_by_id(conn, [row["id"]])[0]
-    cast = cast_of(conn, row["id"]) if query.with_cast else []
+    row = find_movie(conn, query, DETAILS_COLUMNS)
+    movie = list_movie(row["raw"], swarm_counts(conn, [row["id"]]))
+    cast = child_rows(conn, "movie_cast", CAST_KEYS, row["id"]) if query.with_cast else []
     return {"movie": details_movie(row, movie, cast, query)}
 
 
@@ -623,11 +623,8 @@ class ChildEndpoint:
     def data(self, conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
         """The endpoint's `data`: the movie's rows in stored order."""
         row = find_movie(conn, query)
-        rows = conn.execute(
-            f"SELECT {', '.join(self.columns)} FROM {self.name} WHERE movie_id = ? ORDER BY position", [row["id"]]
-        ).fetchall()
-        require_enriched(conn, row["id"], self.name, bool(rows))
-        items = [drop_none(dict(zip(self.columns, r))) for r in rows]
+        items = child_rows(conn, self.name, self.columns, row["id"])
+        require_enriched(conn, row["id"], self.name, bool(items))
         return {self.count_key: len(items), self.list_key: items}
 
 
