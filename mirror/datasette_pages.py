@@ -48,9 +48,7 @@ class MirrorTemplates(BaseLoader):
 
     def names_mirror(self, css_name: str) -> bool:
         """True if a template name's database part is a mirror as Datasette writes it."""
-        from datasette.utils import to_css_class
-
-        return any(to_css_class(name) == css_name for name in self.mirrors())
+        return any(css_class(name) == css_name for name in self.mirrors())
 
 
 @functools.lru_cache(maxsize=256)

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker("datasette")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-METADATA_JSON = (PACKAGE_DIR / "datasette_metadata.json").read_text(encoding="utf-8")
-QUERIES_JSON = (PACKAGE_DIR / "datasette_queries.json").read_text(encoding="utf-8")
+METADATA = json.loads((PACKAGE_DIR / "datasette_metadata.json").read_text(encoding="utf-8"))
+QUERIES = json.loads((PACKAGE_DIR / "datasette_queries.json").read_text(encoding="utf-8"))
 MIRROR_TABLES = ("movies", "torrents", "movies_fts", "sync_runs")
 CATALOG, SEARCH = "movie_catalog", "movie_search"
 SETTINGS: dict[str, Any] = {
@@ -210,16 +210,15 @@ def get_metadata(datasette: Any, key: str | None, database: str | None, table: s
 
 def build_metadata(datasette: Any, mirrors: dict[str, MirrorFile]) -> dict[str, Any]:
     """The instance metadata for the attached mirrors."""
-    base = json.loads(METADATA_JSON)
     databases = {}
     for name, info in mirrors.items():
-        meta = json.loads(METADATA_JSON)["database"]
+        meta = fresh_copy(METADATA["database"])
         if info.views:
             meta["description_html"] = meta["description_html"].format(catalog=datasette.urls.table(name, CATALOG))
         else:
             del meta["description_html"], meta["tables"][CATALOG], meta["tables"][SEARCH]
         databases[name] = meta
-    return {"title": base["title"], "databases": databases}
+    return {"title": METADATA["title"], "databases": databases}
 
 
 def fresh_copy(value: Any) -> Any:
@@ -234,7 +233,7 @@ def fresh_copy(value: Any) -> Any:
 @hookimpl
 def canned_queries(datasette: Any, database: str, actor: Any) -> dict[str, Any] | None:
     """The canned queries of a mirror (fresh dicts: Datasette adds keys to them)."""
-    return json.loads(QUERIES_JSON) if is_mirror(datasette, database) else None
+    return fresh_copy(QUERIES) if is_mirror(datasette, database) else None
 
 
 @hookimpl
