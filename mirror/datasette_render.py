@@ -47,12 +47,6 @@ def magnet_url(value: Any) -> str | None:
     return value if MAGNET_RE.fullmatch(value) else None
 
 
-def magnet_hash(magnet: str) -> str | None:
-    """The info hash a magnet link names, upper case."""
-    match = re.match(r"magnet:\?xt=urn:btih:([0-9A-Za-z]+)", magnet)
-    return match.group(1).upper() if match else None
-
-
 def trailer_url(code: Any) -> str | None:
     """A YouTube URL for a trailer code that looks like one."""
     return f"https://www.youtube.com/watch?v={code}" if isinstance(code, str) and TRAILER_RE.fullmatch(code) else None
