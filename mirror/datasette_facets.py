@@ -44,8 +44,23 @@ RELATED = {
 }
 
 
-# Whole-catalog counts, by (database file, facet type, size): (file stamp, [(value, count)]).
-CATALOG_COUNTS: dict[tuple[str, str, int], tuple[tuple[int, ...], list[tuple[Any, int]]]] = {}
+# Whole-catalog counts, by (database file, what is counted, size): (file stamp, [(value, count)]).
+CATALOG_COUNTS: dict[tuple[Any, ...], tuple[tuple[int, ...], list[tuple[Any, int]]]] = {}
+
+
+async def count_pairs(facet: Facet, sql: str, cache_key: tuple[Any, ...] | None) -> list[tuple[Any, int]]:
+    """Run a facet's (value, count) query; with a cache key, reuse the answer until the database file changes."""
+    path = getattr(facet.ds.get_database(facet.database), "path", None)
+    stamp = file_stamp(path) if path and cache_key is not None else None
+    key = (path, *cache_key) if stamp is not None and cache_key is not None else None
+    if key is not None and key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == stamp:
+        return CATALOG_COUNTS[key][1]
+    result = await facet.ds.execute(facet.database, sql, facet.params, truncate=False,
+                                    custom_time_limit=facet.ds.setting("facet_time_limit_ms"))
+    rows = [(row["value"], row["count"]) for row in result.rows]
+    if key is not None and stamp is not None:
+        CATALOG_COUNTS[key] = (stamp, rows)
+    return rows
 
 
 def file_stamp(path: str) -> tuple[int, ...]:
@@ -111,17 +126,7 @@ class RelatedFacet(Facet):
 
     async def counts(self, size: int) -> list[tuple[Any, int]]:
         """(value, movies) pairs, best first; whole-catalog counts are reused until the database changes."""
-        path = getattr(self.ds.get_database(self.database), "path", None)
-        key = (str(path), self.type, size)
-        stamp = file_stamp(str(path)) if path and self.unfiltered() else None
-        if stamp is not None and key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == stamp:
-            return CATALOG_COUNTS[key][1]
-        result = await self.ds.execute(self.database, self.count_sql(size), self.params, truncate=False,
-                                       custom_time_limit=self.ds.setting("facet_time_limit_ms"))
-        rows = [(row["value"], row["count"]) for row in result.rows]
-        if stamp is not None:
-            CATALOG_COUNTS[key] = (stamp, rows)
-        return rows
+        return await count_pairs(self, self.count_sql(size), (self.type, size) if self.unfiltered() else None)
 
     def result(self, arg: str, value: Any, count: int, selected: set[str]) -> dict[str, Any]:
         """One facet value with the link that toggles it."""
@@ -179,17 +184,9 @@ class ValueFacet(RelatedFacet):
 
     async def cached_counts(self, column: str, size: int) -> list[tuple[Any, int]]:
         """Whole-catalog counts of one column (from its index), reused until the database changes."""
-        path = str(getattr(self.ds.get_database(self.database), "path", ""))
-        key, stamp = (path, f"value:{self.table}:{column}", size), file_stamp(path)
-        if key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == stamp:
-            return CATALOG_COUNTS[key][1]
         sql = (f"select [{column}] as value, count(*) as count from ({self.sql}) where [{column}] is not null "
                f"group by [{column}] order by count desc, value limit {size + 1}")
-        result = await self.ds.execute(self.database, sql, self.params, truncate=False,
-                                       custom_time_limit=self.ds.setting("facet_time_limit_ms"))
-        rows = [(row["value"], row["count"]) for row in result.rows]
-        CATALOG_COUNTS[key] = (stamp, rows)
-        return rows
+        return await count_pairs(self, sql, (f"value:{self.table}:{column}", size))
 
     def value_result(self, column: str, value: Any, count: int, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         """One column value with the ?column=value link that toggles it, as Datasette's column facet makes."""
