@@ -6,9 +6,11 @@ import json
 import math
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,6 +241,15 @@ def test_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -
             store.upsert_movies(db, movies[100:], store.now_iso())
         wait_for(lambda: in_database_file() == 300, timeout=10)
     db.close()
+
+
+def test_background_checkpoints_on_an_unopenable_path_stay_quiet(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    crashes: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", crashes.append)
+    with store.background_checkpoints(tmp_path / "no-such-dir" / "x.db", interval=0.01):
+        time.sleep(0.1)
+    assert crashes == []  # no traceback from the thread: the writer's own autocheckpoint remains
 
 
 def test_stats_reports_counts_runs_and_size(simulator: Callable[..., FakeYTS], db_path: Path,
