@@ -124,6 +124,19 @@ def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., F
     assert integrity_ok(db_path)
 
 
+def test_upgrade_leaves_unreadable_raw_json_alone(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = store.open_db(path)
+    with db.atomic():
+        store.upsert_movies(db, [{"id": 1, "title": "Kept"}, {"id": 2, "title": "Broken"}], store.now_iso())
+    db.execute("UPDATE movies SET raw = '{\"id\": 2, trunc' WHERE id = 2")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    db = store.open_db(path)  # migrates: must not fail on the one row it cannot parse
+    assert dict(db.execute("SELECT id, raw FROM movies").fetchall()) == {
+        1: '{"id":1,"title":"Kept"}', 2: '{"id": 2, trunc'}
+
+
 def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[..., FakeYTS], db_path: Path,
                                                          config_file: Path) -> None:
     sim = simulator(movies=1500, churn="every=2,add=9,remove=6")
