@@ -41,7 +41,7 @@ def _compact_raw_json(db: sqlite_utils.Database) -> None:
                 compact = transform.dumps(json.loads(raw))
             except ValueError:
                 continue
-            new_hash = transform.list_hash({}, compact)
+            new_hash = transform.list_hash(compact)
             db.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [compact, new_hash, movie_id])
             db.execute("UPDATE enrich_state SET list_hash = ? WHERE movie_id = ? AND list_hash = ?",
                        [new_hash, movie_id, old_hash])

@@ -113,10 +113,9 @@ def _magnet_suffix(name: str | None, trackers: tuple[str, ...]) -> str:
 _VOLATILE = re.compile(r'"(?:seeds|peers)": ?(?:-?\d+|"[^"]*"|null)')
 
 
-def list_hash(movie: Mapping[str, Any], raw: str | None = None) -> str:
-    """Hash a movie's list JSON, ignoring swarm counts, to tell real changes apart."""
-    text = raw if raw is not None else dumps(movie)
-    stable = _VOLATILE.sub("", text).encode()
+def list_hash(raw: str) -> str:
+    """Hash a movie's list JSON text, ignoring swarm counts, to tell real changes apart."""
+    stable = _VOLATILE.sub("", raw).encode()
     return hashlib.blake2b(stable, digest_size=12).hexdigest()
 
 
@@ -156,7 +155,7 @@ def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any
     row["rating"] = to_float(movie.get("rating"))
     row["genres"] = dumps(genres_of(movie))
     row["raw"] = raw if raw is not None else dumps(movie)
-    row["list_hash"] = list_hash(movie, row["raw"])
+    row["list_hash"] = list_hash(row["raw"])
     return row
 
 

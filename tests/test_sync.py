@@ -99,7 +99,7 @@ def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., F
     with conn:  # what version 1 wrote: json.dumps's spaced raw JSON, hashed as such, and enriched
         for movie_id, raw in compact.items():
             spaced = json.dumps(json.loads(raw), ensure_ascii=False)
-            old_hash = transform.list_hash({}, spaced)
+            old_hash = transform.list_hash(spaced)
             conn.execute("UPDATE movies SET raw = ?, list_hash = ? WHERE id = ?", [spaced, old_hash, movie_id])
             conn.execute("INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, list_hash) "
                          "VALUES (?, 'movie_details', 'ok', '2026-12-01T00:00:00.000000Z', 1, ?)", [movie_id, old_hash])

@@ -65,13 +65,13 @@ def test_magnet_uri_follows_the_docs() -> None:
 
 
 def test_list_hash_ignores_swarm_counts_but_not_new_torrents() -> None:
-    base = transform.list_hash(MOVIE)
+    base = transform.list_hash(transform.dumps(MOVIE))
     reseeded = copy.deepcopy(MOVIE)
     reseeded["torrents"][0]["seeds"] = 999
-    assert transform.list_hash(reseeded) == base
+    assert transform.list_hash(transform.dumps(reseeded)) == base
     grown = copy.deepcopy(MOVIE)
     grown["torrents"].append({"hash": "FF" * 20, "quality": "1080p"})
-    assert transform.list_hash(grown) != base
+    assert transform.list_hash(transform.dumps(grown)) != base
 
 
 def test_missing_genres_and_torrents() -> None:
