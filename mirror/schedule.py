@@ -12,6 +12,8 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -20,6 +22,57 @@ from .config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 SyncFn = Callable[..., Any]
+
+CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbers them 0-6, and 7 is Sunday too
+
+
+def crontab_trigger(expr: str) -> BaseTrigger:
+    """A UTC trigger for a standard five-field crontab expression, with cron's weekdays and day matching."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
+    minute, hour, day, month, weekday = fields
+    # Not CronTrigger.from_crontab: APScheduler 3 numbers weekdays from Monday = 0 (its docstring says so).
+    weekdays = weekday_names(weekday)
+
+    def cron(day: str, day_of_week: str) -> CronTrigger:
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week, timezone=UTC)
+
+    if not day.startswith("*") and not weekday.startswith("*"):
+        return OrTrigger([cron(day, "*"), cron("*", weekdays)])  # cron runs when either day field matches
+    return cron(day, weekdays)
+
+
+def weekday_names(field: str) -> str:
+    """Translate a crontab weekday field (0-7 or sun-sat; lists, ranges, steps) to APScheduler's day names."""
+    days: set[int] = set()
+    for item in field.split(","):
+        span, slash, step_text = item.partition("/")
+        if slash and not (step_text.isdigit() and int(step_text) > 0):
+            raise ValueError(f"bad step in weekday field {field!r}")
+        step = int(step_text) if slash else 1
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            first, last = (weekday_number(part, field) for part in span.split("-", 1))
+        else:
+            first = weekday_number(span, field)
+            last = 7 if slash else first  # "1/2": from Monday to the end of the week
+        if first > last:
+            raise ValueError(f"backwards range in weekday field {field!r}")
+        days.update(number % 7 for number in range(first, last + 1, step))
+    if len(days) == 7:
+        return "*"
+    return ",".join(CRON_WEEKDAYS[number] for number in sorted(days))
+
+
+def weekday_number(text: str, field: str) -> int:
+    """A crontab weekday, 0-7 (0 and 7 are Sunday) or a three-letter name."""
+    if text.lower() in CRON_WEEKDAYS:
+        return CRON_WEEKDAYS.index(text.lower())
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    raise ValueError(f"bad weekday {text!r} in {field!r}")
 
 
 class Jobs:
@@ -68,7 +121,7 @@ def build_scheduler(config: Config, jobs: Jobs) -> BlockingScheduler:
                           id="incremental", name="incremental sync", next_run_time=now)
     if settings.full_cron:
         try:
-            trigger = CronTrigger.from_crontab(settings.full_cron, timezone=UTC)
+            trigger = crontab_trigger(settings.full_cron)
         except ValueError as error:
             raise ConfigError(f"schedule.full_cron {settings.full_cron!r}: {error}") from None
         scheduler.add_job(jobs.full, trigger, id="full", name="full refresh")

@@ -1,0 +1,48 @@
+"""The scheduler's crontab translation: cron's weekday numbers and day matching, not APScheduler 3's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from mirror.schedule import crontab_trigger, weekday_names
+
+SATURDAY = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+
+def next_fires(expr: str, count: int = 3) -> list[str]:
+    """The next `count` fire times after SATURDAY, as 'Sun 06 04:00' (or 'Wed 31 Mar 04:00' beyond December)."""
+    trigger, now, fires = crontab_trigger(expr), SATURDAY, []
+    for _ in range(count):
+        now = trigger.get_next_fire_time(None, now)
+        fires.append(now.strftime("%a %d %H:%M" if now.month == 12 else "%a %d %b %H:%M"))
+        now = now.replace(second=1)
+    return fires
+
+
+@pytest.mark.parametrize("expr", ["0 4 * * 0", "0 4 * * 7", "0 4 * * sun", "0 4 * * SUN"])
+def test_weekday_zero_and_seven_are_sunday(expr: str) -> None:
+    assert next_fires(expr, 2) == ["Sun 06 04:00", "Sun 13 04:00"]
+
+
+def test_weekday_ranges_lists_and_steps_follow_cron() -> None:
+    assert next_fires("0 4 * * 1-5", 2) == ["Mon 07 04:00", "Tue 08 04:00"]
+    assert weekday_names("1-5") == "mon,tue,wed,thu,fri"
+    assert weekday_names("*/2") == "sun,tue,thu,sat"
+    assert weekday_names("5-7") == "sun,fri,sat"
+    assert weekday_names("1/3") == "sun,mon,thu"  # 1, 4, 7
+    assert weekday_names("0,6") == "sun,sat"
+    assert weekday_names("*") == weekday_names("0-7") == "*"
+
+
+def test_day_of_month_and_weekday_both_set_fire_on_either() -> None:
+    assert next_fires("0 4 7 * 3", 3) == ["Mon 07 04:00", "Wed 09 04:00", "Wed 16 04:00"]
+    # A day field starting with * does not widen: a day 1, 11, 21 or 31 that is a Wednesday.
+    assert next_fires("0 4 */10 * 3", 2) == ["Wed 31 Mar 04:00", "Wed 21 Apr 04:00"]
+
+
+@pytest.mark.parametrize("expr", ["0 4 * * 8", "0 4 * * 5-1", "0 4 * * */0", "0 4 * * mo", "0 4 * *", "61 4 * * *"])
+def test_bad_expressions_raise_value_error(expr: str) -> None:
+    with pytest.raises(ValueError):
+        crontab_trigger(expr)
