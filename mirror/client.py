@@ -211,6 +211,7 @@ class YTSClient:
         self.timeout = (connect_timeout, read_timeout)
         self.stats = ClientStats()
         self._host_index = 0
+        self._answering_index = 0  # the host that answered last; a change is worth a warning
         self._host_lock = threading.Lock()
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
@@ -232,7 +233,16 @@ class YTSClient:
         with self._host_lock:
             if self._host_index == failed_index and len(self.base_urls) > 1:
                 self._host_index = (failed_index + 1) % len(self.base_urls)
-                log.warning("switching API host to %s", self.base_urls[self._host_index])
+                log.info("switching API host to %s", self.base_urls[self._host_index])
+
+    def _answered(self, host_index: int) -> None:
+        """Warn once when a different host than before starts answering (the domain may have moved)."""
+        if host_index != self._answering_index:
+            with self._host_lock:
+                if host_index != self._answering_index:
+                    log.warning("%s is not answering; now using %s", self.base_urls[self._answering_index],
+                                self.base_urls[host_index])
+                    self._answering_index = host_index
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         """Exponential backoff with full jitter, but never less than Retry-After."""
@@ -297,6 +307,7 @@ class YTSClient:
             data = self._classify(url, response)
             if validate is not None:
                 validate(data)
+            self._answered(host_index)
             return data
         except TransientError as error:
             if error.host_failure:

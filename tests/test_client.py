@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -48,7 +49,7 @@ def test_timeouts_are_retried(simulator: Callable[..., FakeYTS]) -> None:
     assert client.stats.retries == sim.faults_injected.get("timeout", 0)
 
 
-def test_fails_over_to_the_next_host(simulator: Callable[..., FakeYTS]) -> None:
+def test_fails_over_to_the_next_host(simulator: Callable[..., FakeYTS], caplog: pytest.LogCaptureFixture) -> None:
     sim = simulator(movies=10)
     dead = f"http://127.0.0.1:{free_port()}"
     client = fast_client(dead, sim.url)
@@ -56,6 +57,8 @@ def test_fails_over_to_the_next_host(simulator: Callable[..., FakeYTS]) -> None:
     assert client.base_url == sim.url
     assert client.get("list_movies", {"limit": 5})["movie_count"] == 10
     assert client.stats.requests == 3  # one refused connection, then the working host twice
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"{dead} is not answering; now using {sim.url}"]  # once, not per request
 
 
 def test_a_host_that_moved_answers_404_and_is_skipped(simulator: Callable[..., FakeYTS]) -> None:

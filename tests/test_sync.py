@@ -334,6 +334,15 @@ def test_unreachable_host_is_one_clear_line(tmp_path: Path, config_file: Path) -
     assert last_run(tmp_path / "x.db")["status"] == "failed"
 
 
+def test_failover_across_dead_hosts_is_still_one_line(tmp_path: Path, config_file: Path) -> None:
+    dead = ",".join(f"http://127.0.0.1:{port}" for port in (9, 10, 11))  # nothing listens on these
+    process = cli_subprocess(["sync", "--db", str(tmp_path / "x.db"), "--base-url", dead,
+                              "--config", str(config_file), "--rate", "0"])
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and stderr.startswith("error: API request failed: http://127.0.0.1:")
+    assert stderr.count("\n") == 1, stderr
+
+
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
                                         config_file: Path) -> None:
     from mirror.sync import writer_lock
