@@ -198,7 +198,7 @@ CREATE TABLE IF NOT EXISTS torrent_stats (
 
 CREATE TABLE IF NOT EXISTS sync_runs (
     id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,                    -- full | incremental | resume | enrich
+    kind TEXT NOT NULL,                    -- full | incremental | enrich
     started_at TEXT NOT NULL,
     finished_at TEXT,
     status TEXT NOT NULL,                  -- running | ok | failed | interrupted
