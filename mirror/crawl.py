@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from .client import FetchError, TransientError, YTSClient
 from .transform import list_page_movies, to_int
@@ -17,29 +17,41 @@ PAGE_LIMIT = 50  # the API's maximum page size (yts-api-v2.txt)
 
 @dataclass
 class Page:
-    """One list_movies page and where a crawl resumes once it is committed."""
+    """One list_movies page, any earlier pages re-read with it, and where a crawl resumes once it is committed."""
 
     number: int
     movies: list[Mapping[str, Any]]
     movie_count: int
     next_page: int
-    backtrack: bool = False
+    reread: list[Mapping[str, Any]] = field(default_factory=list)  # after a shrink, committed with the page
+
+    @property
+    def all_movies(self) -> list[Mapping[str, Any]]:
+        return self.reread + self.movies
 
     @property
     def ids(self) -> list[int]:
-        return [to_int(movie["id"]) for movie in self.movies]  # type: ignore[misc]
+        return [to_int(movie["id"]) for movie in self.all_movies]  # type: ignore[misc]
 
 
 class ShortPageError(TransientError):
-    """A page with fewer movies than movie_count promises; retried, then believed."""
+    """A page with fewer movies than movie_count promises; retried, then believed only at the list's end."""
 
     def __init__(self, page: int, data: Mapping[str, Any], found: int, expected: int):
         super().__init__(f"list_movies page {page}", f"page {page} has {found} movies where movie_count promises {expected}")
         self.data = data
 
 
-def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT) -> tuple[list[Mapping[str, Any]], int]:
-    """Fetch one newest-first page; return its movies and the catalog's movie_count."""
+class Listing(NamedTuple):
+    """One fetched list page: its movies, the catalog's movie_count, and whether it ends the list early."""
+
+    movies: list[Mapping[str, Any]]
+    count: int
+    end: bool = False
+
+
+def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: bool = True) -> Listing:
+    """Fetch one newest-first page; a page that stays short is believed only if the next one is empty."""
 
     def validate(data: Mapping[str, Any]) -> None:
         count = to_int(data.get("movie_count")) or 0
@@ -52,12 +64,16 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT) -> tuple[l
     try:
         data = client.get("list_movies", params, validate=validate)
     except FetchError as error:
-        if not isinstance(error.__cause__, ShortPageError):
+        short = error.__cause__
+        if not isinstance(short, ShortPageError):
             raise
-        # movie_count can promise movies a page lacks: list_movies__jackett-issue-9668-count-without-movies.json
-        log.warning("believing short page %d after %d attempts", page, error.attempts)
-        data = error.__cause__.data
-    return list_page_movies(data), to_int(data.get("movie_count")) or 0
+        # movie_count can promise movies the list lacks: list_movies__jackett-issue-9668-count-without-movies.json
+        if probe and fetch_page(client, page + 1, limit, probe=False).movies:
+            # Movies follow, so this page lost its movies to a fault: fail rather than skip them.
+            raise FetchError(error.url, f"{short.reason}, yet page {page + 1} lists movies", error.attempts) from short
+        log.warning("believing short page %d after %d attempts: the list ends there", page, error.attempts)
+        return Listing(list_page_movies(short.data), to_int(short.data.get("movie_count")) or 0, end=True)
+    return Listing(list_page_movies(data), to_int(data.get("movie_count")) or 0)
 
 
 def crawl_full(
@@ -72,36 +88,47 @@ def crawl_full(
     Offset paging over a moving catalog: movies added at the top push the rest down (we see
     some twice, harmlessly); movies removed above us pull the rest up, so the head of the next
     window slides into the page we already read. A shrinking movie_count is the only sign of
-    that, so on a drop we re-read earlier pages until one overlaps what this crawl has seen.
-    `seen` holds the ids this crawl has yielded and is updated in place.
+    that, so on a drop we re-read earlier pages until one overlaps what this crawl has seen,
+    and yield them with the page, to be committed together: a kill between the two would
+    resume past the drop and never re-read them. `seen` holds the ids this crawl has yielded
+    and is updated in place.
     """
     page = start_page
     while True:
-        movies, count = fetch_page(client, page, limit)
-        current = Page(page, movies, count, next_page=page + 1)
+        movies, count, end = fetch_page(client, page, limit)
+        reread: list[Mapping[str, Any]] = []
+        if last_count is not None and count < last_count and page > 1:
+            reread = _reread(client, page - 1, seen | {to_int(movie["id"]) for movie in movies}, limit)
+        current = Page(page, movies, count, next_page=page + 1, reread=reread)
         yield current
         seen.update(current.ids)
-        if last_count is not None and count < last_count and page > 1:
-            yield from _backtrack(client, page - 1, seen, limit)
         last_count = count
-        if not movies or page * limit >= count:
+        if end or not movies or page * limit >= count:
             return
         page += 1
 
 
-def _backtrack(client: YTSClient, page: int, seen: set[int], limit: int) -> Iterator[Page]:
-    """Re-read pages before `page` until one holds a movie this crawl has seen."""
-    resume = page + 2
+def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> bool:
+    """Re-read page 1 after a crawl: does it list a movie the crawl never saw (added meanwhile)?"""
+    # An addition can hide a removal from movie_count, so the crawl must hear of it too.
+    return any(to_int(movie["id"]) not in seen for movie in fetch_page(client, 1, limit).movies)
+
+
+def _reread(client: YTSClient, page: int, seen: set[int | None], limit: int) -> list[Mapping[str, Any]]:
+    """Re-read pages from `page` back until one holds a movie this crawl has seen; return their movies."""
+    movies: list[Mapping[str, Any]] = []
+    known = set(seen)
     while page >= 1:
-        movies, count = fetch_page(client, page, limit)
-        ids = {to_int(movie["id"]) for movie in movies}
-        overlaps = bool(ids & seen)
+        found = fetch_page(client, page, limit).movies
+        movies.extend(found)
+        ids = {to_int(movie["id"]) for movie in found}
+        overlaps = bool(ids & known)
         log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if overlaps else "all unseen")
-        yield Page(page, movies, count, next_page=resume, backtrack=True)
-        seen.update(i for i in ids if i is not None)
-        if overlaps or not movies:
-            return
+        known.update(ids)
+        if overlaps or not found:
+            break
         page -= 1
+    return movies
 
 
 def crawl_new(
@@ -119,11 +146,11 @@ def crawl_new(
     """
     page = start_page
     while True:
-        movies, count = fetch_page(client, page, limit)
+        movies, count, end = fetch_page(client, page, limit)
         current = Page(page, movies, count, next_page=page + 1)
         old = known(current.ids)
         yield current
-        if len(movies) < limit or page * limit >= count:
+        if end or len(movies) < limit or page * limit >= count:
             return
         if len(old) >= min(overlap, len(movies)):
             return
@@ -149,7 +176,7 @@ def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT)
 
     def ranks_of(number: int) -> list[int]:
         if number not in pages:
-            movies, count = fetch_page(client, number, limit)
+            movies, count, _ = fetch_page(client, number, limit)
             ids = [to_int(movie["id"]) for movie in movies]
             if total and count != total[0]:
                 raise CatalogMoved(f"movie_count changed from {total[0]} to {count}")

@@ -17,7 +17,7 @@ import sqlite_utils
 from . import store, transform
 from .client import FetchError, YTSClient
 from .config import Config
-from .crawl import CatalogMoved, Page, crawl_full, crawl_new, find_missing
+from .crawl import CatalogMoved, Page, catalog_grew, crawl_full, crawl_new, find_missing
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Syncer:
     def _commit_page(self, summary: RunSummary, page: Page, checkpoint: dict[str, Any]) -> store.PageResult:
         """Upsert one page and move the checkpoint, in one transaction."""
         with self.db.atomic():
-            result = store.upsert_movies(self.db, page.movies, store.now_iso(), self.config.sync.trackers)
+            result = store.upsert_movies(self.db, page.all_movies, store.now_iso(), self.config.sync.trackers)
             store.set_state(self.db, CHECKPOINT, {**checkpoint, "next_page": page.next_page,
                                                   "movie_count": page.movie_count})
             summary.counts["pages"] += 1
@@ -146,8 +146,7 @@ class Syncer:
                 "pages", "movies_new", "movies_updated", "torrents_new", "torrents_removed")},
                 **dict(zip(("requests", "retries"), self.request_counts())))
         self.progress.total(page.movie_count)
-        if not page.backtrack:
-            self.progress.advance(len(page.movies))
+        self.progress.advance(len(page.movies))
         return result
 
     def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
@@ -157,22 +156,19 @@ class Syncer:
         started_at = checkpoint["started_at"]
         seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
         self.progress.advance(len(seen))
-        counts = {checkpoint["movie_count"]} - {None}
         # No read-ahead: a page fetched but not committed is a request a kill wastes, and a
         # fetching thread gains nothing here (SQLite gives up the GIL per row, then waits for it).
         for page in crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")):
+            if checkpoint["movie_count"] not in (None, page.movie_count):
+                checkpoint["moved"] = True  # kept in the checkpoint, so a resumed crawl still knows
             self._commit_page(summary, page, checkpoint)
-            counts.add(page.movie_count)
+            checkpoint["movie_count"] = page.movie_count
             if self.stop.is_set():
                 return
-        self._finish_full(summary, started_at)
-        if len(counts) > 1:
-            # Movies removed after this crawl read them still look present: the next
-            # incremental sync looks for them (find_missing) once the catalog holds still.
-            with self.db.atomic():
-                store.set_state(self.db, RECONCILE, {"since": started_at})
+        moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
+        self._finish_full(summary, started_at, moved)
 
-    def _finish_full(self, summary: RunSummary, started_at: str) -> None:
+    def _finish_full(self, summary: RunSummary, started_at: str, moved: bool) -> None:
         """After a complete crawl: note swarm counts, mark removals (unless implausibly many), drop the checkpoint."""
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
@@ -191,6 +187,10 @@ class Syncer:
         summary.counts["torrents_removed"] += removed[1]
         with self.db.atomic():
             store.clear_state(self.db, CHECKPOINT)
+            if moved:
+                # Movies removed after this crawl read them still look present: the next
+                # incremental sync looks for them (find_missing) once the catalog holds still.
+                store.set_state(self.db, RECONCILE, {"since": started_at})
 
     def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Walk newest-first pages until reaching movies mirrored before this crawl began."""

@@ -31,7 +31,7 @@ def test_each_fault_kind_is_survived(simulator: Callable[..., FakeYTS], kind: st
     client = fast_client(sim.url, attempts=30)
     from mirror.crawl import fetch_page
     for page in (1, 2, 3) * 4:
-        movies, count = fetch_page(client, page)
+        movies, count, _ = fetch_page(client, page)
         assert count == 120 and len(movies) == (50 if page < 3 else 20)
     assert sim.faults_injected.get(kind, 0) > 0
     if kind != "stray":

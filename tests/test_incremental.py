@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mirror.fakeapi import FakeYTS
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
-                     run_cli, wait_for, write_config)
+                     mirror_movies, run_cli, wait_for, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -178,3 +178,59 @@ def test_scheduler_rejects_a_bad_cron(tmp_path: Path) -> None:
     config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "61 * * * *"\n')
     result = run_cli(["schedule", "--db", str(tmp_path / "x.db"), "--config", str(config)])
     assert result.exit_code == 2 and "schedule.full_cron" in result.output
+
+
+def test_a_crawl_over_a_net_shrinking_catalog_misses_nothing(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                              config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=1,remove=4")  # movie_count falls: earlier pages are re-read
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.churn.every = 0
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    marked = {row[0] for row in connect(db_path).execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
+    assert marked == set(sim.catalog.removed) & set(mirror_movies(db_path, include_removed=True))
+    assert len(marked) > 50
+
+
+def test_removals_balanced_by_additions_during_a_crawl_are_found(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                  config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=1,remove=1")  # movie_count never moves
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.churn.every = 0
+    seen_then_removed = set(sim.catalog.removed) & {
+        row[0] for row in connect(db_path).execute("SELECT id FROM movies WHERE removed_at IS NULL")}
+    assert seen_then_removed, "the crawl should have read some movies that were removed afterwards"
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_count_change_survives_a_kill(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=600, latency_ms=30)
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich"])
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    gone = sim.catalog.remove(ids=sim.catalog.ids()[:3])  # already read; movie_count drops by 3
+    wait_for(lambda: (checkpoint(db_path) or {}).get("movie_count") == 597)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    sync(db_path, sim, config_file, "--no-enrich")  # the resumed crawl sees no change itself
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    marked = {row[0] for row in connect(db_path).execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
+    assert marked == set(gone)
+
+
+def test_a_page_that_stays_empty_mid_catalog_fails_the_run_instead_of_ending_it(
+        simulator: Callable[..., FakeYTS], db_path: Path, tmp_path: Path) -> None:
+    sim = simulator(movies=1000, faults="empty=0.5", seed=3)
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("max_attempts = 6", "max_attempts = 3"))
+    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config), "--no-enrich"]
+    failures = []
+    for _ in range(40):
+        result = run_cli(args)
+        if result.exit_code == 0:
+            break
+        failures.append(result.output)
+    assert failures and all("yet page" in output and "lists movies" in output for output in failures), failures
+    assert_mirror_equals_catalog(db_path, sim.catalog)
