@@ -32,12 +32,14 @@ class YTSError(Exception):
 class TransientError(YTSError):
     """A failure worth retrying: network trouble, 429, 5xx, HTML or truncated bodies."""
 
-    def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False):
+    def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False,
+                 server_failure: bool = False):
         super().__init__(f"{reason} ({url})")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
-        self.host_failure = host_failure
+        self.host_failure = host_failure  # unreachable, or a moved domain's 403/404: this host may be gone
+        self.server_failure = server_failure  # 5xx or a body that is not JSON: this host may be down
 
 
 class FetchError(YTSError):
@@ -212,6 +214,8 @@ class YTSClient:
         self.stats = ClientStats()
         self._host_index = 0
         self._answering_index = 0  # the host that answered last; a change is worth a warning
+        self._answered: set[int] = set()  # hosts that have answered at least once
+        self._strikes = 0  # failures of the current host since it last answered
         self._host_lock = threading.Lock()
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
@@ -228,17 +232,28 @@ class YTSClient:
         """Close the HTTP session."""
         self.session.close()
 
-    def _fail_over(self, failed_index: int) -> None:
-        """Move to the next base URL, unless another thread already did."""
+    def _strike(self, host_index: int, error: TransientError) -> None:
+        """Count a failure against the current host; move to the next one when it looks gone or down."""
+        if not (error.host_failure or error.server_failure) or len(self.base_urls) == 1:
+            return
         with self._host_lock:
-            if self._host_index == failed_index and len(self.base_urls) > 1:
-                self._host_index = (failed_index + 1) % len(self.base_urls)
+            if host_index != self._host_index:
+                return  # another thread has moved on already
+            self._strikes += 1
+            # A host that never answered goes at its first connection failure; one that has
+            # answered survives a reset or two; a string of 5xx or HTML pages means it is down.
+            needed = (3 if host_index in self._answered else 1) if error.host_failure else 3
+            if self._strikes >= needed:
+                self._host_index = (host_index + 1) % len(self.base_urls)
+                self._strikes = 0
                 log.info("switching API host to %s", self.base_urls[self._host_index])
 
-    def _answered(self, host_index: int) -> None:
-        """Warn once when a different host than before starts answering (the domain may have moved)."""
-        if host_index != self._answering_index:
+    def _answered_by(self, host_index: int) -> None:
+        """Note a good answer; warn once when a different host than before starts answering."""
+        self._strikes = 0
+        if host_index not in self._answered or host_index != self._answering_index:
             with self._host_lock:
+                self._answered.add(host_index)
                 if host_index != self._answering_index:
                     log.warning("%s is not answering; now using %s", self.base_urls[self._answering_index],
                                 self.base_urls[host_index])
@@ -299,19 +314,19 @@ class YTSClient:
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
-            self._fail_over(host_index)
-            raise TransientError(url, describe_network_error(error), host_failure=True) from error
+            failure = TransientError(url, describe_network_error(error), host_failure=True)
+            self._strike(host_index, failure)
+            raise failure from error
         except requests.RequestException as error:
             raise TransientError(url, f"{type(error).__name__}: {error}") from error
         try:
             data = self._classify(url, response)
             if validate is not None:
                 validate(data)
-            self._answered(host_index)
+            self._answered_by(host_index)
             return data
         except TransientError as error:
-            if error.host_failure:
-                self._fail_over(host_index)
+            self._strike(host_index, error)
             raise
 
     def _classify(self, url: str, response: requests.Response) -> Mapping[str, Any]:
@@ -331,7 +346,8 @@ class YTSClient:
             raise TransientError(full_url, "HTTP 429 Too Many Requests",
                                  retry_after_seconds(response.headers.get("Retry-After")))
         if status >= 500:
-            raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
+            raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")),
+                                 server_failure=True)
         message = _error_envelope(text()) if status >= 400 else None
         if message:
             # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
@@ -344,7 +360,7 @@ class YTSClient:
         try:
             envelope = decode_body(body, text)
         except ValueError:
-            raise TransientError(full_url, describe_bad_body(text())) from None
+            raise TransientError(full_url, describe_bad_body(text()), server_failure=True) from None
         if not isinstance(envelope, Mapping):
             raise TransientError(full_url, "JSON body is not an object")
         if envelope.get("status") != "ok":

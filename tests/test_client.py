@@ -61,6 +61,22 @@ def test_fails_over_to_the_next_host(simulator: Callable[..., FakeYTS], caplog: 
     assert warnings == [f"{dead} is not answering; now using {sim.url}"]  # once, not per request
 
 
+def test_a_flaky_host_is_kept_rather_than_swapped_for_a_dead_one(simulator: Callable[..., FakeYTS]) -> None:
+    live = simulator(movies=10, faults="reset=0.25", seed=5)
+    client = fast_client(f"http://127.0.0.1:{free_port()}", live.url, attempts=6)
+    for _ in range(60):  # a reset alone no longer sends us back to the dead host
+        assert client.get("list_movies", {"limit": 5})["movie_count"] == 10
+    assert live.faults_injected.get("reset", 0) > 10
+
+
+@pytest.mark.parametrize("fault", ["http503", "html200"])
+def test_a_host_that_is_up_but_broken_is_left_for_the_next(simulator: Callable[..., FakeYTS], fault: str) -> None:
+    broken, live = simulator(movies=3, faults=f"{fault}=1"), simulator(movies=7)
+    client = fast_client(broken.url, live.url, attempts=6)
+    assert client.get("list_movies")["movie_count"] == 7
+    assert broken.counts["list_movies"] == 3  # three failures in a row, then the next host
+
+
 def test_a_host_that_moved_answers_404_and_is_skipped(simulator: Callable[..., FakeYTS]) -> None:
     moved, live = simulator(movies=3), simulator(movies=7)
     client = fast_client(moved.url + "/gone", live.url)
