@@ -259,7 +259,7 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
             return {"requests": client.stats.requests, "retries": client.stats.retries,
                     "enriched": report.movies_done if report else 0}
 
-        with store.logged_run(database, "enrich", client.base_url, event.is_set, counts) as outcome:
+        with store.logged_run(database, "enrich", lambda: client.base_url, event.is_set, counts) as outcome:
             report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
                                     stop=event, progress=progress.callbacks())
     for message in report.messages():

@@ -417,11 +417,11 @@ class RunOutcome:
 
 
 @contextmanager
-def logged_run(db: sqlite_utils.Database, kind: str, base_url: str | None, stopped: Callable[[], bool],
+def logged_run(db: sqlite_utils.Database, kind: str, base_url: Callable[[], str], stopped: Callable[[], bool],
                counts: Callable[[], Mapping[str, Any]]) -> Iterator[RunOutcome]:
-    """Log one run in `sync_runs`: open its row, then close it with its status, error and `counts()`."""
+    """Log one run in `sync_runs`: open its row, then close it with its status, error, host and `counts()`."""
     close_stale_runs(db)
-    outcome = RunOutcome(start_run(db, kind, base_url))
+    outcome = RunOutcome(start_run(db, kind, base_url()))
     try:
         yield outcome
         outcome.status = "interrupted" if stopped() else "ok"
@@ -430,7 +430,7 @@ def logged_run(db: sqlite_utils.Database, kind: str, base_url: str | None, stopp
         outcome.error = f"{type(error).__name__}: {error}"
         raise
     finally:
-        finish_run(db, outcome.run_id, outcome.status, outcome.error, **counts())
+        finish_run(db, outcome.run_id, outcome.status, outcome.error, base_url=base_url(), **counts())
 
 
 def close_stale_runs(db: sqlite_utils.Database) -> None:

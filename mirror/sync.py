@@ -114,7 +114,7 @@ class Syncer:
             summary.counts["requests"], summary.counts["retries"] = self.request_counts()
             return summary.counts
 
-        with store.logged_run(self.db, kind, self.client.base_url, self.stop.is_set, final_counts) as outcome:
+        with store.logged_run(self.db, kind, lambda: self.client.base_url, self.stop.is_set, final_counts) as outcome:
             summary.run_id = outcome.run_id
             if checkpoint:
                 self.progress.message(f"resuming {kind} crawl at page {checkpoint['next_page']}")

@@ -344,6 +344,15 @@ def test_failover_across_dead_hosts_is_still_one_line(tmp_path: Path, config_fil
     assert stderr.count("\n") == 1, stderr
 
 
+def test_the_run_log_names_the_host_that_answered(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                  config_file: Path) -> None:
+    sim = simulator(movies=60)
+    result = run_cli(["sync", "--db", str(db_path), "--base-url", f"http://127.0.0.1:9,{sim.url}", "--rate", "0",
+                      "--config", str(config_file), "--no-enrich"])
+    assert result.exit_code == 0, result.output
+    assert last_run(db_path)["base_url"] == sim.url
+
+
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
                                         config_file: Path) -> None:
     from mirror.sync import writer_lock
