@@ -19,7 +19,7 @@ from . import __version__, store
 from .client import FetchError, YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
-from .sync import LockedError, Progress, Syncer, make_client, writer_lock
+from .sync import LockedError, Progress, Syncer, make_client, writer_alive, writer_lock
 
 log = logging.getLogger("mirror")
 
@@ -352,6 +352,9 @@ def collect_stats(database: Any, config: Config) -> dict[str, Any]:
         "freshness": store.freshness(database),
         "last_runs": store.last_runs(database),
     }
+    if not writer_alive(config.db):  # a writer killed mid-run left its row 'running'; the next one closes it
+        for run in report["last_runs"]:
+            run["status"] = "interrupted" if run["status"] == "running" else run["status"]
     report["backlog"] = backlog_summary(database, config)
     return report
 

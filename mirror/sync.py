@@ -52,6 +52,24 @@ def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
         handle.close()
 
 
+def writer_alive(db_path: str) -> bool:
+    """Whether the process named in a database's lock file still runs (without touching the lock)."""
+    try:
+        with open(f"{db_path}.lock") as handle:
+            holder = handle.read().split()
+    except OSError:
+        return False
+    if len(holder) != 2 or holder[0] != "pid" or not holder[1].isdigit():
+        return False
+    try:
+        os.kill(int(holder[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, under another user
+    return True
+
+
 def make_client(config: Config, pool_size: int | None = None) -> YTSClient:
     """Build the API client the config describes."""
     api = config.api

@@ -162,6 +162,7 @@ def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS],
             "--no-enrich"]
     process = cli_subprocess(args)
     wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 6)
+    assert json.loads(run_cli(["stats", "--db", str(db_path), "--json"]).output)["last_runs"][0]["status"] == "running"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert integrity_ok(db_path)
@@ -169,6 +170,9 @@ def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS],
     count = connect(db_path).execute("SELECT COUNT(*) FROM movies").fetchone()[0]
     assert count == (next_page - 1) * 50, "committed pages and checkpoint disagree"
     assert count < 1000
+    assert last_run(db_path)["status"] == "running"  # until the next writer closes the row
+    stats = json.loads(run_cli(["stats", "--db", str(db_path), "--json"]).output)
+    assert stats["last_runs"][0]["status"] == "interrupted"  # its process is gone
     time.sleep(0.3)  # let the simulator finish answering the killed process's last request
     requests_before = sim.ok_counts["list_movies"]
     run = sync(db_path, sim, config_file)
