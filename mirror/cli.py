@@ -43,7 +43,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ConfigError as error:
             fail(str(error), EXIT_USAGE)
-        except store.SearchSyntaxError as error:
+        except (store.SearchSyntaxError, store.NotAMirrorError) as error:
             fail(str(error), EXIT_USAGE)
         except LockedError as error:
             fail(str(error), EXIT_LOCKED)
@@ -304,7 +304,7 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
            include_removed: bool) -> None:
     """Full-text search over titles, descriptions and cast (FTS5 syntax)."""
     config = resolve(config_path, db=db)
-    database = open_existing(config.db)
+    database = open_existing(config.db, read_only=True)
     rows = store.search(database, query, limit, include_removed)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -318,13 +318,13 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
-def open_existing(path: str) -> Any:
-    """Open a mirror that must already exist."""
+def open_existing(path: str, read_only: bool = False) -> Any:
+    """Open a mirror that must already exist, to write to it or (writing nothing) to read it."""
     import os
 
     if not os.path.exists(path):
         raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
-    return store.open_db(path)
+    return store.open_reader(path) if read_only else store.open_db(path)
 
 
 @cli.command()
@@ -335,7 +335,7 @@ def open_existing(path: str) -> Any:
 def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     """Counts, freshness, the enrichment backlog, the last runs and the database size."""
     config = resolve(config_path, db=db)
-    database = open_existing(config.db)
+    database = open_existing(config.db, read_only=True)
     report = collect_stats(database, config)
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -105,7 +105,7 @@ def extract_json(text: str) -> Any:
     """Decode a JSON body, tolerating stray HTML or notices before or after the envelope."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         pass
     return _find_envelope(text)
 
@@ -123,7 +123,7 @@ def _find_envelope(text: str) -> Any:
     for match in _ENVELOPE_START.finditer(text):
         try:
             value, _ = _decoder.raw_decode(text, match.start())
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             return value

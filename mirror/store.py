@@ -59,6 +59,10 @@ class StoreError(Exception):
     """A database problem the user can act on (not a bug)."""
 
 
+class NotAMirrorError(StoreError):
+    """The database file holds something other than a mirror; it is left untouched."""
+
+
 class SearchSyntaxError(StoreError):
     """The full-text query is not valid FTS5 syntax."""
 
@@ -158,11 +162,42 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
+MIRROR_TABLES = ("movies", "torrents", "movies_fts", "sync_runs")
+
+
 def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
-    """Open (creating if needed) a mirror database ready for use."""
+    """Open (creating if needed) a mirror database ready for use; a file holding other tables is refused."""
+    if os.path.exists(path):
+        mirror_version(path)
     db = connect(path)
     ensure_db_shape(db)
     return db
+
+
+def open_reader(path: str | os.PathLike[str]) -> sqlite_utils.Database:
+    """Open an existing mirror to read it, writing nothing unless its schema needs a migration."""
+    version = mirror_version(path)
+    db = connect(path)
+    if version != SCHEMA_VERSION:
+        ensure_db_shape(db)
+    return db
+
+
+def mirror_version(path: str | os.PathLike[str]) -> int:
+    """Look (read-only) at a database file: its schema version, or StoreError if it holds something else."""
+    try:
+        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"cannot open database {path}: {error}") from None
+    if tables and not set(MIRROR_TABLES) <= tables:
+        raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} tables); "
+                         "choose another --db")
+    return version
 
 
 # ---- upserts -------------------------------------------------------------------------------
@@ -457,7 +492,7 @@ def search(db: sqlite_utils.Database, query: str, limit: int = 20, include_remov
         return [dict(row) for row in db.execute_returning_dicts(sql, [query, limit])]
     except sqlite3.OperationalError as error:
         message = str(error)
-        if "fts5" in message or "syntax" in message or "no such column" in message or "unterminated" in message:
+        if any(sign in message for sign in ("fts5", "syntax", "no such column", "unterminated", "special query")):
             raise SearchSyntaxError(
                 f"invalid search syntax in {query!r}: {message} (put phrases or odd characters in double quotes)"
             ) from None

@@ -32,7 +32,7 @@ class LockedError(Exception):
 @contextmanager
 def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
     """Hold the one-writer lock of a database file (released by the OS if we are killed)."""
-    lock_path = f"{db_path}.lock"
+    lock_path = f"{os.path.realpath(db_path)}.lock"  # one lock however the path is spelled, symlinks included
     handle = open(lock_path, "a+")
     try:
         try:
@@ -55,7 +55,7 @@ def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
 def writer_alive(db_path: str) -> bool:
     """Whether the process named in a database's lock file still runs (without touching the lock)."""
     try:
-        with open(f"{db_path}.lock") as handle:
+        with open(f"{os.path.realpath(db_path)}.lock") as handle:
             holder = handle.read().split()
     except OSError:
         return False

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
@@ -56,8 +56,16 @@ def dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+SQLITE_INT_RANGE = range(-2**63, 2**63)  # what an INTEGER column holds; beyond it, a value is lost (None)
+
+
 def to_int(value: Any) -> int | None:
-    """Coerce the API's loose integers ("8", "", 8, 8.0, None) to int or None."""
+    """Coerce the API's loose integers ("8", "", 8, 8.0, None) to int or None, keeping SQLite's range."""
+    number = _loose_int(value)
+    return number if number is None or number in SQLITE_INT_RANGE else None
+
+
+def _loose_int(value: Any) -> int | None:
     if type(value) is str and value.isdigit() and value.isascii():
         return int(value)
     if value is None or isinstance(value, bool):
@@ -129,22 +137,17 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-def coerce_fields(source: Mapping[str, Any], fields: Iterable[str], kind: type,
-                  coerce: Callable[[Any], Any]) -> dict[str, Any]:
-    """Read several fields, calling `coerce` only on values that are not None or already `kind`."""
-    get = source.get
-    return {field: value if (value := get(field)) is None or type(value) is kind else coerce(value)
-            for field in fields}
-
-
 def text_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str | None]:
     """Coerce several fields with to_text."""
-    return coerce_fields(source, fields, str, to_text)
+    get = source.get
+    return {field: value if (value := get(field)) is None or type(value) is str else to_text(value) for field in fields}
 
 
 def int_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, int | None]:
     """Coerce several fields with to_int."""
-    return coerce_fields(source, fields, int, to_int)
+    get = source.get
+    return {field: value if (value := get(field)) is None or (type(value) is int and value in SQLITE_INT_RANGE)
+            else to_int(value) for field in fields}
 
 
 def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:

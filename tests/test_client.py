@@ -49,6 +49,11 @@ def test_timeouts_are_retried(simulator: Callable[..., FakeYTS]) -> None:
     assert client.stats.retries == sim.faults_injected.get("timeout", 0)
 
 
+def test_a_body_nested_too_deep_is_a_bad_body_not_a_crash() -> None:
+    with pytest.raises(ValueError):
+        extract_json("[" * 100_000)
+
+
 def test_fails_over_to_the_next_host(simulator: Callable[..., FakeYTS], caplog: pytest.LogCaptureFixture) -> None:
     sim = simulator(movies=10)
     dead = f"http://127.0.0.1:{free_port()}"

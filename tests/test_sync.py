@@ -210,9 +210,10 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
     assert result.exit_code == 0
     ids = [row["id"] for row in json.loads(result.output)]
     assert ids == [sim.catalog.order[5], sim.catalog.order[9]]  # a title match outranks a description match
-    bad = run_cli(["search", 'title:"unclosed', "--db", str(db_path)])
-    assert bad.exit_code == 2
-    assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
+    for query in ('title:"unclosed', "*", "* a", "NEAR(", "AND", "nosuchcolumn:x"):
+        bad = run_cli(["search", query, "--db", str(db_path)])
+        assert bad.exit_code == 2, (query, bad.output)
+        assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
 
 
 def test_full_text_index_follows_every_writer(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -369,6 +370,46 @@ def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_pa
     process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
                               "--config", str(config_file), "--no-enrich", "--wait"])
     assert process.wait(timeout=60) == 0
+
+
+def test_stats_and_search_never_wait_for_a_writer(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                  config_file: Path) -> None:
+    sync(db_path, simulator(movies=60), config_file)
+    writer = sqlite3.connect(db_path)
+    writer.execute("BEGIN IMMEDIATE")  # a sync in the middle of a page
+    writer.execute("UPDATE sync_runs SET error = 'x'")
+    try:
+        started = time.monotonic()
+        assert run_cli(["stats", "--db", str(db_path)]).exit_code == 0
+        assert run_cli(["search", "the", "--db", str(db_path)]).exit_code == 0
+        assert time.monotonic() - started < 10  # they read; they never queue for the write lock
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+@pytest.mark.parametrize("table", ["notes (a)", "movies (a TEXT, b INTEGER)"])
+def test_a_database_of_something_else_is_left_untouched(tmp_path: Path, config_file: Path, table: str) -> None:
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute(f"CREATE TABLE {table}")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    for command in (["stats"], ["search", "x"], ["enrich"], ["sync", "--base-url", "http://127.0.0.1:9"]):
+        result = run_cli([*command, "--db", str(other), "--config", str(config_file)])
+        assert result.exit_code == 2 and "is not a yts-mirror database" in result.output, (command, result.output)
+    assert other.read_bytes() == before
+
+
+def test_a_symlink_to_the_database_shares_its_lock(tmp_path: Path, db_path: Path, config_file: Path) -> None:
+    from mirror.sync import writer_lock
+
+    link = tmp_path / "link.db"
+    link.symlink_to(db_path)
+    with writer_lock(str(db_path)):
+        result = run_cli(["sync", "--db", str(link), "--base-url", "http://127.0.0.1:9", "--config", str(config_file)])
+    assert result.exit_code == 3, result.output
 
 
 def test_search_without_a_database_is_a_clear_error(tmp_path: Path) -> None:

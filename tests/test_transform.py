@@ -102,3 +102,13 @@ def test_config_example_documents_the_defaults() -> None:
 
     example = Path(__file__).resolve().parents[1] / "config.example.toml"
     assert load_config(example) == Config()
+
+
+def test_integers_beyond_sqlite_become_none() -> None:
+    huge = 2**63
+    assert transform.to_int(huge) is None and transform.to_int(str(huge)) is None
+    assert transform.to_int(huge - 1) == huge - 1
+    row = transform.movie_row({"id": 7, "year": huge, "runtime": -huge - 1, "date_uploaded_unix": "12"})
+    assert (row["year"], row["runtime"], row["date_uploaded_unix"]) == (None, None, 12)
+    assert str(huge) in row["raw"]  # the raw JSON keeps what was sent
+    assert transform.list_page_movies({"movies": [{"id": huge}, {"id": 3}]}) == [{"id": 3}]
