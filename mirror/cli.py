@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -137,7 +138,25 @@ def stop_on_signals(announce: str | None = "finishing the current page, then sto
 
 # ---- the group --------------------------------------------------------------------------------
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrorGroup(click.Group):
+    """A command group whose usage errors are one line on stderr, like every other expected failure."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as error:
+            hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+            fail(f"{error.format_message().rstrip('.')}{hint}", error.exit_code)
+        except click.ClickException as error:
+            fail(error.format_message(), error.exit_code)
+        except click.Abort:
+            fail("aborted", EXIT_ERROR)
+        sys.exit(result if type(result) is int else 0)  # --help and --version return their exit code
+
+
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="yts-mirror")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
@@ -155,7 +174,14 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
                              help="TOML config file [env YTS_MIRROR_CONFIG].")
 base_url_option = click.option("--base-url", default=None,
                                help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
-rate_option = click.option("--rate", type=click.FloatRange(min=0), default=None,
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse nan and inf, which click's FloatRange lets through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+rate_option = click.option("--rate", type=click.FloatRange(min=0), default=None, callback=finite,
                            help="Requests per second (default 0.4; 0 = unlimited, for local sources only).")
 concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None,
                                   help="Enrichment worker threads.")
@@ -189,6 +215,8 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
 def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: bool, stop: threading.Event | None,
                    must_exist: bool = False) -> Iterator[tuple[Any, Any, TerminalProgress, threading.Event]]:
     """Hold the writer lock; yield the database, client, progress output and stop event; close them."""
+    if must_exist:
+        require_database(config.db)  # before the lock, which would leave a lock file behind
     with writer_lock(config.db, wait=wait):
         db = open_existing(config.db) if must_exist else store.open_db(config.db)
         client = make_client(config)
@@ -318,12 +346,18 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
-def open_existing(path: str, read_only: bool = False) -> Any:
-    """Open a mirror that must already exist, to write to it or (writing nothing) to read it."""
+def require_database(path: str) -> None:
+    """Raise StoreError unless a mirror exists at `path` (looking without writing)."""
     import os
 
     if not os.path.exists(path):
         raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+    store.mirror_version(path)
+
+
+def open_existing(path: str, read_only: bool = False) -> Any:
+    """Open a mirror that must already exist, to write to it or (writing nothing) to read it."""
+    require_database(path)
     return store.open_reader(path) if read_only else store.open_db(path)
 
 
@@ -392,13 +426,13 @@ def format_stats(report: dict[str, Any]) -> str:
 
 
 @cli.command("fake-api")
-@click.option("--movies", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--movies", type=click.IntRange(min=0, max=2_000_000), default=1000, show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--latency-ms", type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option("--latency-ms", type=click.FloatRange(min=0, max=60_000), default=0, show_default=True, callback=finite)
 @click.option("--faults", default="", help='Fault spec, e.g. "mix=0.1,dead=movie_reviews,retry_after=0".')
-@click.option("--rate-limit", type=click.FloatRange(min=0), default=0, show_default=True,
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=0, show_default=True, callback=finite,
               help="Refuse with 429 above this many requests per second (0 = no limit).")
 @click.option("--churn", default="", help='Mutate the catalog while crawled, e.g. "every=10,add=3,remove=1".')
 @handle_errors

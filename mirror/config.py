@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .transform import DEFAULT_TRACKERS
 
@@ -97,7 +99,7 @@ def _coerce(section: str, name: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where} must be true or false, not {value!r}")
         return value
     if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where} must be a number, not {value!r}")
         if value < 0:
             raise ConfigError(f"{where} must not be negative, not {value!r}")
@@ -136,26 +138,65 @@ def _section(name: str, cls: type, values: Any) -> Any:
     return replace(defaults, **kwargs)
 
 
+DAY, YEAR = 86_400, 31_536_000
+# (section, key): the smallest and largest sensible value. Anything outside is a typo, or a
+# number that would overflow a sleep or a timer deep inside a run.
+LIMITS: dict[tuple[str, str], tuple[float, float]] = {
+    ("api", "rate"): (0, 1000),
+    ("api", "burst"): (1, 1000),
+    ("api", "max_attempts"): (1, 100),
+    ("api", "backoff_initial"): (0, DAY),
+    ("api", "backoff_max"): (0, DAY),
+    ("api", "connect_timeout"): (0.001, 3600),
+    ("api", "read_timeout"): (0.001, 3600),
+    ("sync", "overlap"): (1, 50),
+    ("sync", "max_removed_fraction"): (0, 1),
+    ("enrich", "concurrency"): (1, 64),
+    ("enrich", "pause_after"): (1, 1000),
+    ("schedule", "incremental_seconds"): (0, YEAR),
+    ("schedule", "enrich_seconds"): (0, YEAR),
+    ("schedule", "enrich_limit"): (0, 10_000_000),
+    ("schedule", "misfire_grace_seconds"): (1, YEAR),
+}
+MIN_RATE = 1 / DAY  # below one request a day, a rate is surely a typo for 0 (no limit)
+
+
 def validate(config: Config) -> Config:
     """Reject values that parse but make no sense."""
     if not config.api.base_urls:
         raise ConfigError("api.base_urls must name at least one URL")
     for url in config.api.base_urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"api.base_urls: {url!r} is not an http(s) URL")
-    if config.api.max_attempts < 1:
-        raise ConfigError("api.max_attempts must be at least 1")
-    if config.enrich.concurrency < 1:
-        raise ConfigError("enrich.concurrency must be at least 1")
+        check_base_url(url)
+    for (section, key), (low, high) in LIMITS.items():
+        value = getattr(getattr(config, section), key)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{section}.{key} must be between {low:g} and {high:g}, not {value!r}")
+    if 0 < config.api.rate < MIN_RATE:
+        raise ConfigError(f"api.rate must be 0 (no limit) or at least one request a day ({MIN_RATE:.2g}/s)")
+    for endpoint, days in config.enrich.ttl_days.items():
+        if not days <= 100 * 365:
+            raise ConfigError(f"enrich.ttl_days.{endpoint} must be at most 36500 days, not {days!r}")
     unknown = set(config.enrich.endpoints) - set(ENDPOINTS)
     if unknown:
         raise ConfigError(f"enrich.endpoints: unknown endpoint {sorted(unknown)[0]!r}; known: {', '.join(ENDPOINTS)}")
     unknown = set(config.enrich.ttl_days) - set(ENDPOINTS)
     if unknown:
         raise ConfigError(f"enrich.ttl_days: unknown endpoint {sorted(unknown)[0]!r}")
-    if config.sync.max_removed_fraction > 1:
-        raise ConfigError("sync.max_removed_fraction must be between 0 and 1")
     return config
+
+
+def check_base_url(url: str) -> None:
+    """Raise ConfigError unless `url` is an http(s) URL with a usable host and port."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(f"api.base_urls: {url!r} is not a valid URL: {error}") from None
+    host = parts.hostname or ""
+    labels = host.split(".")
+    if (parts.scheme not in ("http", "https") or not host or len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels)
+            or any(c.isspace() for c in url) or port == 0):
+        raise ConfigError(f"api.base_urls: {url!r} is not an http(s) URL with a host name")
 
 
 def parse_config(data: dict[str, Any]) -> Config:
@@ -187,6 +228,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from None
     return parse_config(data)
 
 
@@ -198,6 +241,9 @@ def resolve(
     concurrency: int | None = None,
 ) -> Config:
     """Apply the precedence: flag, then environment, then file, then defaults."""
+    for flag, value in (("--config", config_path), ("--db", db), ("--base-url", base_url)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} must not be empty")
     config = load_config(config_path)
     db = db or os.environ.get(ENV_DB) or config.db
     base_url = base_url or os.environ.get(ENV_BASE_URL)
@@ -209,4 +255,6 @@ def resolve(
     enrich = config.enrich
     if concurrency is not None:
         enrich = replace(enrich, concurrency=concurrency)
+    if Path(db).is_dir():
+        raise ConfigError(f"the database path {db} is a directory")
     return validate(replace(config, db=str(Path(db)), api=api, enrich=enrich))

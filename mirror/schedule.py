@@ -107,6 +107,17 @@ class Jobs:
         self._guarded("enrichment", lambda: self.run_enrich(self.config, stop=self.stop))
 
 
+def full_refresh_trigger(expr: str, now: datetime) -> BaseTrigger:
+    """The full refresh's trigger, or ConfigError if the expression is bad or never fires."""
+    try:
+        trigger = crontab_trigger(expr)
+    except ValueError as error:
+        raise ConfigError(f"schedule.full_cron {expr!r}: {error}") from None
+    if trigger.get_next_fire_time(None, now) is None:
+        raise ConfigError(f"schedule.full_cron {expr!r} never fires")
+    return trigger
+
+
 def build_scheduler(config: Config, jobs: Jobs) -> BlockingScheduler:
     """An APScheduler with the jobs the config asks for."""
     settings = config.schedule
@@ -116,15 +127,12 @@ def build_scheduler(config: Config, jobs: Jobs) -> BlockingScheduler:
         timezone=UTC,
     )
     now = datetime.now(UTC)
+    full_trigger = full_refresh_trigger(settings.full_cron, now) if settings.full_cron else None
     if settings.incremental_seconds > 0:
         scheduler.add_job(jobs.incremental, IntervalTrigger(seconds=settings.incremental_seconds, timezone=UTC),
                           id="incremental", name="incremental sync", next_run_time=now)
-    if settings.full_cron:
-        try:
-            trigger = crontab_trigger(settings.full_cron)
-        except ValueError as error:
-            raise ConfigError(f"schedule.full_cron {settings.full_cron!r}: {error}") from None
-        scheduler.add_job(jobs.full, trigger, id="full", name="full refresh")
+    if full_trigger:
+        scheduler.add_job(jobs.full, full_trigger, id="full", name="full refresh")
     if settings.enrich_seconds > 0:
         scheduler.add_job(jobs.enrich, IntervalTrigger(seconds=settings.enrich_seconds, timezone=UTC),
                           id="enrich", name="enrichment")

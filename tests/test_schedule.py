@@ -46,3 +46,12 @@ def test_day_of_month_and_weekday_both_set_fire_on_either() -> None:
 def test_bad_expressions_raise_value_error(expr: str) -> None:
     with pytest.raises(ValueError):
         crontab_trigger(expr)
+
+
+def test_a_cron_that_never_fires_is_a_config_error(tmp_path) -> None:
+    from support import run_cli, write_config
+
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "0 4 31 2 *"\n')
+    result = run_cli(["schedule", "--db", str(tmp_path / "x.db"), "--config", str(config)])
+    assert result.exit_code == 2 and result.output == "error: schedule.full_cron '0 4 31 2 *' never fires\n"

@@ -313,14 +313,47 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     ("[api\n", "invalid TOML"),
     ("[enrich]\nendpoints = ['movie_trailers']\n", "unknown endpoint 'movie_trailers'"),
     ("[api]\nbase_urls = ['ftp://x']\n", "is not an http(s) URL"),
+    ("[api]\nbase_urls = ['http://']\n", "is not an http(s) URL with a host name"),
+    ("[api]\nbase_urls = ['http://127.0.0.1:99999']\n", "is not a valid URL"),
+    ("[api]\nbase_urls = ['http://[::1']\n", "is not a valid URL"),
+    ("[api]\nconnect_timeout = 0.0\n", "api.connect_timeout must be between"),
+    ("[api]\nread_timeout = nan\n", "api.read_timeout must be a number"),
+    ("[api]\nbackoff_initial = 1e300\n", "api.backoff_initial must be between"),
+    ("[api]\nrate = 1e-300\n", "api.rate must be 0 (no limit) or at least"),
+    ("[enrich]\nconcurrency = 100000\n", "enrich.concurrency must be between 1 and 64"),
+    ("[schedule]\nincremental_seconds = inf\n", "schedule.incremental_seconds must be a number"),
+    ("[schedule]\nmisfire_grace_seconds = 0\n", "schedule.misfire_grace_seconds must be between"),
+    (b"\x00\xff\xfe", "not UTF-8"),
 ])
-def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str, message: str) -> None:
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, message: str) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text(body)
+    config.write_bytes(body if isinstance(body, bytes) else body.encode())
     result = run_cli(["sync", "--db", str(tmp_path / "x.db"), "--config", str(config)])
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rate", "nan"], "Invalid value for '--rate': nan is not a finite number (see '"),
+    (["--rate", "-1"], "Invalid value for '--rate'"),
+    (["--no-such-flag"], "No such option '--no-such-flag'"),
+    (["--db", ""], "--db must not be empty"),
+    (["--base-url", " "], "--base-url must not be empty"),
+    (["--base-url", "http://exa mple.com"], "is not an http(s) URL"),
+    (["--base-url", f"http://{'a' * 300}.com"], "is not an http(s) URL"),
+])
+def test_bad_flag_values_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], message: str) -> None:
+    result = run_cli(["sync", "--db", str(tmp_path / "x.db"), *flags])
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_no_lock_file_is_left_for_a_database_that_cannot_be_used(tmp_path: Path, config_file: Path) -> None:
+    assert run_cli(["sync", "--config", str(config_file)], env={"YTS_MIRROR_DB": str(tmp_path)}).exit_code == 2
+    assert run_cli(["enrich", "--db", str(tmp_path / "missing.db"), "--config", str(config_file)]).exit_code == 1
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name)) == [tmp_path.name]
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
 
 def test_missing_config_file_and_bad_flags_exit_2(tmp_path: Path) -> None:
