@@ -52,6 +52,10 @@ class FetchError(YTSError):
         self.attempts = attempts
 
 
+class Stopped(YTSError):
+    """A stop was asked for while a request waited for its next attempt."""
+
+
 class RateLimiter:
     """A thread-safe token bucket: `rate` requests per second with bursts of `burst`."""
 
@@ -217,6 +221,7 @@ class YTSClient:
         self._answered: set[int] = set()  # hosts that have answered at least once
         self._strikes = 0  # failures of the current host since it last answered
         self._host_lock = threading.Lock()
+        self.stop: threading.Event | None = None  # when set, a wait between attempts ends the request
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
@@ -268,6 +273,13 @@ class YTSClient:
             delay = max(delay, min(error.retry_after, self.backoff_max * 5))
         return delay
 
+    def _sleep(self, seconds: float) -> None:
+        """Wait before the next attempt, unless a stop is asked for meanwhile (backoff can last minutes)."""
+        if self.stop is None:
+            time.sleep(seconds)
+        elif self.stop.wait(seconds):
+            raise Stopped("stopped while waiting to retry")
+
     def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
         self.stats.count_retry()
         error = retry_state.outcome.exception() if retry_state.outcome else None
@@ -290,6 +302,7 @@ class YTSClient:
             wait=self._wait,
             retry=tenacity.retry_if_exception_type(TransientError),
             before_sleep=self._before_sleep,
+            sleep=self._sleep,
             reraise=True,
         )
         try:

@@ -461,7 +461,7 @@ def logged_run(db: sqlite_utils.Database, kind: str, base_url: Callable[[], str]
         yield outcome
         outcome.status = "interrupted" if stopped() else "ok"
     except BaseException as error:
-        outcome.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        outcome.status = "interrupted" if isinstance(error, KeyboardInterrupt) or stopped() else "failed"
         outcome.error = f"{type(error).__name__}: {error}"
         raise
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,3 +211,20 @@ def test_enrich_options_are_validated(tmp_path: Path) -> None:
     assert run_cli(["enrich", "--endpoint", "movie_trailers"]).exit_code == 2
     result = run_cli(["enrich", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 1 and "no database at" in result.output
+
+
+def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                           config_file: Path) -> None:
+    sim = simulator(movies=20, faults="dead=movie_reviews")
+    db = tmp_path / "stop.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    slow = tmp_path / "slow.toml"
+    slow.write_text("[api]\nbackoff_initial = 60\nbackoff_max = 60\nmax_attempts = 5\n")
+    process = cli_subprocess(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(slow)])
+    wait_for(lambda: sim.counts.get("movie_reviews", 0) >= 1)
+    time.sleep(0.3)  # into the first wait between attempts
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+    assert last_run(db)["status"] == "interrupted"
+    assert connect(db).execute("SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'").fetchone()[0] == 0

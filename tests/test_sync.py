@@ -200,6 +200,21 @@ def test_sigterm_finishes_the_page_and_exits_zero(simulator: Callable[..., FakeY
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+def test_sigterm_during_a_long_backoff_stops_at_once(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                     tmp_path: Path) -> None:
+    sim = simulator(movies=100, faults="http503=1")
+    config = tmp_path / "slow.toml"
+    config.write_text("[api]\nbackoff_initial = 60\nbackoff_max = 60\nmax_attempts = 5\n")
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config), "--no-enrich"])
+    wait_for(lambda: sim.counts.get("list_movies", 0) >= 1)
+    time.sleep(0.3)  # into the first wait between attempts
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)  # not after four waits of 30 to 60 s
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+    assert last_run(db_path)["status"] == "interrupted"
+
+
 def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], db_path: Path,
                                              config_file: Path) -> None:
     sim = simulator(movies=200)
