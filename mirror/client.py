@@ -247,7 +247,7 @@ class YTSClient:
             self._strikes += 1
             # A host that never answered goes at its first connection failure; one that has
             # answered survives a reset or two; a string of 5xx or HTML pages means it is down.
-            needed = (3 if host_index in self._answered else 1) if error.host_failure else 3
+            needed = 1 if error.host_failure and host_index not in self._answered else 3
             if self._strikes >= needed:
                 self._host_index = (host_index + 1) % len(self.base_urls)
                 self._strikes = 0

@@ -29,11 +29,15 @@ class LockedError(Exception):
     """Another process is writing to this database."""
 
 
+def lock_path(db_path: str) -> str:
+    """The writer lock file of a database: one however the path is spelled, symlinks included."""
+    return f"{os.path.realpath(db_path)}.lock"
+
+
 @contextmanager
 def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
     """Hold the one-writer lock of a database file (released by the OS if we are killed)."""
-    lock_path = f"{os.path.realpath(db_path)}.lock"  # one lock however the path is spelled, symlinks included
-    handle = open(lock_path, "a+")
+    handle = open(lock_path(db_path), "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -55,7 +59,7 @@ def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
 def writer_alive(db_path: str) -> bool:
     """Whether the process named in a database's lock file still runs (without touching the lock)."""
     try:
-        with open(f"{os.path.realpath(db_path)}.lock") as handle:
+        with open(lock_path(db_path)) as handle:
             holder = handle.read().split()
     except OSError:
         return False
