@@ -221,7 +221,7 @@ class YTSClient:
         self._answered: set[int] = set()  # hosts that have answered at least once
         self._strikes = 0  # failures of the current host since it last answered
         self._host_lock = threading.Lock()
-        self.stop: threading.Event | None = None  # when set, a wait between attempts ends the request
+        self.stop: threading.Event | None = None  # when set, it ends any wait of a request
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
@@ -274,11 +274,11 @@ class YTSClient:
         return delay
 
     def _sleep(self, seconds: float) -> None:
-        """Wait before the next attempt, unless a stop is asked for meanwhile (backoff can last minutes)."""
+        """Wait for a retry (backoff can last minutes) or a token, unless a stop is asked for meanwhile."""
         if self.stop is None:
             time.sleep(seconds)
         elif self.stop.wait(seconds):
-            raise Stopped("stopped while waiting to retry")
+            raise Stopped("stopped while waiting to send a request")
 
     def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
         self.stats.count_retry()
@@ -322,7 +322,9 @@ class YTSClient:
         """Send one request and classify its outcome."""
         host_index = self._host_index
         url = f"{self.base_urls[host_index]}/api/v2/{endpoint}.json"
-        self.limiter.acquire()
+        delay = self.limiter.reserve()
+        if delay > 0:
+            self._sleep(delay)  # several workers can queue for tokens for many seconds
         self.stats.count_request(endpoint)
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)

@@ -215,6 +215,19 @@ def test_sigterm_during_a_long_backoff_stops_at_once(simulator: Callable[..., Fa
     assert last_run(db_path)["status"] == "interrupted"
 
 
+def test_sigterm_while_waiting_for_a_rate_token_stops_at_once(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                               config_file: Path) -> None:
+    sim = simulator(movies=200)
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0.05",
+                              "--config", str(config_file), "--no-enrich"])
+    wait_for(lambda: sim.counts.get("list_movies", 0) >= 1)
+    time.sleep(0.5)  # page 1 is in; page 2 waits 20 s for its token
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+    assert last_run(db_path)["status"] == "interrupted" and sim.counts["list_movies"] == 1
+
+
 def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], db_path: Path,
                                              config_file: Path) -> None:
     sim = simulator(movies=200)
