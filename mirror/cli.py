@@ -140,6 +140,9 @@ def stop_on_signals(announce: str | None = "finishing the current page, then sto
 
 # ---- the group --------------------------------------------------------------------------------
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click 8.2 and later
+
+
 class OneLineErrorGroup(click.Group):
     """A command group whose usage errors are one line on stderr, like every other expected failure."""
 
@@ -148,6 +151,9 @@ class OneLineErrorGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
+        except NO_ARGS_IS_HELP as error:  # a bare `yts-mirror`: the help itself, as click shows it
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
         except click.UsageError as error:
             hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
             fail(f"{error.format_message().rstrip('.')}{hint}", error.exit_code)

@@ -384,6 +384,11 @@ def test_no_lock_file_is_left_for_a_database_that_cannot_be_used(tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
 
+def test_bare_command_shows_the_help() -> None:
+    result = run_cli([])
+    assert "Usage:" in result.output and "Commands:" in result.output and not result.output.startswith("error")
+
+
 def test_missing_config_file_and_bad_flags_exit_2(tmp_path: Path) -> None:
     result = run_cli(["sync", "--db", str(tmp_path / "x.db"), "--config", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2 and "config file not found" in result.output
