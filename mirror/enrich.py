@@ -19,7 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from . import store, transform
-from .client import FetchError, YTSClient, YTSError
+from .client import FetchError, Stopped, YTSClient, YTSError
 from .config import Config
 from .sync import Progress
 
@@ -134,19 +134,26 @@ def params_for(endpoint: str, movie_id: int) -> dict[str, Any]:
     return {"movie_id": movie_id}
 
 
+NOT_FOUND_RECHECK_DAYS = 1.0
+
+
 def _backlog_where(only_new: bool) -> str:
     """SQL condition for a movie needing `endpoint` (parameters: ttl cutoff, is-details flag)."""
     changed = "(:details AND s.list_hash IS NOT m.list_hash)"
     if only_new:
         return f"(s.movie_id IS NULL OR {changed})"
-    return f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed})"
+    # A listed movie whose details were not found is asked again after a day, not after the TTL:
+    # the list and the details can disagree for a while (seen during a host's restart).
+    return (f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed}"
+            " OR (s.status = 'not_found' AND s.fetched_at < :recheck))")
 
 
 def _backlog_args(config: Config, endpoint: str) -> dict[str, Any]:
     """The parameters of `_backlog_where` for one endpoint."""
     days = config.enrich.ttl_days.get(endpoint, 3650.0)
     cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"endpoint": endpoint, "cutoff": cutoff, "details": endpoint == "movie_details"}
+    recheck = (datetime.now(UTC) - timedelta(days=min(days, NOT_FOUND_RECHECK_DAYS))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"endpoint": endpoint, "cutoff": cutoff, "recheck": recheck, "details": endpoint == "movie_details"}
 
 
 def paused_endpoints(db: sqlite_utils.Database) -> set[str]:
@@ -180,7 +187,8 @@ def backlog_summary(db: sqlite_utils.Database, config: Config) -> dict[str, dict
             f"WHERE m.removed_at IS NULL AND {_backlog_where(False)}", _backlog_args(config, endpoint),
         ).fetchone()[0]
         by_status = dict(db.execute(
-            "SELECT status, COUNT(*) FROM enrich_state WHERE endpoint = ? GROUP BY status", [endpoint]
+            "SELECT s.status, COUNT(*) FROM enrich_state s JOIN movies m ON m.id = s.movie_id AND m.removed_at IS NULL "
+            "WHERE s.endpoint = ? GROUP BY s.status", [endpoint]
         ).fetchall())
         summary[endpoint] = {
             "pending": pending, "done": by_status.get("ok", 0), "not_found": by_status.get("not_found", 0),
@@ -369,6 +377,8 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                 crash = outcomes.pop("__error__", None)
                 if crash:
                     stop.set()
+                    if isinstance(crash[1], Stopped):
+                        continue  # asked to stop while it waited: this movie is fetched again next run
                     raise crash[1]
                 fetched, not_found = write_movie(db, item, outcomes)
             finally:

@@ -15,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from . import store, transform
-from .client import FetchError, YTSClient
+from .client import FetchError, Stopped, YTSClient
 from .config import Config
 from .crawl import CatalogMoved, Page, catalog_grew, crawl_full, crawl_new, find_missing
 
@@ -140,10 +140,13 @@ class Syncer:
             summary.run_id = outcome.run_id
             if checkpoint:
                 self.progress.message(f"resuming {kind} crawl at page {checkpoint['next_page']}")
-            if kind == "full":
-                self._full(summary, checkpoint)
-            else:
-                self._incremental(summary, checkpoint)
+            try:
+                if kind == "full":
+                    self._full(summary, checkpoint)
+                else:
+                    self._incremental(summary, checkpoint)
+            except Stopped:
+                pass  # asked to stop while a request waited: the checkpoint holds, as after any page
             if after_crawl and not self.stop.is_set():
                 after_crawl(summary)
         summary.status, summary.error = outcome.status, outcome.error

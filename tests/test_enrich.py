@@ -6,6 +6,7 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
@@ -228,3 +229,52 @@ def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[.
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
     assert last_run(db)["status"] == "interrupted"
     assert connect(db).execute("SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'").fetchone()[0] == 0
+
+
+def test_sigterm_during_rate_limited_enrichment_keeps_its_count(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                                config_file: Path) -> None:
+    sim = simulator(movies=40)
+    db = tmp_path / "count.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    process = cli_subprocess(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "20", "--concurrency", "3",
+                              "--config", str(config_file)])
+    wait_for(lambda: sim.counts.get("movie_parental_guides", 0) >= 5)
+    process.send_signal(signal.SIGTERM)  # at 20 req/s the workers are nearly always waiting for a token
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0 and "enrich interrupted:" in stderr, stderr
+    enriched = connect(db).execute("SELECT COUNT(DISTINCT movie_id) FROM enrich_state WHERE status = 'ok'").fetchone()[0]
+    assert last_run(db)["status"] == "interrupted" and last_run(db)["enriched"] == enriched >= 5
+
+
+def test_a_listed_movie_not_found_is_asked_again_after_a_day(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                              config_file: Path) -> None:
+    sim = simulator(movies=30)
+    db = tmp_path / "nf.db"
+    run_process(sync_args(db, sim, config_file))
+    older, recent = sim.catalog.order[3], sim.catalog.order[4]
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    conn = connect(db)
+    with conn:  # as if details had answered with the id-0 placeholder while the list held the movie
+        conn.execute("UPDATE enrich_state SET status = 'not_found', fetched_at = ? WHERE movie_id = ? "
+                     "AND endpoint = 'movie_details'", [two_days_ago, older])  # well inside the 90-day TTL
+        conn.execute("UPDATE enrich_state SET status = 'not_found' WHERE movie_id = ? AND endpoint = 'movie_details'",
+                     [recent])
+    before = sim.ok_counts.get("movie_details", 0)
+    run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
+    assert sim.ok_counts["movie_details"] - before == 1
+    statuses = dict(conn.execute("SELECT movie_id, status FROM enrich_state WHERE endpoint = 'movie_details' "
+                                 "AND movie_id IN (?, ?)", [older, recent]).fetchall())
+    assert statuses == {older: "ok", recent: "not_found"}
+
+
+def test_stats_counts_enrichment_of_present_movies_only(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                         config_file: Path) -> None:
+    sim = simulator(movies=60)
+    db = tmp_path / "st.db"
+    run_process(sync_args(db, sim, config_file))
+    sim.catalog.remove(8)  # within the removal guard: max(10, 5%)
+    run_process(sync_args(db, sim, config_file, "--full"))
+    backlog = json.loads(run_cli(["stats", "--db", str(db), "--json"]).output)["backlog"]
+    assert backlog["movie_details"]["done"] == 52 and backlog["movie_details"]["pending"] == 0
+    view = dict(connect(db).execute("SELECT endpoint, ok FROM enrich_backlog").fetchall())
+    assert view["movie_details"] == 52

@@ -226,6 +226,7 @@ def test_sigterm_while_waiting_for_a_rate_token_stops_at_once(simulator: Callabl
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
     assert last_run(db_path)["status"] == "interrupted" and sim.counts["list_movies"] == 1
+    assert "full sync interrupted: 1 pages" in stderr  # the run's summary, as after any stop
 
 
 def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], db_path: Path,
