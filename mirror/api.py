@@ -21,6 +21,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
@@ -41,7 +42,7 @@ SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "lik
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 OK_MESSAGE = "Query was successful"
 TIME_LIMIT_MS = 10_000
-CACHE_MAX_AGE = 60.0  # seconds, a backstop: database_state() is the real invalidation
+CACHE_MAX_AGE = 60.0  # seconds, a backstop: DATA_VERSIONS.state() is the real invalidation
 
 # The documented user and write endpoints (yts-api-v2.txt): never served by a mirror.
 USER_ENDPOINTS = frozenset({"user_details", "user_profile", "get_movie_bookmarks"})
@@ -171,28 +172,37 @@ RESPONSES = LRU(64 * 2**20)   # encoded `data` JSON by (database, endpoint, quer
 ORDERINGS = LRU(16 * 2**20)   # list_movies: every matching id, in order, by (database, filters, sort)
 
 
-def database_state(path: str | None) -> Hashable:
-    """Identify the database's committed contents without querying it (None: never cache).
+class DataVersions:
+    """Tell committed database contents apart: one read connection per file, asked `PRAGMA data_version`.
 
-    Each commit changes the WAL-index header at the start of the `-shm` file (WAL mode) or the
-    change counter in the database header (rollback mode); file sizes and times back that up.
+    data_version changes whenever another connection, in any process, commits. The file must not
+    be opened and closed by hand here: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, SQLite's too, and a writer would then reset the WAL under readers.
     """
-    if not path:
-        return None
-    return (path, *(file_state(path + suffix, head) for suffix, head in (("", 28), ("-wal", 0), ("-shm", 48))))
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connections: dict[str, tuple[int, sqlite3.Connection]] = {}
+
+    def state(self, path: str | None) -> Hashable:
+        """(path, inode, data_version) of a database file; None (never cache) if it cannot be read."""
+        if not path:
+            return None
+        try:
+            inode = os.stat(path).st_ino
+            with self.lock:
+                entry = self.connections.get(path)
+                if entry is None or entry[0] != inode:  # a new file at this path: a new connection
+                    if entry is not None:
+                        entry[1].close()
+                    uri = Path(path).resolve().as_uri() + "?mode=ro"
+                    entry = self.connections[path] = (inode, sqlite3.connect(uri, uri=True, check_same_thread=False))
+                return path, inode, entry[1].execute("PRAGMA data_version").fetchone()[0]
+        except (OSError, sqlite3.Error):
+            return None
 
 
-def file_state(path: str, head: int) -> tuple[int, int, int, bytes] | None:
-    """A file's inode, size, mtime and first `head` bytes (raw syscalls: this runs per request)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        return st.st_ino, st.st_size, st.st_mtime_ns, os.pread(fd, head, 0) if head else b""
-    finally:
-        os.close(fd)
+DATA_VERSIONS = DataVersions()
 
 
 # ---- the database -------------------------------------------------------------------------------
@@ -800,7 +810,7 @@ async def answer_data(datasette: Any, request: Request, name: str, params: Param
     query = endpoint.parse(params)
     db = await mirror_database(datasette)
     await check_permissions(datasette, request, db)
-    state = database_state(None if db.is_memory else db.path)
+    state = DATA_VERSIONS.state(None if db.is_memory else db.path)
     key = (db.path, name, query)
     data_json = RESPONSES.get(key, state) if state else None
     if data_json is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 import xml.etree.ElementTree as ET
@@ -411,3 +412,25 @@ def test_cached_answers_follow_every_commit(tmp_path: Path, mirror: Mirror) -> N
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+
+
+def posix_locks_of_this_process() -> int:
+    """How many POSIX (fcntl) locks this process holds, from /proc/locks."""
+    pid = str(os.getpid())
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if line.split()[1:2] == ["POSIX"] and line.split()[4:5] == [pid])
+
+
+def test_answering_never_drops_sqlite_locks(mirror: Mirror) -> None:
+    reader = sqlite3.connect(mirror.path)  # like one of Datasette's connections, in a read
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM movies").fetchone()
+    try:
+        held = posix_locks_of_this_process()
+        assert held > 0
+        mirror.ok("/api/v2/list_movies.json?limit=3&sort_by=rating")
+        # Closing a descriptor of the file would drop them all, and a writer could reset the WAL under us.
+        assert posix_locks_of_this_process() >= held
+    finally:
+        reader.rollback()
+        reader.close()
