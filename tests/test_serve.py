@@ -306,6 +306,14 @@ def test_every_canned_query_runs(mirror: Mirror) -> None:
     assert {"freshness", "catalog", "backlog"} <= sections and any(s.startswith("run #") for s in sections)
 
 
+def test_the_search_query_without_words_renders_its_form(mirror: Mirror) -> None:
+    paths = [f"/{mirror.name}/search", f"/{mirror.name}/search?q=", f"/{mirror.name}/search?q=%22",
+             f"/{mirror.name}/search.json?_shape=array&q=%20"]
+    responses = get(mirror, *paths)
+    assert [r.status_code for r in responses] == [200] * 4, [r.text[:200] for r in responses]
+    assert responses[-1].json() == []
+
+
 def test_canned_query_results_render_links(mirror: Mirror) -> None:
     (page,) = get(mirror, f"/{mirror.name}/best_seeded_at_quality?quality=1080p")
     magnets = re.findall(r'href="(magnet:[^"]+)"', page.text)
