@@ -182,6 +182,8 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
                              help="TOML config file [env YTS_MIRROR_CONFIG].")
 base_url_option = click.option("--base-url", default=None,
                                help="API base URL(s), comma-separated [env YTS_MIRROR_BASE_URL].")
+
+
 def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """Refuse nan and inf, which click's FloatRange lets through."""
     if value is not None and not math.isfinite(value):
@@ -226,7 +228,7 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
     if must_exist:
         require_database(config.db)  # before the lock, which would leave a lock file behind
     with writer_lock(config.db, wait=wait):
-        db = open_existing(config.db) if must_exist else store.open_db(config.db)
+        db = store.open_db(config.db)
         client = make_client(config)
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
         try:
@@ -341,7 +343,7 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
            include_removed: bool) -> None:
     """Full-text search over titles, descriptions and cast (FTS5 syntax)."""
     config = resolve(config_path, db=db)
-    database = open_existing(config.db, read_only=True)
+    database = open_existing(config.db)
     rows = store.search(database, query, limit, include_removed)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -364,10 +366,10 @@ def require_database(path: str) -> None:
     store.mirror_version(path)
 
 
-def open_existing(path: str, read_only: bool = False) -> Any:
-    """Open a mirror that must already exist, to write to it or (writing nothing) to read it."""
+def open_existing(path: str) -> Any:
+    """Open a mirror that must already exist, to read it (writing nothing)."""
     require_database(path)
-    return store.open_reader(path) if read_only else store.open_db(path)
+    return store.open_reader(path)
 
 
 @cli.command()
@@ -378,7 +380,7 @@ def open_existing(path: str, read_only: bool = False) -> Any:
 def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     """Counts, freshness, the enrichment backlog, the last runs and the database size."""
     config = resolve(config_path, db=db)
-    database = open_existing(config.db, read_only=True)
+    database = open_existing(config.db)
     report = collect_stats(database, config)
     if as_json:
         click.echo(json.dumps(report, indent=2))
