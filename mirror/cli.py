@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__, store
-from .client import FetchError, Stopped, YTSError
+from .client import FetchError, YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .sync import LockedError, Progress, Syncer, make_client, writer_alive, writer_lock
@@ -48,8 +48,6 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(error), EXIT_USAGE)
         except LockedError as error:
             fail(str(error), EXIT_LOCKED)
-        except Stopped:
-            return None  # asked to stop while retrying: the run is logged as interrupted
         except (FetchError, YTSError) as error:
             fail(f"API request failed: {error}")
         except store.StoreError as error:

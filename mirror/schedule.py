@@ -17,7 +17,6 @@ from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .client import Stopped
 from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,9 +92,6 @@ class Jobs:
             log.info("%s: starting", name)
             try:
                 work()
-            except Stopped:
-                log.info("%s: stopped", name)
-                return
             except Exception as error:  # noqa: BLE001 - one failed run must not end the scheduler
                 log.error("%s failed: %s", name, error)
             else:
