@@ -9,13 +9,15 @@ page of rows, instead of fetching every matching movie first (a genre can hold h
 
 from __future__ import annotations
 
-import os
+from collections.abc import Hashable
 from typing import Any
 
 from datasette.database import QueryInterrupted
 from datasette.facets import Facet
 from datasette.filters import FilterArguments
 from datasette.utils import path_with_added_args, path_with_removed_args
+
+from .api import DATA_VERSIONS
 
 RELATED = {
     # facet type: (query arg, SQL counting movies per value among the distinct ids of {inner}, the same for
@@ -44,35 +46,23 @@ RELATED = {
 }
 
 
-# Whole-catalog counts, by (database file, what is counted, size): (file stamp, [(value, count)]).
-CATALOG_COUNTS: dict[tuple[Any, ...], tuple[tuple[int, ...], list[tuple[Any, int]]]] = {}
+# Whole-catalog counts, by (database file, what is counted, size): (database state, [(value, count)]).
+CATALOG_COUNTS: dict[tuple[Any, ...], tuple[Hashable, list[tuple[Any, int]]]] = {}
 
 
 async def count_pairs(facet: Facet, sql: str, cache_key: tuple[Any, ...] | None) -> list[tuple[Any, int]]:
-    """Run a facet's (value, count) query; with a cache key, reuse the answer until the database file changes."""
+    """Run a facet's (value, count) query; with a cache key, reuse the answer until the database changes."""
     path = getattr(facet.ds.get_database(facet.database), "path", None)
-    stamp = file_stamp(path) if path and cache_key is not None else None
-    key = (path, *cache_key) if stamp is not None and cache_key is not None else None
-    if key is not None and key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == stamp:
+    state = DATA_VERSIONS.state(path) if cache_key is not None else None  # the API's answers use it too
+    key = (path, *cache_key) if state is not None and cache_key is not None else None
+    if key is not None and key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == state:
         return CATALOG_COUNTS[key][1]
     result = await facet.ds.execute(facet.database, sql, facet.params, truncate=False,
                                     custom_time_limit=facet.ds.setting("facet_time_limit_ms"))
     rows = [(row["value"], row["count"]) for row in result.rows]
-    if key is not None and stamp is not None:
-        CATALOG_COUNTS[key] = (stamp, rows)
+    if key is not None:
+        CATALOG_COUNTS[key] = (state, rows)
     return rows
-
-
-def file_stamp(path: str) -> tuple[int, ...]:
-    """Changes whenever a transaction commits to the database (its file or its WAL changes)."""
-    stamp: list[int] = []
-    for name in (path, f"{path}-wal"):
-        try:
-            info = os.stat(name)
-            stamp += [info.st_mtime_ns, info.st_size]
-        except OSError:
-            stamp += [0, 0]
-    return tuple(stamp)
 
 
 class RelatedFacet(Facet):
