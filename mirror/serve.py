@@ -25,6 +25,7 @@ import click
 import pluggy
 
 from . import datasette_render as render
+from .store import MIRROR_TABLES
 
 log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker("datasette")
@@ -32,7 +33,6 @@ hookimpl = pluggy.HookimplMarker("datasette")
 PACKAGE_DIR = Path(__file__).resolve().parent
 METADATA = json.loads((PACKAGE_DIR / "datasette_metadata.json").read_text(encoding="utf-8"))
 QUERIES = json.loads((PACKAGE_DIR / "datasette_queries.json").read_text(encoding="utf-8"))
-MIRROR_TABLES = ("movies", "torrents", "movies_fts", "sync_runs")
 CATALOG, SEARCH = "movie_catalog", "movie_search"
 SETTINGS: dict[str, Any] = {
     "suggest_facets": False,        # suggestions cost a query per column on every page

@@ -195,8 +195,8 @@ def mirror_version(path: str | os.PathLike[str]) -> int:
     except sqlite3.DatabaseError as error:
         raise StoreError(f"cannot open database {path}: {error}") from None
     if tables and not set(MIRROR_TABLES) <= tables:
-        raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} tables); "
-                         "choose another --db")
+        raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} "
+                              "tables); choose another --db")
     return version
 
 
