@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlite_utils
@@ -151,9 +150,8 @@ def _backlog_where(only_new: bool) -> str:
 def _backlog_args(config: Config, endpoint: str) -> dict[str, Any]:
     """The parameters of `_backlog_where` for one endpoint."""
     days = config.enrich.ttl_days.get(endpoint, 3650.0)
-    cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    recheck = (datetime.now(UTC) - timedelta(days=min(days, NOT_FOUND_RECHECK_DAYS))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"endpoint": endpoint, "cutoff": cutoff, "recheck": recheck, "details": endpoint == "movie_details"}
+    return {"endpoint": endpoint, "cutoff": store.now_iso(days_ago=days),
+            "recheck": store.now_iso(days_ago=min(days, NOT_FOUND_RECHECK_DAYS)), "details": endpoint == "movie_details"}
 
 
 def paused_endpoints(db: sqlite_utils.Database) -> set[str]:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,9 @@ class SearchSyntaxError(StoreError):
     """The full-text query is not valid FTS5 syntax."""
 
 
-def now_iso() -> str:
-    """The current UTC time as an ISO-8601 string that sorts correctly."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now_iso(days_ago: float = 0) -> str:
+    """The current UTC time (or `days_ago` days before it) as an ISO-8601 string that sorts correctly."""
+    return (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def schema_sql() -> str:

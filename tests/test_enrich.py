@@ -6,10 +6,10 @@ import json
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
+from mirror import store
 from mirror.fakeapi import FakeYTS
 from support import cli_subprocess, connect, integrity_ok, last_run, run_cli, wait_for
 
@@ -252,7 +252,7 @@ def test_a_listed_movie_not_found_is_asked_again_after_a_day(simulator: Callable
     db = tmp_path / "nf.db"
     run_process(sync_args(db, sim, config_file))
     older, recent = sim.catalog.order[3], sim.catalog.order[4]
-    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    two_days_ago = store.now_iso(days_ago=2)
     conn = connect(db)
     with conn:  # as if details had answered with the id-0 placeholder while the list held the movie
         conn.execute("UPDATE enrich_state SET status = 'not_found', fetched_at = ? WHERE movie_id = ? "
