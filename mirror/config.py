@@ -193,9 +193,8 @@ def check_base_url(url: str) -> None:
     except ValueError as error:
         raise ConfigError(f"api.base_urls: {url!r} is not a valid URL: {error}") from None
     host = parts.hostname or ""
-    labels = host.split(".")
-    if (parts.scheme not in ("http", "https") or not host or len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels)
-            or any(c.isspace() for c in url) or port == 0):
+    host_ok = 0 < len(host) <= 253 and all(0 < len(label) <= 63 for label in host.split("."))  # DNS limits
+    if parts.scheme not in ("http", "https") or not host_ok or any(c.isspace() for c in url) or port == 0:
         raise ConfigError(f"api.base_urls: {url!r} is not an http(s) URL with a host name")
 
 
