@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import socket
 import threading
@@ -449,6 +450,16 @@ def placeholder_movie() -> dict[str, Any]:
 
 # ---- faults ----------------------------------------------------------------------------------
 
+def _seconds(value: str) -> float:
+    """Parse the fault spec's timeout_s: how long a `timeout` fault stalls, 0 to 600 seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= 600:
+        raise ValueError(f"fault spec: timeout_s needs seconds from 0 to 600, not {value!r}")
+    return seconds
+
 @dataclass
 class FaultPlan:
     """Which faults to inject, parsed from a spec like "mix=0.1,dead=movie_reviews,retry_after=0"."""
@@ -475,7 +486,7 @@ class FaultPlan:
             elif key == "retry_after":
                 plan.retry_after = value
             elif key == "timeout_s":
-                plan.timeout_s = float(value)
+                plan.timeout_s = _seconds(value)
             elif key == "mix" or key in FAULT_KINDS + EXTRA_FAULT_KINDS:
                 try:
                     rate = float(value)
@@ -530,6 +541,9 @@ class ServerLimiter:
             return False
 
 
+CHURN_MAX = 10_000  # movies added or removed at one time; more is not a crawl, it is a new catalog
+
+
 @dataclass
 class Churn:
     """Mutate the catalog every `every` list_movies requests."""
@@ -543,9 +557,13 @@ class Churn:
         churn = cls()
         for item in filter(None, (part.strip() for part in (spec or "").split(","))):
             key, _, value = item.partition("=")
-            if key not in ("every", "add", "remove") or not value.isdigit():
+            if key not in ("every", "add", "remove") or not (value.isascii() and value.isdigit()):
                 raise ValueError(f"churn spec item {item!r}: use every=N,add=N,remove=N")
             setattr(churn, key, int(value))
+        if (churn.add or churn.remove) and not churn.every:
+            raise ValueError("churn spec: add and remove need every=N (N >= 1 list requests)")
+        if max(churn.add, churn.remove) > CHURN_MAX:
+            raise ValueError(f"churn spec: add and remove are at most {CHURN_MAX:,} movies a time")
         return churn
 
 

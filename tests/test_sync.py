@@ -378,6 +378,19 @@ def test_bad_flag_values_are_one_line_and_exit_2(tmp_path: Path, flags: list[str
     assert not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--churn", "add=3"], "add and remove need every=N"),
+    (["--churn", "every=0,remove=1"], "add and remove need every=N"),
+    (["--churn", "every=5,add=1000000"], "at most 10,000 movies"),
+    (["--churn", "every=²"], "use every=N,add=N,remove=N"),
+    (["--faults", "mix"], "is not KEY=VALUE"),
+    (["--faults", "timeout=0.1,timeout_s=nan"], "timeout_s needs seconds from 0 to 600"),
+])
+def test_bad_simulator_specs_are_one_line_and_exit_2(flags: list[str], message: str) -> None:
+    result = run_cli(["fake-api", "--port", "0", *flags])
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
+
+
 def test_no_lock_file_is_left_for_a_database_that_cannot_be_used(tmp_path: Path, config_file: Path) -> None:
     assert run_cli(["sync", "--config", str(config_file)], env={"YTS_MIRROR_DB": str(tmp_path)}).exit_code == 2
     assert run_cli(["enrich", "--db", str(tmp_path / "missing.db"), "--config", str(config_file)]).exit_code == 1
