@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from . import __version__, store
-from .client import FetchError, YTSError
+from .client import FetchError, YTSClient, YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .sync import LockedError, Progress, Syncer, make_client, writer_alive, writer_lock
@@ -228,6 +229,7 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
     with writer_lock(config.db, wait=wait):
         db = store.open_db(config.db)
         client = make_client(config)
+        client.start_at(store.remembered_host(db, client.base_urls))
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
         try:
             with stop_on_signals() as signal_stop, store.background_checkpoints(config.db):
@@ -235,8 +237,18 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
                 yield db, client, progress, client.stop
         finally:
             progress.close()
+            remember_answering_host(db, client)
             client.close()
             db.close()
+
+
+def remember_answering_host(db: Any, client: YTSClient) -> None:
+    """Keep the host that answered last for the next run; never mask the run's own outcome."""
+    if client.answering_url is not None:
+        try:
+            store.remember_host(db, client.base_urls, client.answering_url)
+        except sqlite3.Error as error:
+            log.debug("could not remember the API host: %s", error)
 
 
 def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,

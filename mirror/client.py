@@ -233,6 +233,17 @@ class YTSClient:
         """The base URL currently in use."""
         return self.base_urls[self._host_index]
 
+    @property
+    def answering_url(self) -> str | None:
+        """The base URL that answered last, or None while none has."""
+        return self.base_urls[self._answering_index] if self._answering_index in self._answered else None
+
+    def start_at(self, url: str | None) -> None:
+        """Begin with `url`, the host that answered last time, when it is one of ours."""
+        if url in self.base_urls and url != self.base_url:
+            self._host_index = self._answering_index = self.base_urls.index(url)
+            log.info("starting with %s, the API host that answered last time", url)
+
     def close(self) -> None:
         """Close the HTTP session."""
         self.session.close()

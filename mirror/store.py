@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
+HOST_STATE = "api_host"  # sync_state key: the API host that answered last, and the list it came from
 
 
 def _compact_raw_json(db: sqlite_utils.Database) -> None:
@@ -402,6 +403,19 @@ def set_state(db: sqlite_utils.Database, key: str, value: Mapping[str, Any]) -> 
         "INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [key, json.dumps(value)],
     )
+
+
+def remembered_host(db: sqlite_utils.Database, base_urls: Sequence[str]) -> str | None:
+    """The API host that answered last, if it was picked from these same base URLs."""
+    state = get_state(db, HOST_STATE)
+    return state["host"] if state and state.get("base_urls") == list(base_urls) else None
+
+
+def remember_host(db: sqlite_utils.Database, base_urls: Sequence[str], host: str) -> None:
+    """Keep the API host that answered last, so that the next run starts with it."""
+    if remembered_host(db, base_urls) != host:
+        with db.atomic():
+            set_state(db, HOST_STATE, {"base_urls": list(base_urls), "host": host})
 
 
 def clear_state(db: sqlite_utils.Database, key: str) -> None:

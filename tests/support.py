@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,13 @@ def write_config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "config.toml"
     path.write_text(FAST_CONFIG + extra)
     return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (a host that is gone)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None) -> Result:

@@ -8,7 +8,6 @@ guides (bookkeeping timestamps aside).
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from click.testing import CliRunner
 
 from mirror.cli import cli
 from mirror.fakeapi import Catalog, FakeYTS
+from support import free_port
 
 MOVIES, SEED = 300, 21
 BOOKKEEPING = {"first_seen_at", "last_seen_at"}
@@ -41,12 +41,6 @@ def sync(path: Path, url: str) -> None:
     result = CliRunner().invoke(cli, ["-q", "sync", "--db", str(path), "--base-url", url, "--rate", "0",
                                       "--concurrency", "4"])
     assert result.exit_code == 0, (result.output, result.exception)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

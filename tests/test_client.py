@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,17 +11,12 @@ import pytest
 
 from mirror.client import FetchError, RateLimiter, YTSClient, extract_json, retry_after_seconds
 from mirror.fakeapi import FAULT_KINDS, FakeYTS
+from support import free_port
 
 
 def fast_client(*urls: str, attempts: int = 8, rate: float = 0) -> YTSClient:
     return YTSClient(list(urls), rate=rate, max_attempts=attempts, backoff_initial=0.001, backoff_max=0.01,
                      connect_timeout=1, read_timeout=2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", [*FAULT_KINDS, "stray", "empty"])

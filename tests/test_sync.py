@@ -16,8 +16,8 @@ import pytest
 
 from mirror import store, transform
 from mirror.fakeapi import FAULT_KINDS, FakeYTS
-from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
-                     mirror_movies, run_cli, wait_for, write_config)
+from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port, integrity_ok,
+                     last_run, mirror_movies, run_cli, wait_for, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -436,6 +436,23 @@ def test_the_run_log_names_the_host_that_answered(simulator: Callable[..., FakeY
                       "--config", str(config_file), "--no-enrich"])
     assert result.exit_code == 0, result.output
     assert last_run(db_path)["base_url"] == sim.url
+
+
+def test_the_next_run_starts_with_the_host_that_answered_last(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                              config_file: Path) -> None:
+    broken, live = simulator(movies=3, faults="http503=1"), simulator(movies=7)
+
+    def sync(*urls: str) -> None:
+        args = ["sync", "--no-enrich", "--rate", "0", "--db", str(db_path), "--config", str(config_file)]
+        assert run_cli([*args, "--base-url", ",".join(urls)]).exit_code == 0
+
+    sync(broken.url, live.url)
+    assert broken.counts["list_movies"] == 3  # three 503 pages, then the next host
+    sync(broken.url, live.url)
+    assert broken.counts["list_movies"] == 3  # straight to the host that answered last time
+    sync(broken.url, live.url, f"http://127.0.0.1:{free_port()}")
+    assert broken.counts["list_movies"] == 6  # a changed list is tried in its own order again
+    assert mirror_movies(db_path).keys() == {int(i) for i in live.catalog.ids()}
 
 
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
