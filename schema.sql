@@ -212,7 +212,8 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     torrents_new INTEGER NOT NULL DEFAULT 0,
     torrents_removed INTEGER NOT NULL DEFAULT 0,
     enriched INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    warning TEXT                           -- what the run held back on purpose (version 3)
 );
 
 -- Checkpoints (JSON values), written in the same transaction as the page they follow.

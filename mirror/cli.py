@@ -204,7 +204,7 @@ concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, ma
 @concurrency_option
 @click.option("--no-enrich", is_flag=True, help="Only crawl the list; skip per-movie endpoints.")
 @click.option("--full", is_flag=True, help="Re-crawl every list page (updates seeds, marks removals).")
-@click.option("--wait", is_flag=True, help="Wait for another sync on the same database instead of exiting.")
+@click.option("--wait", is_flag=True, help="Wait for another writer on the same database instead of exiting.")
 @click.pass_context
 @handle_errors
 def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None, rate: float | None,
@@ -224,8 +224,7 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
 def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: bool, stop: threading.Event | None,
                    must_exist: bool = False) -> Iterator[tuple[Any, Any, TerminalProgress, threading.Event]]:
     """Hold the writer lock; yield the database, client, progress output and stop event; close them."""
-    if must_exist:
-        require_database(config.db)  # before the lock, which would leave a lock file behind
+    require_database(config.db, must_exist)  # before the lock, which would leave a lock file behind
     with writer_lock(config.db, wait=wait):
         db = store.open_db(config.db)
         client = make_client(config)
@@ -367,13 +366,14 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
-def require_database(path: str) -> None:
-    """Raise StoreError unless a mirror exists at `path` (looking without writing)."""
+def require_database(path: str, must_exist: bool = True) -> None:
+    """Raise StoreError unless `path` holds a mirror, or nothing yet where that is allowed (writing nothing)."""
     import os
 
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        store.mirror_version(path)
+    elif must_exist:
         raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
-    store.mirror_version(path)
 
 
 def open_existing(path: str) -> Any:
@@ -442,6 +442,7 @@ def format_stats(report: dict[str, Any]) -> str:
                 f"{run['pages']} pages, {run['requests']} req, {run['retries']} retries, +{run['movies_new']} "
                 f"~{run['movies_updated']} -{run['movies_removed']}, {run['enriched']} enriched"
                 + (f"  error: {run['error']}" if run["error"] else "")
+                + (f"  warning: {run['warning']}" if run.get("warning") else "")
             )
     return "\n".join(lines)
 

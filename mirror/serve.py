@@ -89,7 +89,8 @@ def prepare_database(path: str) -> str:
     from .config import ConfigError
 
     if not os.path.isfile(path):
-        raise ConfigError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+        raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+    store.mirror_version(path)  # NotAMirrorError for a file that holds something else
     info = inspect_file(path)
     if info is None:
         raise ConfigError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} tables)")

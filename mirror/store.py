@@ -24,7 +24,7 @@ from . import transform
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
 HOST_STATE = "api_host"  # sync_state key: the API host that answered last, and the list it came from
 
@@ -51,8 +51,15 @@ def _compact_raw_json(db: sqlite_utils.Database) -> None:
 
 # Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database
 # from version n-1 to n. schema.sql always describes the newest shape and is applied after them.
+def _add_run_warning(db: sqlite_utils.Database) -> None:
+    """Version 3 gives `sync_runs` a `warning` column, for what a run held back on purpose."""
+    if "warning" not in db["sync_runs"].columns_dict:
+        db.execute("ALTER TABLE sync_runs ADD COLUMN warning TEXT")
+
+
 MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] = {
     2: (_compact_raw_json, "DROP TRIGGER IF EXISTS movies_fts_ai"),  # schema.sql adds its fts_batch guard
+    3: (_add_run_warning,),
 }
 
 
@@ -194,6 +201,8 @@ def mirror_version(path: str | os.PathLike[str]) -> int:
         finally:
             conn.close()
     except sqlite3.DatabaseError as error:
+        if error.sqlite_errorname == "SQLITE_NOTADB":
+            raise NotAMirrorError(f"{path} is not a yts-mirror database (not SQLite at all); choose another --db") from None
         raise StoreError(f"cannot open database {path}: {error}") from None
     if tables and not set(MIRROR_TABLES) <= tables:
         raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} "
@@ -443,7 +452,7 @@ def update_run(db: sqlite_utils.Database, run_id: int, **values: Any) -> None:
     """Set columns of a `sync_runs` row (inside the caller's transaction or alone)."""
     if not values:
         return
-    unknown = set(values) - set(RUN_COUNTERS) - {"kind", "status", "finished_at", "error", "base_url"}
+    unknown = set(values) - set(RUN_COUNTERS) - {"kind", "status", "finished_at", "error", "warning", "base_url"}
     if unknown:
         raise ValueError(f"unknown sync_runs columns: {sorted(unknown)}")
     assignments = ", ".join(f"{column} = :{column}" for column in values)

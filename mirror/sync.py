@@ -201,10 +201,11 @@ class Syncer:
         limit = self.config.sync.max_removed_fraction
         if present and unseen > max(10, limit * present):
             summary.removal_skipped = unseen
-            self.progress.message(
-                f"not marking {unseen} of {present} movies removed: more than sync.max_removed_fraction={limit}; "
-                "check the source and raise the setting if this is real"
-            )
+            warning = (f"not marking {unseen} of {present} movies removed: more than "
+                       f"sync.max_removed_fraction={limit}; check the source and raise the setting if this is real")
+            self.progress.message(warning)
+            with self.db.atomic():  # kept in the run log too, for runs nobody watches (cron, -q)
+                store.update_run(self.db, summary.run_id, warning=warning)
             removed = (0, 0)
         else:
             removed = store.mark_removed(self.db, started_at, store.now_iso())

@@ -111,6 +111,10 @@ def test_implausible_mass_removal_is_refused(simulator: Callable[..., FakeYTS], 
                       str(config_file), "--no-enrich", "--full"])
     assert result.exit_code == 0 and "not marking 300 of 600 movies removed" in result.output
     assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+    run = last_run(db_path)  # a quiet cron run keeps the warning where stats shows it
+    assert run["status"] == "ok" and run["warning"].startswith("not marking 300 of 600 movies removed")
+    stats = run_cli(["stats", "--db", str(db_path)])
+    assert "warning: not marking 300 of 600 movies removed" in stats.output
 
 
 def test_twenty_kills_then_one_run(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:

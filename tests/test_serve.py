@@ -450,7 +450,7 @@ def run_serve(*args: str) -> tuple[int, str]:
 
 def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> None:
     code, err = run_serve("--db", str(tmp_path / "missing.db"))
-    assert code == 2 and err.count("\n") == 1 and "no database at" in err
+    assert code == 1 and err.count("\n") == 1 and "no database at" in err  # as stats, search and enrich
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     code, err = run_serve("--db", str(other))
@@ -458,7 +458,7 @@ def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> 
     text = tmp_path / "text.db"
     text.write_text("not sqlite at all")
     code, err = run_serve("--db", str(text))
-    assert code == 2 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1 and "is not a yts-mirror database (not SQLite at all)" in err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)

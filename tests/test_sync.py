@@ -124,6 +124,20 @@ def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., F
     assert integrity_ok(db_path)
 
 
+def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    store.open_db(path).close()
+    conn = connect(path)
+    conn.execute("ALTER TABLE sync_runs DROP COLUMN warning")  # what version 2 created
+    conn.execute("INSERT INTO sync_runs (kind, started_at, status) VALUES ('full', '2026-12-01T00:00:00Z', 'ok')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    db = store.open_db(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+    assert [(r["kind"], r["warning"]) for r in store.last_runs(db)] == [("full", None)]
+
+
 def test_upgrade_leaves_unreadable_raw_json_alone(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = store.open_db(path)
@@ -485,18 +499,22 @@ def test_stats_and_search_never_wait_for_a_writer(simulator: Callable[..., FakeY
         writer.close()
 
 
-@pytest.mark.parametrize("table", ["notes (a)", "movies (a TEXT, b INTEGER)"])
-def test_a_database_of_something_else_is_left_untouched(tmp_path: Path, config_file: Path, table: str) -> None:
+@pytest.mark.parametrize("table", ["notes (a)", "movies (a TEXT, b INTEGER)", None])
+def test_a_database_of_something_else_is_left_untouched(tmp_path: Path, config_file: Path, table: str | None) -> None:
     other = tmp_path / "other.db"
-    conn = sqlite3.connect(other)
-    conn.execute(f"CREATE TABLE {table}")
-    conn.commit()
-    conn.close()
+    if table is None:
+        other.write_text("a text file, not SQLite at all\n" * 200)
+    else:
+        conn = sqlite3.connect(other)
+        conn.execute(f"CREATE TABLE {table}")
+        conn.commit()
+        conn.close()
     before = other.read_bytes()
     for command in (["stats"], ["search", "x"], ["enrich"], ["sync", "--base-url", "http://127.0.0.1:9"]):
         result = run_cli([*command, "--db", str(other), "--config", str(config_file)])
         assert result.exit_code == 2 and "is not a yts-mirror database" in result.output, (command, result.output)
     assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "other.db"]  # no lock file either
 
 
 def test_a_symlink_to_the_database_shares_its_lock(tmp_path: Path, db_path: Path, config_file: Path) -> None:
