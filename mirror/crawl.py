@@ -95,17 +95,23 @@ def crawl_full(
     """
     page = start_page
     while True:
-        movies, count, end = fetch_page(client, page, limit)
-        reread: list[Mapping[str, Any]] = []
-        if last_count is not None and count < last_count and page > 1:
-            reread = _reread(client, page - 1, seen | {to_int(movie["id"]) for movie in movies}, limit)
-        current = Page(page, movies, count, next_page=page + 1, reread=reread)
+        current, end = read_page(client, page, seen, last_count, limit)
         yield current
         seen.update(current.ids)
-        last_count = count
-        if end or not movies or page * limit >= count:
+        last_count = current.movie_count
+        if end or not current.movies or page * limit >= current.movie_count:
             return
         page += 1
+
+
+def read_page(client: YTSClient, page: int, seen: set[int], last_count: int | None,
+              limit: int = PAGE_LIMIT) -> tuple[Page, bool]:
+    """Fetch one page of a crawl, with the earlier pages to re-read if movie_count fell; and whether the list ends."""
+    movies, count, end = fetch_page(client, page, limit)
+    reread: list[Mapping[str, Any]] = []
+    if last_count is not None and count < last_count and page > 1:
+        reread = _reread(client, page - 1, seen | {to_int(movie["id"]) for movie in movies}, limit)
+    return Page(page, movies, count, next_page=page + 1, reread=reread), end
 
 
 def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> bool:
@@ -135,24 +141,28 @@ def crawl_new(
     client: YTSClient,
     known: Callable[[list[int]], set[int]],
     overlap: int,
+    seen: set[int],
     start_page: int = 1,
+    last_count: int | None = None,
     limit: int = PAGE_LIMIT,
 ) -> Iterator[Page]:
     """Yield newest-first pages until one reaches movies mirrored before this run.
 
     `known(ids)` says which ids were mirrored before the run. A page holding at least
     `overlap` of them (or all its movies, if fewer) ends the walk: movies sharing a
-    date_added can swap places, so one known movie alone is not proof enough.
+    date_added can swap places, so one known movie alone is not proof enough. A shrinking
+    catalog is handled as in `crawl_full`, whose `seen` and `last_count` these are.
     """
     page = start_page
     while True:
-        movies, count, end = fetch_page(client, page, limit)
-        current = Page(page, movies, count, next_page=page + 1)
-        old = known(current.ids)
+        current, end = read_page(client, page, seen, last_count, limit)
+        old = known([to_int(movie["id"]) for movie in current.movies])  # type: ignore[misc]
         yield current
-        if end or len(movies) < limit or page * limit >= count:
+        seen.update(current.ids)
+        last_count = current.movie_count
+        if end or len(current.movies) < limit or page * limit >= current.movie_count:
             return
-        if len(old) >= min(overlap, len(movies)):
+        if len(old) >= min(overlap, len(current.movies)):
             return
         page += 1
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "crawl"
 RECONCILE = "reconcile"
+RECONCILE_TRIES = 3  # runs a removal check may be postponed (catalog moving, details unanswered) before a full sync must do it
 
 
 class LockedError(Exception):
@@ -198,16 +199,8 @@ class Syncer:
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
         unseen, present = store.count_unseen_since(self.db, started_at)
-        limit = self.config.sync.max_removed_fraction
-        if present and unseen > max(10, limit * present):
-            summary.removal_skipped = unseen
-            warning = (f"not marking {unseen} of {present} movies removed: more than "
-                       f"sync.max_removed_fraction={limit}; check the source and raise the setting if this is real")
-            self.progress.message(warning)
-            with self.db.atomic():  # kept in the run log too, for runs nobody watches (cron, -q)
-                store.update_run(self.db, summary.run_id, warning=warning)
-            removed = (0, 0)
-        else:
+        removed = (0, 0)
+        if self._removals_allowed(summary, unseen, present):
             removed = store.mark_removed(self.db, started_at, store.now_iso())
         summary.counts["movies_removed"] += removed[0]
         summary.counts["torrents_removed"] += removed[1]
@@ -223,36 +216,82 @@ class Syncer:
         checkpoint = checkpoint or {"kind": "incremental", "started_at": store.now_iso(), "next_page": 1,
                                     "movie_count": None, "run_id": summary.run_id}
         started_at = checkpoint["started_at"]
+        seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
 
         def known_before(ids: list[int]) -> set[int]:
             return store.known_ids(self.db, ids, started_at)
 
-        for page in crawl_new(self.client, known_before, self.config.sync.overlap, checkpoint["next_page"]):
+        pages = crawl_new(self.client, known_before, self.config.sync.overlap, seen, checkpoint["next_page"],
+                          checkpoint.get("movie_count"))
+        for page in pages:
+            if checkpoint["movie_count"] not in (None, page.movie_count):
+                checkpoint["moved"] = True
             self._commit_page(summary, page, checkpoint)
+            checkpoint["movie_count"] = page.movie_count
             if self.stop.is_set():
                 return
         with self.db.atomic():
             store.clear_state(self.db, CHECKPOINT)
+            if checkpoint.get("moved"):  # a movie removed above the walk still looks present here
+                store.set_state(self.db, RECONCILE, {"since": started_at})
+                return
         if store.get_state(self.db, RECONCILE):
             self._reconcile(summary)
 
+    def _removals_allowed(self, summary: RunSummary, count: int, present: int) -> bool:
+        """Whether marking `count` of `present` movies removed is plausible; if not, say why and keep it."""
+        limit = self.config.sync.max_removed_fraction
+        if not present or count <= max(10, limit * present):
+            return True
+        summary.removal_skipped = count
+        self._warn(summary, f"not marking {count} of {present} movies removed: more than "
+                            f"sync.max_removed_fraction={limit}; check the source and raise the setting if this is real")
+        return False
+
+    def _warn(self, summary: RunSummary, text: str) -> None:
+        """Show a warning, and keep it in the run log for runs nobody watches (cron, -q)."""
+        self.progress.message(text)
+        with self.db.atomic():
+            store.update_run(self.db, summary.run_id, warning=text)
+
     def _reconcile(self, summary: RunSummary) -> None:
-        """Find movies removed upstream after a full crawl had read them, and mark them."""
+        """Find movies removed upstream after a crawl had read them, and mark them (or try again next run)."""
+        note = store.get_state(self.db, RECONCILE) or {}
+        present = store.present_ids(self.db)
         try:
-            candidates = find_missing(self.client, store.present_ids(self.db))
+            candidates = find_missing(self.client, present)
         except CatalogMoved as error:
-            self.progress.message(f"removal check postponed: {error}")
+            self._postpone_reconcile(summary, note, str(error))
             return
-        removed = [movie_id for movie_id in candidates if self._gone_upstream(movie_id)]
-        summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
+        verdicts = {movie_id: self._gone_upstream(movie_id) for movie_id in candidates}
+        removed = [movie_id for movie_id, gone in verdicts.items() if gone]
+        if self._removals_allowed(summary, len(removed), len(present)):
+            summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
+        unsure = sum(gone is None for gone in verdicts.values())
+        if unsure:
+            self._postpone_reconcile(summary, note, f"movie_details could not confirm {unsure} removals")
+            return
         with self.db.atomic():
             store.clear_state(self.db, RECONCILE)
 
-    def _gone_upstream(self, movie_id: int) -> bool:
-        """Confirm a removal: movie_details answers an unknown id with its placeholder."""
+    def _postpone_reconcile(self, summary: RunSummary, note: dict[str, Any], reason: str) -> None:
+        """Keep the removal check for the next run, up to RECONCILE_TRIES runs; then leave it to a full sync."""
+        tries = int(note.get("tries", 0)) + 1
+        if tries < RECONCILE_TRIES:
+            with self.db.atomic():
+                store.set_state(self.db, RECONCILE, {**note, "tries": tries})
+            self.progress.message(f"removal check postponed to the next run: {reason}")
+            return
+        with self.db.atomic():
+            store.clear_state(self.db, RECONCILE)
+        self._warn(summary, f"removal check given up after {tries} runs ({reason}); "
+                            "the next full sync (--full) marks what was removed")
+
+    def _gone_upstream(self, movie_id: int) -> bool | None:
+        """Confirm a removal: movie_details answers an unknown id with its placeholder (None: no answer)."""
         try:
             data = self.client.get("movie_details", {"movie_id": movie_id})
         except FetchError as error:
             log.warning("cannot confirm removal of movie %d: %s", movie_id, error)
-            return False
+            return None
         return transform.is_placeholder(transform.details_movie(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mirror.fakeapi import FakeYTS
+from mirror.fakeapi import Churn, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
                      mirror_movies, run_cli, wait_for, write_config)
 
@@ -18,6 +19,11 @@ def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
     result = run_cli(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config), *extra])
     assert result.exit_code == 0, result.output
     return last_run(db)
+
+
+def store_state(db: Path, key: str) -> dict | None:
+    row = connect(db).execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else None
 
 
 def current_seeds(db: Path) -> dict[str, tuple[int, int]]:
@@ -205,6 +211,52 @@ def test_removals_balanced_by_additions_during_a_crawl_are_found(simulator: Call
         row[0] for row in connect(db_path).execute("SELECT id FROM movies WHERE removed_at IS NULL")}
     assert seen_then_removed, "the crawl should have read some movies that were removed afterwards"
     sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_an_incremental_over_a_shrinking_catalog_misses_nothing(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                 config_file: Path) -> None:
+    sim = simulator(movies=1000, seed=4)
+    sync(db_path, sim, config_file, "--no-enrich")
+    new_ids = sim.catalog.add(400)  # an eight-page incremental walk
+    sim.churn = Churn.parse("every=1,remove=3")  # removals above the walk pull new movies onto read pages
+    assert sync(db_path, sim, config_file, "--no-enrich")["kind"] == "incremental"
+    sim.churn.every = 0
+    assert set(new_ids) & set(sim.catalog.ids()) <= set(mirror_movies(db_path, include_removed=True))
+    assert (store_state(db_path, "reconcile") or {}).get("since"), "a moving walk leaves a removal check"
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert store_state(db_path, "reconcile") is None
+
+
+def test_a_removal_check_waits_for_movie_details_to_answer(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                          config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
+    sync(db_path, sim, config_file, "--no-enrich")  # removals after their page was read: left to a check
+    sim.churn.every = 0
+    assert store_state(db_path, "reconcile")
+    assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went after the crawl read them"
+    sim.faults = FaultPlan.parse("dead=movie_details")  # the check cannot confirm a removal this time
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert store_state(db_path, "reconcile")["tries"] == 1
+    sim.faults = FaultPlan.parse("")
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert store_state(db_path, "reconcile") is None
+
+
+def test_a_removal_check_that_never_completes_is_left_to_a_full_sync(simulator: Callable[..., FakeYTS],
+                                                                     db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.churn.every = 0
+    assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went after the crawl read them"
+    sim.faults = FaultPlan.parse("dead=movie_details")
+    runs = [sync(db_path, sim, config_file, "--no-enrich") for _ in range(3)]
+    assert [run["warning"] is None for run in runs] == [True, True, False]
+    assert "removal check given up after 3 runs" in runs[-1]["warning"] and store_state(db_path, "reconcile") is None
+    sim.faults = FaultPlan.parse("")
+    sync(db_path, sim, config_file, "--no-enrich", "--full")
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
