@@ -90,9 +90,12 @@ def human_rating(rating: Any) -> str | None:
     return f"{float(rating):.1f} / 10"
 
 
+MAX_UNIX = 253402300799  # 9999-12-31 23:59:59 UTC: beyond it (milliseconds, say) datetime shows no date
+
+
 def human_date(unix: Any) -> str | None:
-    """A unix timestamp as a UTC date."""
-    if isinstance(unix, bool) or not isinstance(unix, int) or unix <= 0:
+    """A unix timestamp as a UTC date; None (the raw value is shown) when it is not a plausible one."""
+    if isinstance(unix, bool) or not isinstance(unix, int) or not 0 < unix <= MAX_UNIX:
         return None
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d")
 

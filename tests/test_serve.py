@@ -312,6 +312,8 @@ def test_the_search_query_without_words_renders_its_form(mirror: Mirror) -> None
     responses = get(mirror, *paths)
     assert [r.status_code for r in responses] == [200] * 4, [r.text[:200] for r in responses]
     assert responses[-1].json() == []
+    views = get(mirror, f"/{mirror.name}/movie_search?_search=%22", f"/{mirror.name}/movie_search.json?_search=%22%20%22")
+    assert [r.status_code for r in views] == [200, 200] and views[1].json()["rows"] == []
 
 
 def test_canned_query_results_render_links(mirror: Mirror) -> None:
@@ -428,6 +430,9 @@ def test_readable_numbers() -> None:
     assert render.human_runtime(127) == "2 h 07 min" and render.human_runtime(45) == "45 min"
     assert render.human_runtime(0) is None and render.human_rating(7) == "7.0 / 10"
     assert render.human_date(1_500_000_000) == "2017-07-14"
+    assert render.human_date(render.MAX_UNIX) == "9999-12-31"
+    for implausible in (1_500_000_000_000, render.MAX_UNIX + 1, 2**63 - 1, 0, -5):
+        assert render.human_date(implausible) is None
 
 
 # ---- plain datasette and the command ----------------------------------------------------------
