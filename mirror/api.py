@@ -29,6 +29,9 @@ from datasette import hookimpl
 from datasette.utils import add_cors_headers, sqlite_timelimit
 from datasette.utils.asgi import Forbidden, Request, Response
 
+from .store import MIRROR_TABLES, placeholders
+from .transform import normal_hash
+
 log = logging.getLogger(__name__)
 
 ROUTE = r"^/api/v2/(?P<endpoint>[^/]+?)(?:\.(?P<format>[^./]*))?$"
@@ -242,12 +245,12 @@ async def mirror_database(datasette: Any) -> Any:
 
 
 async def _has_mirror_tables(db: Any) -> bool:
-    """True if `db` has the mirror's movies and torrents tables."""
+    """True if `db` has the mirror's tables."""
     try:
         names = set(await db.table_names())
     except sqlite3.Error:
         return False
-    return {"movies", "torrents"} <= names
+    return set(MIRROR_TABLES) <= names
 
 
 async def run_read(datasette: Any, db: Any, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -269,11 +272,6 @@ async def run_read(datasette: Any, db: Any, fn: Callable[[sqlite3.Connection], A
     return await db.execute_fn(in_thread)
 
 
-def placeholders(count: int) -> str:
-    """`?, ?, ?` for an IN list."""
-    return ", ".join("?" * count)
-
-
 # ---- movies as JSON -----------------------------------------------------------------------------
 
 def swarm_counts(conn: sqlite3.Connection, movie_ids: Sequence[int]) -> dict[str, tuple[int | None, int | None]]:
@@ -293,7 +291,7 @@ def list_movie(raw: str, swarm: Mapping[str, tuple[int | None, int | None]]) -> 
     for torrent in movie.get("torrents") or []:
         if not isinstance(torrent, dict) or not torrent.get("hash"):
             continue
-        seeds, peers = swarm.get(str(torrent["hash"]).strip().upper(), (None, None))
+        seeds, peers = swarm.get(normal_hash(torrent["hash"]), (None, None))
         if seeds is not None:
             torrent["seeds"] = seeds
         if peers is not None:

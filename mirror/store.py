@@ -264,7 +264,7 @@ def fts_batch(db: sqlite_utils.Database, movie_ids: Sequence[int]) -> Iterator[N
     finally:
         db.execute("DELETE FROM fts_batch")
     if movie_ids:
-        db.execute(_FTS_INSERT.format(_placeholders(len(movie_ids))), list(movie_ids))
+        db.execute(_FTS_INSERT.format(placeholders(len(movie_ids))), list(movie_ids))
 
 
 @dataclass
@@ -281,7 +281,8 @@ class PageResult:
         return len(self.changed_ids)
 
 
-def _placeholders(count: int) -> str:
+def placeholders(count: int) -> str:
+    """`?, ?, ?` for an IN list of `count` values."""
     return ", ".join("?" * count)
 
 
@@ -301,7 +302,7 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
         return PageResult([], [])
     ids = list(rows.movies)
     existing = dict(db.execute(
-        f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({_placeholders(len(ids))})",
+        f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({placeholders(len(ids))})",
         ids,
     ).fetchall())
     new_ids = [i for i in ids if i not in existing]
@@ -314,18 +315,18 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
         insert_rows(db, _MOVIE_UPSERT, [_movie_values(rows.movies[i]) + bookkeeping for i in write_ids])
     db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
     if changed_ids:
-        db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({_placeholders(len(changed_ids))})", changed_ids)
+        db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({placeholders(len(changed_ids))})", changed_ids)
     insert_rows(db, _GENRE_INSERT, [(g["movie_id"], g["genre"]) for i in write_ids for g in rows.genres[i]])
 
     hashes = [t["hash"] for t in rows.torrents]
     known_hashes = {
         h for (h,) in db.execute(
-            f"SELECT hash FROM torrents WHERE hash IN ({_placeholders(len(hashes))}) AND removed_at IS NULL", hashes
+            f"SELECT hash FROM torrents WHERE hash IN ({placeholders(len(hashes))}) AND removed_at IS NULL", hashes
         ).fetchall()
     } if hashes else set()
     insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in rows.torrents])
     removed = db.execute(
-        f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({_placeholders(len(ids))}) "
+        f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({placeholders(len(ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",
         [seen_at, *ids, seen_at],
     ).rowcount
@@ -349,7 +350,7 @@ def known_ids(db: sqlite_utils.Database, ids: Sequence[int], before: str) -> set
     if not ids:
         return set()
     rows = db.execute(
-        f"SELECT id FROM movies WHERE id IN ({_placeholders(len(ids))}) AND first_seen_at < ?", [*ids, before]
+        f"SELECT id FROM movies WHERE id IN ({placeholders(len(ids))}) AND first_seen_at < ?", [*ids, before]
     ).fetchall()
     return {row[0] for row in rows}
 
@@ -383,7 +384,7 @@ def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: 
     """Mark the given present movies (and their torrents) as removed; return how many."""
     if not ids:
         return 0
-    marks = _placeholders(len(ids))
+    marks = placeholders(len(ids))
     with db.atomic():
         count = db.execute(
             f"UPDATE movies SET removed_at = ? WHERE removed_at IS NULL AND id IN ({marks})", [removed_at, *ids]

@@ -127,6 +127,11 @@ def list_hash(raw: str) -> str:
     return hashlib.blake2b(stable, digest_size=12).hexdigest()
 
 
+def normal_hash(value: Any) -> str:
+    """A torrent's info hash as the `torrents` table keys it: trimmed, upper case."""
+    return str(value).strip().upper()
+
+
 def genres_of(movie: Mapping[str, Any]) -> list[str]:
     """Return a movie's genres, deduplicated in order; the key can be missing."""
     # One movie lacks "genres" entirely: list_movies__bbak0105-Clone_Movie_React.json
@@ -172,7 +177,7 @@ def torrent_rows(
     for torrent in movie.get("torrents") or []:
         if not isinstance(torrent, Mapping) or not torrent.get("hash"):
             continue
-        info_hash = str(torrent["hash"]).strip().upper()
+        info_hash = normal_hash(torrent["hash"])
         row: dict[str, Any] = {"hash": info_hash, "movie_id": movie_id}
         row.update(text_fields(torrent, TORRENT_TEXT_FIELDS))
         row.update(int_fields(torrent, TORRENT_INT_FIELDS))
