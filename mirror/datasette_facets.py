@@ -10,7 +10,7 @@ page of rows, instead of fetching every matching movie first (a genre can hold h
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 from datasette.database import QueryInterrupted
 from datasette.facets import Facet
@@ -19,29 +19,38 @@ from datasette.utils import path_with_added_args, path_with_removed_args
 
 from .api import DATA_VERSIONS
 
+class Related(NamedTuple):
+    """How the catalog facets on, and filters by, one related table."""
+
+    arg: str  # the query argument, e.g. ?_genre=Drama
+    filtered_sql: str  # (value, count) of the movies among the distinct ids of {inner}
+    all_sql: str  # (value, count) over every movie
+    clause: str  # WHERE clause selecting the movies with :{param}
+    description: str  # for humans, formatted with {value}
+    ids_sql: str  # the ids of the movies with :{param}, each once
+
+
 RELATED = {
-    # facet type: (query arg, SQL counting movies per value among the distinct ids of {inner}, the same for
-    #              all movies, WHERE clause selecting movies with :param, human description, the ids of movies
-    #              with :param, each once)
-    "genre": (
-        "_genre",
-        "select g.genre as value, count(*) as count from ({inner}) s join movie_genres g on g.movie_id = s.id "
-        "group by g.genre order by count desc, value limit {limit}",
-        "select genre as value, count(*) as count from movie_genres group by genre order by count desc, value limit {limit}",
-        "+id in (select movie_id from movie_genres where genre = :{param})",
-        "genre is {value!r}",
-        "select movie_id from movie_genres where genre = :{param}",
+    "genre": Related(
+        arg="_genre",
+        filtered_sql="select g.genre as value, count(*) as count from ({inner}) s "
+                     "join movie_genres g on g.movie_id = s.id group by g.genre order by count desc, value limit {limit}",
+        all_sql="select genre as value, count(*) as count from movie_genres "
+                "group by genre order by count desc, value limit {limit}",
+        clause="+id in (select movie_id from movie_genres where genre = :{param})",
+        description="genre is {value!r}",
+        ids_sql="select movie_id from movie_genres where genre = :{param}",
     ),
-    "quality": (
-        "_quality",
-        "select t.quality as value, count(distinct t.movie_id) as count from ({inner}) s "
-        "join torrents t on t.movie_id = s.id where t.removed_at is null "
-        "group by t.quality order by count desc, value limit {limit}",
-        "select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
-        "group by quality order by count desc, value limit {limit}",
-        "+id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
-        "has a {value!r} torrent",
-        "select distinct movie_id from torrents where quality = :{param} and removed_at is null",
+    "quality": Related(
+        arg="_quality",
+        filtered_sql="select t.quality as value, count(distinct t.movie_id) as count from ({inner}) s "
+                     "join torrents t on t.movie_id = s.id where t.removed_at is null "
+                     "group by t.quality order by count desc, value limit {limit}",
+        all_sql="select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
+                "group by quality order by count desc, value limit {limit}",
+        clause="+id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
+        description="has a {value!r} torrent",
+        ids_sql="select distinct movie_id from torrents where quality = :{param} and removed_at is null",
     ),
 }
 
@@ -88,17 +97,17 @@ class RelatedFacet(Facet):
 
     def count_sql(self, size: int) -> str:
         """The query counting movies per value for this page."""
-        _, filtered_sql, all_sql, _, _, _ = RELATED[self.type]
+        related = RELATED[self.type]
         if self.unfiltered():
-            return all_sql.format(limit=size + 1)
+            return related.all_sql.format(limit=size + 1)
         ids = self.related_ids()
         inner = f"select movie_id as id from ({ids})" if ids else self.sql
-        return filtered_sql.format(inner=inner, limit=size + 1)
+        return related.filtered_sql.format(inner=inner, limit=size + 1)
 
     async def facet_results(self) -> tuple[list[dict[str, Any]], list[str]]:
         if not self.get_configs():
             return [], []
-        arg = RELATED[self.type][0]
+        arg = RELATED[self.type].arg
         size = self.get_facet_size()
         try:
             rows = await self.counts(size)
@@ -199,11 +208,11 @@ class QualityFacet(RelatedFacet):
 def related_clauses(args: Any) -> tuple[list[str], list[str]]:
     """The WHERE clauses of ?_genre= and ?_quality=, and the id queries they test."""
     clauses, id_queries = [], []
-    for facet_type, (arg, _, _, clause, _, ids) in RELATED.items():
-        for index in range(len(args.getlist(arg))):
+    for facet_type, related in RELATED.items():
+        for index in range(len(args.getlist(related.arg))):
             param = f"yts_{facet_type}_{index}"
-            clauses.append(clause.format(param=param))
-            id_queries.append(ids.format(param=param))
+            clauses.append(related.clause.format(param=param))
+            id_queries.append(related.ids_sql.format(param=param))
     return clauses, id_queries
 
 
@@ -213,10 +222,10 @@ def filter_arguments(args: Any, search_view: bool) -> FilterArguments | None:
     params: dict[str, Any] = {}
     human: list[str] = []
     extra: dict[str, Any] = {}
-    for facet_type, (arg, _, _, _, description, _) in RELATED.items():
-        for index, value in enumerate(args.getlist(arg)):
+    for facet_type, related in RELATED.items():
+        for index, value in enumerate(args.getlist(related.arg)):
             params[f"yts_{facet_type}_{index}"] = value
-            human.append(description.format(value=value))
+            human.append(related.description.format(value=value))
     if search_view:
         extra["supports_search"] = True
         query = args.get("_search") or ""
