@@ -226,14 +226,14 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
 def _store_payload(db: sqlite_utils.Database, movie_id: int, endpoint: str, data: Mapping[str, Any]) -> str:
     """Write one endpoint's data for a movie; return the enrich_state status."""
     if endpoint == "movie_details":
-        movie = transform.details_movie(data)
-        if transform.is_placeholder(movie) or transform.to_int(movie.get("id")) != movie_id:  # type: ignore[union-attr]
+        movie = transform.found_details(data, movie_id)
+        if movie is None:
             return "not_found"
-        row = transform.details_row(movie)  # type: ignore[arg-type]
+        row = transform.details_row(movie)
         row["raw_details"] = transform.dumps(movie)
         assignments = ", ".join(f"{column} = :{column}" for column in row)
         db.execute(f"UPDATE movies SET {assignments} WHERE id = :id", {**row, "id": movie_id})
-        _replace_children(db, "movie_cast", movie_id, transform.cast_rows({**movie, "id": movie_id}))  # type: ignore[dict-item]
+        _replace_children(db, "movie_cast", movie_id, transform.cast_rows(movie))
         return "ok"
     table, to_rows = CHILD_TABLES[endpoint]
     _replace_children(db, table, movie_id, to_rows(movie_id, data))

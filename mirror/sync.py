@@ -294,4 +294,4 @@ class Syncer:
         except FetchError as error:
             log.warning("cannot confirm removal of movie %d: %s", movie_id, error)
             return None
-        return transform.is_placeholder(transform.details_movie(data))
+        return transform.found_details(data, movie_id) is None

@@ -221,6 +221,16 @@ def is_placeholder(movie: Mapping[str, Any] | None) -> bool:
     return not movie or not to_int(movie.get("id"))
 
 
+def found_details(data: Mapping[str, Any] | None, movie_id: int) -> Mapping[str, Any] | None:
+    """The movie a movie_details `data` describes, or None when it answers "not found" for `movie_id`."""
+    movie = details_movie(data)
+    # The id-0 placeholder means not found: movie_details__GabJS10-yts-movie-player-not_found.json.
+    # Another movie than the one asked for is no answer either (a guard; no sample shows it).
+    if is_placeholder(movie) or to_int(movie.get("id")) != movie_id:  # type: ignore[union-attr]
+        return None
+    return movie
+
+
 def details_movie(data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """Return the movie object of a movie_details `data`, old schema or new."""
     if not isinstance(data, Mapping):
@@ -257,7 +267,8 @@ def cast_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
             "imdb_code": to_text(member.get("imdb_code")),
             "name": to_text(member.get("name")),
             "character_name": to_text(member.get("character_name")),
-            "url_small_image": to_text(member.get("url_small_image", member.get("medium_image"))),
+            # 2015 named the thumbnail small_image (medium_image was full size): movie_details__jonlunsford-yify-2015.json
+            "url_small_image": to_text(member.get("url_small_image", member.get("small_image"))),
         }
         for position, member in enumerate(m for m in members or [] if isinstance(m, Mapping))
     ]

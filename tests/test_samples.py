@@ -119,7 +119,8 @@ def test_suggestions_despite_zero_movie_count() -> None:
 def test_legacy_2015_schemas_do_not_crash() -> None:
     details = transform.details_movie(load(SAMPLES / "movie_details__jonlunsford-yify-2015.json")["data"])
     assert details["id"] == 353
-    assert transform.cast_rows(details)  # 2015 called the cast "actors"
+    cast = transform.cast_rows(details)  # 2015 called the cast "actors", and their thumbnails small_image
+    assert cast[0]["url_small_image"] == "http://s.ynet.io/assets/images/actors/thumb/nm0005377.jpg"
     suggestions = transform.suggestion_rows(353, load(SAMPLES / "movie_suggestions__jonlunsford-yify-2015.json")["data"])
     assert len(suggestions) == 4
     reviews = transform.review_rows(353, load(SAMPLES / "movie_reviews__jonlunsford-yify-2015.json")["data"])

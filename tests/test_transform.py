@@ -87,6 +87,14 @@ def test_list_page_movies_skips_junk() -> None:
     assert transform.list_page_movies({"movies": [{"id": 0}, "x", {"id": 3}]}) == [{"id": 3}]
 
 
+def test_found_details_tells_a_movie_from_not_found() -> None:
+    movie = {"id": "15", "title": "16 Blocks"}
+    assert transform.found_details({"movie": movie}, 15) is movie  # loose id types still match
+    assert transform.found_details({"movie": movie}, 16) is None  # another movie than asked for
+    assert transform.found_details({"movie": {"id": 0, "title": None}}, 15) is None  # the placeholder
+    assert transform.found_details(None, 15) is None
+
+
 def test_details_row_from_2015_images_block() -> None:
     movie = {"id": 9, "images": {"large_screenshot_image1": "http://x/1.jpg"}, "like_count": "4",
              "actors": [{"name": "A B", "character_name": "C"}]}
