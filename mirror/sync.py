@@ -7,7 +7,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +103,6 @@ class RunSummary:
     kind: str
     status: str = "running"
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(store.RUN_COUNTERS, 0))
-    removal_skipped: int = 0
     error: str | None = None
 
 
@@ -161,8 +160,8 @@ class Syncer:
         """Upsert one page and move the checkpoint, in one transaction."""
         with self.db.atomic():
             result = store.upsert_movies(self.db, page.all_movies, store.now_iso(), self.config.sync.trackers)
-            store.set_state(self.db, CHECKPOINT, {**checkpoint, "next_page": page.next_page,
-                                                  "movie_count": page.movie_count})
+            checkpoint.update(next_page=page.next_page, movie_count=page.movie_count)
+            store.set_state(self.db, CHECKPOINT, checkpoint)
             summary.counts["pages"] += 1
             summary.counts["movies_new"] += len(result.new_ids)
             summary.counts["movies_updated"] += result.updated
@@ -175,27 +174,45 @@ class Syncer:
         self.progress.advance(len(page.movies))
         return result
 
-    def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
-        """Crawl every page; mark what the complete crawl did not see as removed."""
-        checkpoint = checkpoint or {"kind": "full", "started_at": store.now_iso(), "next_page": 1,
-                                    "movie_count": None, "run_id": summary.run_id}
-        started_at = checkpoint["started_at"]
-        seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
-        self.progress.advance(len(seen))
+    def _begin(self, kind: str, checkpoint: dict[str, Any] | None) -> tuple[dict[str, Any], set[int]]:
+        """The crawl's checkpoint (a new one unless resuming), and the ids it has committed so far."""
+        checkpoint = checkpoint or {"kind": kind, "started_at": store.now_iso(), "next_page": 1, "movie_count": None}
+        resumed = checkpoint["next_page"] > 1
+        return checkpoint, store.ids_seen_since(self.db, checkpoint["started_at"]) if resumed else set()
+
+    def _commit_pages(self, summary: RunSummary, pages: Iterable[Page], checkpoint: dict[str, Any]) -> bool:
+        """Commit each page with the checkpoint, noting whether movie_count moved; False if asked to stop."""
         # No read-ahead: a page fetched but not committed is a request a kill wastes, and a
         # fetching thread gains nothing here (SQLite gives up the GIL per row, then waits for it).
-        for page in crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count")):
-            if checkpoint["movie_count"] not in (None, page.movie_count):
+        for page in pages:
+            if checkpoint.get("movie_count") not in (None, page.movie_count):
                 checkpoint["moved"] = True  # kept in the checkpoint, so a resumed crawl still knows
             self._commit_page(summary, page, checkpoint)
-            checkpoint["movie_count"] = page.movie_count
             if self.stop.is_set():
-                return
+                return False
+        return True
+
+    def _end_crawl(self, started_at: str, moved: bool) -> None:
+        """Drop the checkpoint; if the catalog moved, leave the next incremental sync a removal check."""
+        with self.db.atomic():
+            store.clear_state(self.db, CHECKPOINT)
+            if moved:
+                # Movies removed after the crawl read them (or above an incremental walk) still
+                # look present: the next incremental sync looks for them (find_missing).
+                store.set_state(self.db, RECONCILE, {"since": started_at})
+
+    def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
+        """Crawl every page; mark what the complete crawl did not see as removed."""
+        checkpoint, seen = self._begin("full", checkpoint)
+        self.progress.advance(len(seen))
+        pages = crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count"))
+        if not self._commit_pages(summary, pages, checkpoint):
+            return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
-        self._finish_full(summary, started_at, moved)
+        self._finish_full(summary, checkpoint["started_at"], moved)
 
     def _finish_full(self, summary: RunSummary, started_at: str, moved: bool) -> None:
-        """After a complete crawl: note swarm counts, mark removals (unless implausibly many), drop the checkpoint."""
+        """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl."""
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
         unseen, present = store.count_unseen_since(self.db, started_at)
@@ -204,38 +221,23 @@ class Syncer:
             removed = store.mark_removed(self.db, started_at, store.now_iso())
         summary.counts["movies_removed"] += removed[0]
         summary.counts["torrents_removed"] += removed[1]
-        with self.db.atomic():
-            store.clear_state(self.db, CHECKPOINT)
-            if moved:
-                # Movies removed after this crawl read them still look present: the next
-                # incremental sync looks for them (find_missing) once the catalog holds still.
-                store.set_state(self.db, RECONCILE, {"since": started_at})
+        self._end_crawl(started_at, moved)
 
     def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Walk newest-first pages until reaching movies mirrored before this crawl began."""
-        checkpoint = checkpoint or {"kind": "incremental", "started_at": store.now_iso(), "next_page": 1,
-                                    "movie_count": None, "run_id": summary.run_id}
+        checkpoint, seen = self._begin("incremental", checkpoint)
         started_at = checkpoint["started_at"]
-        seen = store.ids_seen_since(self.db, started_at) if checkpoint["next_page"] > 1 else set()
 
         def known_before(ids: list[int]) -> set[int]:
             return store.known_ids(self.db, ids, started_at)
 
         pages = crawl_new(self.client, known_before, self.config.sync.overlap, seen, checkpoint["next_page"],
                           checkpoint.get("movie_count"))
-        for page in pages:
-            if checkpoint["movie_count"] not in (None, page.movie_count):
-                checkpoint["moved"] = True
-            self._commit_page(summary, page, checkpoint)
-            checkpoint["movie_count"] = page.movie_count
-            if self.stop.is_set():
-                return
-        with self.db.atomic():
-            store.clear_state(self.db, CHECKPOINT)
-            if checkpoint.get("moved"):  # a movie removed above the walk still looks present here
-                store.set_state(self.db, RECONCILE, {"since": started_at})
-                return
-        if store.get_state(self.db, RECONCILE):
+        if not self._commit_pages(summary, pages, checkpoint):
+            return
+        moved = checkpoint.get("moved", False)
+        self._end_crawl(started_at, moved)
+        if not moved and store.get_state(self.db, RECONCILE):  # after a moving walk, next time
             self._reconcile(summary)
 
     def _removals_allowed(self, summary: RunSummary, count: int, present: int) -> bool:
@@ -243,7 +245,6 @@ class Syncer:
         limit = self.config.sync.max_removed_fraction
         if not present or count <= max(10, limit * present):
             return True
-        summary.removal_skipped = count
         self._warn(summary, f"not marking {count} of {present} movies removed: more than "
                             f"sync.max_removed_fraction={limit}; check the source and raise the setting if this is real")
         return False
