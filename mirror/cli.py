@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from . import __version__, store
-from .client import FetchError, YTSClient, YTSError
+from .client import YTSClient, YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .sync import LockedError, Progress, Syncer, make_client, writer_alive, writer_lock
@@ -49,7 +49,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(error), EXIT_USAGE)
         except LockedError as error:
             fail(str(error), EXIT_LOCKED)
-        except (FetchError, YTSError) as error:
+        except YTSError as error:  # FetchError and the rest
             fail(f"API request failed: {error}")
         except store.StoreError as error:
             fail(str(error))

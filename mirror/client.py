@@ -78,12 +78,6 @@ class RateLimiter:
             self._tokens -= 1
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
-    def acquire(self) -> None:
-        """Block until the caller may send one request."""
-        delay = self.reserve()
-        if delay > 0:
-            time.sleep(delay)
-
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Parse a Retry-After header given in seconds or as an HTTP date."""
@@ -175,15 +169,15 @@ class ClientStats:
 
     requests: int = 0
     retries: int = 0
-    by_endpoint: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_request(self, endpoint: str) -> None:
+    def count_request(self) -> None:
+        """Count one request sent."""
         with self.lock:
             self.requests += 1
-            self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
 
     def count_retry(self) -> None:
+        """Count one retry."""
         with self.lock:
             self.retries += 1
 
@@ -336,7 +330,7 @@ class YTSClient:
         delay = self.limiter.reserve()
         if delay > 0:
             self._sleep(delay)  # several workers can queue for tokens for many seconds
-        self.stats.count_request(endpoint)
+        self.stats.count_request()
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:

@@ -591,7 +591,8 @@ class FakeYTS:
 
     @property
     def url(self) -> str:
-        assert self.server is not None, "server not started"
+        if self.server is None:
+            raise RuntimeError("the simulator is not started")
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 

@@ -17,7 +17,10 @@ from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .client import YTSError
 from .config import Config, ConfigError
+from .store import StoreError
+from .sync import LockedError
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,10 @@ class Jobs:
             log.info("%s: starting", name)
             try:
                 work()
-            except Exception as error:  # noqa: BLE001 - one failed run must not end the scheduler
+            except (YTSError, StoreError, LockedError) as error:  # expected: one line, as the CLI says it
                 log.error("%s failed: %s", name, error)
+            except Exception:  # noqa: BLE001 - one failed run must not end the scheduler
+                log.exception("%s failed unexpectedly", name)
             else:
                 log.info("%s: done", name)
 
