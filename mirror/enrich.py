@@ -117,6 +117,14 @@ class EnrichReport:
     resumed: list[str] = field(default_factory=list)
     backlog: int = 0
 
+    def tally(self, outcomes: Mapping[str, Outcome], fetched: int, not_found: int) -> None:
+        """Count one written movie's outcomes."""
+        self.movies_done += bool(fetched)
+        self.not_found += not_found
+        for endpoint, (status, _) in outcomes.items():
+            table = self.fetched if status == "ok" else self.failed
+            table[endpoint] = table.get(endpoint, 0) + 1
+
     def messages(self) -> list[str]:
         """Lines worth showing the user."""
         lines = [f"endpoint {name} resumed after a successful probe" for name in self.resumed]
@@ -137,7 +145,7 @@ NOT_FOUND_RECHECK_DAYS = 1.0
 
 
 def _backlog_where(only_new: bool) -> str:
-    """SQL condition for a movie needing `endpoint` (parameters: ttl cutoff, is-details flag)."""
+    """SQL condition for a movie an endpoint should fetch (parameters :cutoff, :recheck, :details)."""
     changed = "(:details AND s.list_hash IS NOT m.list_hash)"
     if only_new:
         return f"(s.movie_id IS NULL OR {changed})"
@@ -198,6 +206,16 @@ def backlog_summary(db: sqlite_utils.Database, config: Config) -> dict[str, dict
 # ---- writing ---------------------------------------------------------------------------------
 
 Outcome = tuple[str, Any]  # ("ok", data) | ("failed", message)
+
+
+@dataclass
+class Finished:
+    """A movie the pool is done with: its outcomes by endpoint, or the error that ended its worker."""
+
+    item: WorkItem
+    outcomes: dict[str, Outcome]
+    crash: BaseException | None
+    written: threading.Event  # the consumer sets it once the movie is written
 
 
 def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str, Outcome]) -> tuple[int, int]:
@@ -321,13 +339,13 @@ class Pool:
                 return
             written = threading.Event()
             try:
-                outcomes = self.fetch_movie(item)
+                finished = Finished(item, self.fetch_movie(item), None, written)
             except BaseException as error:  # noqa: BLE001 - reported by the writer
-                outcomes = {"__error__": ("crash", error)}
-            self.results.put((item, outcomes, written))
+                finished = Finished(item, {}, error, written)
+            self.results.put(finished)
             written.wait()
 
-    def run(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, dict[str, Outcome], threading.Event]]:
+    def run(self, items: Sequence[WorkItem]) -> Iterator[Finished]:
         """Start the workers and yield each finished movie; the consumer sets its event once written."""
         for item in items:
             self.work.put(item)
@@ -344,7 +362,7 @@ class Pool:
         finally:
             self.halt.set()
             while not self.results.empty():  # release workers waiting on unwritten movies
-                self.results.get_nowait()[2].set()
+                self.results.get_nowait().written.set()
 
 
 def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
@@ -362,31 +380,29 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
     report.backlog = sum(len(item.endpoints) for item in items)
     if not items:
         return report
-    rate = client.limiter.rate
-    if rate > 0:
-        hours = report.backlog / rate / 3600
-        progress.message(f"enrichment backlog: {report.backlog} requests for {len(items)} movies, "
-                         f"about {hours:.1f} h at {rate:g} req/s")
-    progress.total(report.backlog)
+    _announce(progress, report.backlog, len(items), client.limiter.rate)
     pool = Pool(client, breakers, concurrency or config.enrich.concurrency, stop)
     try:
-        for item, outcomes, written in pool.run(items):
+        for done in pool.run(items):
             try:
-                crash = outcomes.pop("__error__", None)
-                if crash:
+                if done.crash is not None:
                     stop.set()
-                    if isinstance(crash[1], Stopped):
+                    if isinstance(done.crash, Stopped):
                         continue  # asked to stop while it waited: this movie is fetched again next run
-                    raise crash[1]
-                fetched, not_found = write_movie(db, item, outcomes)
+                    raise done.crash
+                fetched, not_found = write_movie(db, done.item, done.outcomes)
             finally:
-                written.set()
-            report.movies_done += bool(fetched)
-            report.not_found += not_found
-            for endpoint, (status, _) in outcomes.items():
-                table = report.fetched if status == "ok" else report.failed
-                table[endpoint] = table.get(endpoint, 0) + 1
-            progress.advance(len(item.endpoints))
+                done.written.set()
+            report.tally(done.outcomes, fetched, not_found)
+            progress.advance(len(done.item.endpoints))
     finally:
         _save_breakers(db, breakers, report)
     return report
+
+
+def _announce(progress: Progress, requests: int, movies: int, rate: float) -> None:
+    """Say how long the backlog will take at the rate limit, and start the progress bar."""
+    if rate > 0:
+        progress.message(f"enrichment backlog: {requests} requests for {movies} movies, "
+                         f"about {requests / rate / 3600:.1f} h at {rate:g} req/s")
+    progress.total(requests)

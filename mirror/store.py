@@ -49,14 +49,14 @@ def _compact_raw_json(db: sqlite_utils.Database) -> None:
         last_id = rows[-1][0]
 
 
-# Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database
-# from version n-1 to n. schema.sql always describes the newest shape and is applied after them.
 def _add_run_warning(db: sqlite_utils.Database) -> None:
     """Version 3 gives `sync_runs` a `warning` column, for what a run held back on purpose."""
     if "warning" not in db["sync_runs"].columns_dict:
         db.execute("ALTER TABLE sync_runs ADD COLUMN warning TEXT")
 
 
+# Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database
+# from version n-1 to n. schema.sql always describes the newest shape and is applied after them.
 MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] = {
     2: (_compact_raw_json, "DROP TRIGGER IF EXISTS movies_fts_ai"),  # schema.sql adds its fts_batch guard
     3: (_add_run_warning,),
