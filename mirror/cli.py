@@ -224,7 +224,7 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
 def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: bool, stop: threading.Event | None,
                    must_exist: bool = False) -> Iterator[tuple[Any, Any, TerminalProgress, threading.Event]]:
     """Hold the writer lock; yield the database, client, progress output and stop event; close them."""
-    require_database(config.db, must_exist)  # before the lock, which would leave a lock file behind
+    store.require_mirror(config.db, must_exist)  # before the lock, which would leave a lock file behind
     with writer_lock(config.db, wait=wait):
         db = store.open_db(config.db)
         client = make_client(config)
@@ -366,19 +366,9 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
-def require_database(path: str, must_exist: bool = True) -> None:
-    """Raise StoreError unless `path` holds a mirror, or nothing yet where that is allowed (writing nothing)."""
-    import os
-
-    if os.path.exists(path):
-        store.mirror_version(path)
-    elif must_exist:
-        raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
-
-
 def open_existing(path: str) -> Any:
     """Open a mirror that must already exist, to read it (writing nothing)."""
-    require_database(path)
+    store.require_mirror(path)
     return store.open_reader(path)
 
 

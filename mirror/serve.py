@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 import sqlite3
 import sys
@@ -25,7 +24,7 @@ import click
 import pluggy
 
 from . import datasette_render as render
-from .store import MIRROR_TABLES
+from . import store
 
 log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker("datasette")
@@ -85,15 +84,11 @@ def run_serve(db: str | None, config_path: str | None, host: str, port: int, ope
 
 def prepare_database(path: str) -> str:
     """Make sure `path` is a mirror and carries the current views and indexes."""
-    from . import store
-    from .config import ConfigError
-
-    if not os.path.isfile(path):
-        raise store.StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
-    store.mirror_version(path)  # NotAMirrorError for a file that holds something else
+    store.require_mirror(path)
     info = inspect_file(path)
-    if info is None:
-        raise ConfigError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} tables)")
+    if info is None:  # an empty file, which a writer would make a mirror of
+        tables = ", ".join(store.MIRROR_TABLES)
+        raise store.NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {tables} tables)")
     try:
         store.open_db(path).close()  # applies schema.sql: the browsing views and indexes
     except store.StoreError as error:
@@ -167,7 +162,7 @@ def inspect_file(path: str) -> MirrorFile | None:
                 conn.close()
         except sqlite3.DatabaseError:
             names = set()
-        is_mirror = all(name in names for name in MIRROR_TABLES)
+        is_mirror = all(name in names for name in store.MIRROR_TABLES)
         MIRROR_FILES[path] = MirrorFile(views={CATALOG, SEARCH} <= names) if is_mirror else None
     return MIRROR_FILES[path]
 

@@ -191,6 +191,14 @@ def open_reader(path: str | os.PathLike[str]) -> sqlite_utils.Database:
     return db
 
 
+def require_mirror(path: str, must_exist: bool = True) -> None:
+    """Raise StoreError unless `path` holds a mirror, or nothing yet where that is allowed (writing nothing)."""
+    if os.path.exists(path):
+        mirror_version(path)
+    elif must_exist:
+        raise StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+
+
 def mirror_version(path: str | os.PathLike[str]) -> int:
     """Look (read-only) at a database file: its schema version, or StoreError if it holds something else."""
     try:
