@@ -533,14 +533,19 @@ def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def _register_plugins() -> None:
-    """Attach commands that live in their own modules."""
-    from .serve import serve_command
+@cli.command()
+@db_option
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the catalog in a web browser.")
+@handle_errors
+def serve(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
+    """Browse the mirror in Datasette: search, facets, canned queries, magnet links."""
+    from .serve import run_serve  # late: Datasette and uvicorn load only for this command
 
-    cli.add_command(serve_command, "serve")
-
-
-_register_plugins()
+    run_serve(db, config_path, host, port, open_browser)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import pluggy
 
 from . import datasette_render as render
 from . import store
+from .config import ConfigError, resolve
 
 log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker("datasette")
@@ -45,29 +46,11 @@ CATALOG_COLUMNS = frozenset({"id", "cover", "title", "year", "rating", "runtime"
                              "mpa_rating", "date_uploaded_unix", "removed_at"})
 
 
-# ---- the command ------------------------------------------------------------------------------
-
-@click.command()
-@click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
-              help="Database file [env YTS_MIRROR_DB; default yts-mirror.db].")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML config file [env YTS_MIRROR_CONFIG].")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
-              help="Port to listen on (0 picks a free one).")
-@click.option("--open", "open_browser", is_flag=True, help="Open the catalog in a web browser.")
-def serve_command(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
-    """Browse the mirror in Datasette: search, facets, canned queries, magnet links."""
-    from .cli import handle_errors  # late: cli imports this module
-
-    handle_errors(run_serve)(db, config_path, host, port, open_browser)
-
+# ---- the command (its click options are in cli.py) --------------------------------------------
 
 def run_serve(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
     """Check the database, bind the port, then serve Datasette until interrupted."""
-    import uvicorn
-
-    from .config import resolve
+    import uvicorn  # late: only a served mirror needs it
 
     path = prepare_database(resolve(config_path, db=db).db)
     datasette = make_datasette(path)
@@ -118,8 +101,6 @@ def register_plugin() -> None:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or a clean error if the address is taken."""
-    from .config import ConfigError
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
