@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -18,10 +17,10 @@ from typing import Any
 import click
 
 from . import __version__, store
-from .client import YTSClient, YTSError
+from .client import YTSError
 from .config import ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
-from .sync import LockedError, Progress, Syncer, make_client, writer_alive, writer_lock
+from .sync import LockedError, Progress, Syncer, writer_alive, writing
 
 log = logging.getLogger("mirror")
 
@@ -223,31 +222,15 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
 @contextmanager
 def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: bool, stop: threading.Event | None,
                    must_exist: bool = False) -> Iterator[tuple[Any, Any, TerminalProgress, threading.Event]]:
-    """Hold the writer lock; yield the database, client, progress output and stop event; close them."""
-    store.require_mirror(config.db, must_exist)  # before the lock, which would leave a lock file behind
-    with writer_lock(config.db, wait=wait):
-        db = store.open_db(config.db)
-        client = make_client(config)
-        client.start_at(store.remembered_host(db, client.base_urls))
+    """A writer's database, client, progress output and stop event (set by SIGTERM or SIGINT)."""
+    # Signals are caught once the lock is held, so a run queued by --wait still dies of SIGTERM.
+    with writing(config, wait, must_exist) as (db, client), stop_on_signals() as signal_stop:
+        client.stop = stop or signal_stop
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
         try:
-            with stop_on_signals() as signal_stop, store.background_checkpoints(config.db):
-                client.stop = stop or signal_stop
-                yield db, client, progress, client.stop
+            yield db, client, progress, client.stop
         finally:
             progress.close()
-            remember_answering_host(db, client)
-            client.close()
-            db.close()
-
-
-def remember_answering_host(db: Any, client: YTSClient) -> None:
-    """Keep the host that answered last for the next run; never mask the run's own outcome."""
-    if client.answering_url is not None:
-        try:
-            store.remember_host(db, client.base_urls, client.answering_url)
-        except sqlite3.Error as error:
-            log.debug("could not remember the API host: %s", error)
 
 
 def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "crawl"
 RECONCILE = "reconcile"
-RECONCILE_TRIES = 3  # runs a removal check may be postponed (catalog moving, details unanswered) before a full sync must do it
+RECONCILE_TRIES = 3  # runs that may postpone a removal check (catalog moving, details unanswered)
 
 
 class LockedError(Exception):
@@ -55,6 +56,33 @@ def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+@contextmanager
+def writing(config: Config, wait: bool = False,
+            must_exist: bool = False) -> Iterator[tuple[sqlite_utils.Database, YTSClient]]:
+    """Hold the writer lock with the database and the API client (starting at the host that answered last) open."""
+    store.require_mirror(config.db, must_exist)  # before the lock, which would leave a lock file behind
+    with writer_lock(config.db, wait=wait):
+        db = store.open_db(config.db)
+        client = make_client(config)
+        client.start_at(store.remembered_host(db, client.base_urls))
+        try:
+            with store.background_checkpoints(config.db):
+                yield db, client
+        finally:
+            remember_answering_host(db, client)
+            client.close()
+            db.close()
+
+
+def remember_answering_host(db: sqlite_utils.Database, client: YTSClient) -> None:
+    """Keep the host that answered last for the next run; never mask the run's own outcome."""
+    if client.answering_url is not None:
+        try:
+            store.remember_host(db, client.base_urls, client.answering_url)
+        except sqlite3.Error as error:
+            log.debug("could not remember the API host: %s", error)
 
 
 def writer_alive(db_path: str) -> bool:
