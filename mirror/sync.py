@@ -220,7 +220,7 @@ class Syncer:
                 return False
         return True
 
-    def _end_crawl(self, started_at: str, moved: bool) -> None:
+    def _end_crawl(self, started_at: str, moved: bool, complete: bool) -> None:
         """Drop the checkpoint; if the catalog moved, leave the next incremental sync a removal check."""
         with self.db.atomic():
             store.clear_state(self.db, CHECKPOINT)
@@ -228,6 +228,8 @@ class Syncer:
                 # Movies removed after the crawl read them (or above an incremental walk) still
                 # look present: the next incremental sync looks for them (find_missing).
                 store.set_state(self.db, RECONCILE, {"since": started_at})
+            elif complete:  # a full crawl of a quiet catalog has marked every removal itself
+                store.clear_state(self.db, RECONCILE)
 
     def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Crawl every page; mark what the complete crawl did not see as removed."""
@@ -249,7 +251,7 @@ class Syncer:
             removed = store.mark_removed(self.db, started_at, store.now_iso())
         summary.counts["movies_removed"] += removed[0]
         summary.counts["torrents_removed"] += removed[1]
-        self._end_crawl(started_at, moved)
+        self._end_crawl(started_at, moved, complete=True)
 
     def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Walk newest-first pages until reaching movies mirrored before this crawl began."""
@@ -264,7 +266,7 @@ class Syncer:
         if not self._commit_pages(summary, pages, checkpoint):
             return
         moved = checkpoint.get("moved", False)
-        self._end_crawl(started_at, moved)
+        self._end_crawl(started_at, moved, complete=False)
         if not moved and store.get_state(self.db, RECONCILE):  # after a moving walk, next time
             self._reconcile(summary)
 
@@ -292,16 +294,33 @@ class Syncer:
         except CatalogMoved as error:
             self._postpone_reconcile(summary, note, str(error))
             return
-        verdicts = {movie_id: self._gone_upstream(movie_id) for movie_id in candidates}
-        removed = [movie_id for movie_id, gone in verdicts.items() if gone]
-        if self._removals_allowed(summary, len(removed), len(present)):
-            summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
-        unsure = sum(gone is None for gone in verdicts.values())
+        if not self._removals_allowed(summary, len(candidates), len(present)):
+            with self.db.atomic():  # asking movie_details about each would not change the answer
+                store.clear_state(self.db, RECONCILE)
+            return
+        removed, unsure = self._confirm_removals(candidates)
+        summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
         if unsure:
-            self._postpone_reconcile(summary, note, f"movie_details could not confirm {unsure} removals")
+            self._postpone_reconcile(summary, note, f"movie_details did not answer for {unsure} of them")
             return
         with self.db.atomic():
             store.clear_state(self.db, RECONCILE)
+
+    def _confirm_removals(self, candidates: list[int]) -> tuple[list[int], int]:
+        """The candidates movie_details says are gone, and how many it left unanswered (stopping if it seems dead)."""
+        removed: list[int] = []
+        answered = failures_in_a_row = 0
+        for movie_id in candidates:
+            gone = self._gone_upstream(movie_id)
+            if gone is None:
+                failures_in_a_row += 1
+                if failures_in_a_row >= self.config.enrich.pause_after:  # as enrichment pauses a dead endpoint
+                    break
+                continue
+            answered, failures_in_a_row = answered + 1, 0
+            if gone:
+                removed.append(movie_id)
+        return removed, len(candidates) - answered
 
     def _postpone_reconcile(self, summary: RunSummary, note: dict[str, Any], reason: str) -> None:
         """Keep the removal check for the next run, up to RECONCILE_TRIES runs; then leave it to a full sync."""

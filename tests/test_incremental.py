@@ -237,12 +237,41 @@ def test_a_removal_check_waits_for_movie_details_to_answer(simulator: Callable[.
     assert store_state(db_path, "reconcile")
     assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went after the crawl read them"
     sim.faults = FaultPlan.parse("dead=movie_details")  # the check cannot confirm a removal this time
+    before = sim.counts.get("movie_details", 0)
     sync(db_path, sim, config_file, "--no-enrich")
     assert store_state(db_path, "reconcile")["tries"] == 1
+    assert sim.counts["movie_details"] - before == 3 * 6  # pause_after movies of max_attempts each, then it waits
     sim.faults = FaultPlan.parse("")
     sync(db_path, sim, config_file, "--no-enrich")
     assert_mirror_equals_catalog(db_path, sim.catalog)
     assert store_state(db_path, "reconcile") is None
+
+
+def test_an_implausible_removal_check_asks_nothing(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                  config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
+    sync(db_path, sim, config_file, "--no-enrich")  # leaves a removal check
+    sim.churn.every = 0
+    sim.catalog.remove(300)  # a fifth of the catalog at once looks like a broken source
+    before = sim.counts.get("movie_details", 0)
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert sim.counts.get("movie_details", 0) == before  # confirming each would not change the verdict
+    assert run["warning"].startswith("not marking") and store_state(db_path, "reconcile") is None
+    assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+
+
+def test_a_full_crawl_of_a_quiet_catalog_settles_a_pending_removal_check(simulator: Callable[..., FakeYTS],
+                                                                          db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.churn.every = 0
+    assert store_state(db_path, "reconcile")
+    sync(db_path, sim, config_file, "--no-enrich", "--full")  # marks the removals itself
+    assert store_state(db_path, "reconcile") is None
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    before = sim.counts["list_movies"]
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert sim.counts["list_movies"] - before == 1  # no removal check left to pay for
 
 
 def test_a_removal_check_that_never_completes_is_left_to_a_full_sync(simulator: Callable[..., FakeYTS],
