@@ -601,6 +601,7 @@ def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has
 
 def suggestion_form(movie: dict[str, Any]) -> dict[str, Any]:
     """A movie as movie_suggestions shows it: no large cover, torrents without `type` (as upstream)."""
+    # movie_suggestions__GabJS10-yts-movie-player.json
     out = {key: value for key, value in movie.items() if key != "large_cover_image"}
     out["torrents"] = [
         {key: value for key, value in torrent.items() if key != "type"} if isinstance(torrent, dict) else torrent

@@ -61,6 +61,7 @@ SQLITE_INT_RANGE = range(-2**63, 2**63)  # what an INTEGER column holds; beyond 
 
 def to_int(value: Any) -> int | None:
     """Coerce the API's loose integers ("8", "", 8, 8.0, None) to int or None, keeping SQLite's range."""
+    # bit_depth "8" and is_repack "0" or "": movie_details__GabJS10-yts-movie-player.json
     number = _loose_int(value)
     return number if number is None or number in SQLITE_INT_RANGE else None
 
@@ -85,6 +86,7 @@ def _loose_int(value: Any) -> int | None:
 
 def to_float(value: Any) -> float | None:
     """Coerce a rating that may be an int, a float or a string to float or None."""
+    # Whole ratings come as ints ("rating":8): list_movies__1eeyerin-netflix-app.json
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -244,6 +246,7 @@ def details_movie(data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 def details_row(movie: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a movie_details movie into the details-only `movies` columns."""
+    # 2015 kept the screenshots in an "images" object: movie_details__jonlunsford-yify-2015.json
     images = movie.get("images") if isinstance(movie.get("images"), Mapping) else {}
     row: dict[str, Any] = {
         field: to_text(movie.get(field, images.get(field))) for field in DETAIL_TEXT_FIELDS
