@@ -540,7 +540,7 @@ NOT_EXTRA = frozenset(HEAD_KEYS + DETAIL_KEYS + BODY_KEYS + SCREENSHOT_KEYS + TA
 CAST_KEYS = ("name", "character_name", "url_small_image", "imdb_code")
 
 
-def details_movie(row: sqlite3.Row, movie: Mapping[str, Any], cast: list[dict[str, Any]],
+def details_answer(row: sqlite3.Row, movie: Mapping[str, Any], cast: list[dict[str, Any]],
                   query: MovieQuery) -> dict[str, Any]:
     """movie_details' movie: list fields as now, details fields from the enrichment columns."""
     out: dict[str, Any] = {key: movie[key] for key in HEAD_KEYS if key in movie}
@@ -585,7 +585,7 @@ def movie_details_data(conn: sqlite3.Connection, query: MovieQuery, state: Hasha
     row = find_movie(conn, query, DETAILS_COLUMNS)
     movie = list_movie(row["raw"], swarm_counts(conn, [row["id"]]))
     cast = child_rows(conn, "movie_cast", CAST_KEYS, row["id"]) if query.with_cast else []
-    return {"movie": details_movie(row, movie, cast, query)}
+    return {"movie": details_answer(row, movie, cast, query)}
 
 
 def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has_rows: bool) -> None:
@@ -660,7 +660,7 @@ class Endpoint:
     run: Callable[[sqlite3.Connection, Any, Hashable], dict[str, Any]]
 
 
-ENDPOINTS: dict[str, Endpoint] = {
+HANDLERS: dict[str, Endpoint] = {
     "list_movies": Endpoint(ListQuery.parse, list_movies_data),
     "movie_details": Endpoint(lambda params: MovieQuery.parse(params, allow_imdb=True), movie_details_data),
     "movie_suggestions": Endpoint(MovieQuery.parse, movie_suggestions_data),
@@ -803,7 +803,7 @@ async def check_permissions(datasette: Any, request: Request, db: Any) -> None:
 async def answer_data(datasette: Any, request: Request, name: str, params: Params) -> bytes:
     """Run one endpoint and return its `data`, encoded as JSON (from the cache when unchanged)."""
     check_method(request, name)
-    endpoint = ENDPOINTS.get(name)
+    endpoint = HANDLERS.get(name)
     if endpoint is None:
         raise ApiError(f"unknown endpoint {shorten(name)!r}", 404)
     query = endpoint.parse(params)

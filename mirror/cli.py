@@ -18,7 +18,7 @@ import click
 
 from . import __version__, store
 from .client import YTSError
-from .config import ENDPOINTS, Config, ConfigError, resolve
+from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .sync import LockedError, Progress, Syncer, writer_alive, writing
 
@@ -263,7 +263,7 @@ def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Eve
 @db_option
 @config_option
 @base_url_option
-@click.option("--endpoint", "endpoints", multiple=True, type=click.Choice(ENDPOINTS),
+@click.option("--endpoint", "endpoints", multiple=True, type=click.Choice(ENRICH_ENDPOINTS),
               help="Only these endpoints (repeatable; default: those enabled in the config).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many movies.")
 @concurrency_option

@@ -20,7 +20,7 @@ DEFAULT_BASE_URLS: tuple[str, ...] = (
     "https://yts.lt",
 )
 
-ENDPOINTS: tuple[str, ...] = (
+ENRICH_ENDPOINTS: tuple[str, ...] = (
     "movie_details",
     "movie_suggestions",
     "movie_reviews",
@@ -176,10 +176,10 @@ def validate(config: Config) -> Config:
     for endpoint, days in config.enrich.ttl_days.items():
         if not days <= 100 * 365:
             raise ConfigError(f"enrich.ttl_days.{endpoint} must be at most 36500 days, not {days!r}")
-    unknown = set(config.enrich.endpoints) - set(ENDPOINTS)
+    unknown = set(config.enrich.endpoints) - set(ENRICH_ENDPOINTS)
     if unknown:
-        raise ConfigError(f"enrich.endpoints: unknown endpoint {sorted(unknown)[0]!r}; known: {', '.join(ENDPOINTS)}")
-    unknown = set(config.enrich.ttl_days) - set(ENDPOINTS)
+        raise ConfigError(f"enrich.endpoints: unknown endpoint {sorted(unknown)[0]!r}; known: {', '.join(ENRICH_ENDPOINTS)}")
+    unknown = set(config.enrich.ttl_days) - set(ENRICH_ENDPOINTS)
     if unknown:
         raise ConfigError(f"enrich.ttl_days: unknown endpoint {sorted(unknown)[0]!r}")
     return config

@@ -67,7 +67,7 @@ CLOUDFLARE_HTML = (
 MAINTENANCE_HTML = "<html><head><title>YTS</title></head><body><h1>Maintenance, back soon</h1></body></html>"
 FAULT_KINDS = ("http503", "html200", "truncated", "error", "reset", "429")
 EXTRA_FAULT_KINDS = ("timeout", "stray", "empty")
-ENDPOINTS = (
+SIMULATED_ENDPOINTS = (
     "list_movies", "movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides",
     "movie_comments", "list_upcoming",
 )
@@ -479,7 +479,7 @@ class FaultPlan:
             if not sep:
                 raise ValueError(f"fault spec item {item!r} is not KEY=VALUE")
             if key == "dead":
-                unknown = [e for e in value.split("+") if e not in ENDPOINTS]
+                unknown = [e for e in value.split("+") if e not in SIMULATED_ENDPOINTS]
                 if unknown:
                     raise ValueError(f"fault spec: unknown endpoint {unknown[0]!r}")
                 plan.dead.update(value.split("+"))
@@ -777,7 +777,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_admin/catalog":
             return self._send(200, {"Content-Type": "application/json"}, json.dumps(self.sim.catalog.ids()).encode())
         endpoint = path.rsplit("/", 1)[-1].removesuffix(".json")
-        if not path.startswith("/api/v2/") or endpoint not in ENDPOINTS:
+        if not path.startswith("/api/v2/") or endpoint not in SIMULATED_ENDPOINTS:
             return self._send(404, {"Content-Type": "text/html"}, b"<html><body>404 Not Found</body></html>")
         if self.sim.latency:
             time.sleep(self.sim.latency)
