@@ -1,4 +1,4 @@
-"""The yts-mirror command line: a thin click layer over sync, store and the simulator."""
+"""The yts-mirror command line: options, progress output, signals and one-line errors over sync and store."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from . import __version__, store
 from .client import YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
-from .sync import LockedError, Progress, Syncer, writer_alive, writing
+from .progress import Progress
+from .sync import LockedError, Syncer, writer_alive, writing
 
 log = logging.getLogger("mirror")
 

@@ -20,7 +20,7 @@ import sqlite_utils
 from . import store, transform
 from .client import FetchError, Stopped, YTSClient, YTSError
 from .config import Config
-from .sync import Progress
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 

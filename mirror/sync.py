@@ -19,6 +19,7 @@ from . import store, transform
 from .client import FetchError, Stopped, YTSClient
 from .config import Config
 from .crawl import CatalogMoved, Page, catalog_grew, crawl_full, crawl_new, find_missing
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,6 @@ def make_client(config: Config, pool_size: int | None = None) -> YTSClient:
         connect_timeout=api.connect_timeout, read_timeout=api.read_timeout,
         pool_size=pool_size or max(4, config.enrich.concurrency + 2),
     )
-
-
-@dataclass
-class Progress:
-    """Callbacks a front end can hook to show progress; the defaults do nothing."""
-
-    total: Callable[[int], None] = lambda total: None
-    advance: Callable[[int], None] = lambda count: None
-    message: Callable[[str], None] = lambda text: None
 
 
 @dataclass
