@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .client import FetchError, TransientError, YTSClient
-from .transform import list_page_movies, to_int
+from .transform import list_page_movies, listed_ids, movie_count
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Page:
 
     @property
     def ids(self) -> list[int]:
-        return [to_int(movie["id"]) for movie in self.all_movies]  # type: ignore[misc]
+        return listed_ids(self.all_movies)
 
 
 class ShortPageError(TransientError):
@@ -54,7 +54,7 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
     """Fetch one newest-first page; a page that stays short is believed only if the next one is empty."""
 
     def validate(data: Mapping[str, Any]) -> None:
-        count = to_int(data.get("movie_count")) or 0
+        count = movie_count(data)
         expected = min(limit, max(0, count - (page - 1) * limit))
         found = len(list_page_movies(data))
         if found < expected:
@@ -72,8 +72,8 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
             # Movies follow, so this page lost its movies to a fault: fail rather than skip them.
             raise FetchError(error.url, f"{short.reason}, yet page {page + 1} lists movies", error.attempts) from short
         log.warning("believing short page %d after %d attempts: the list ends there", page, error.attempts)
-        return Listing(list_page_movies(short.data), to_int(short.data.get("movie_count")) or 0, end=True)
-    return Listing(list_page_movies(data), to_int(data.get("movie_count")) or 0)
+        return Listing(list_page_movies(short.data), movie_count(short.data), end=True)
+    return Listing(list_page_movies(data), movie_count(data))
 
 
 def crawl_full(
@@ -110,24 +110,24 @@ def read_page(client: YTSClient, page: int, seen: set[int], last_count: int | No
     movies, count, end = fetch_page(client, page, limit)
     reread: list[Mapping[str, Any]] = []
     if last_count is not None and count < last_count and page > 1:
-        reread = _reread(client, page - 1, seen | {to_int(movie["id"]) for movie in movies}, limit)
+        reread = _reread(client, page - 1, seen | set(listed_ids(movies)), limit)
     return Page(page, movies, count, next_page=page + 1, reread=reread), end
 
 
 def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> bool:
     """Re-read page 1 after a crawl: does it list a movie the crawl never saw (added meanwhile)?"""
     # An addition can hide a removal from movie_count, so the crawl must hear of it too.
-    return any(to_int(movie["id"]) not in seen for movie in fetch_page(client, 1, limit).movies)
+    return any(movie_id not in seen for movie_id in listed_ids(fetch_page(client, 1, limit).movies))
 
 
-def _reread(client: YTSClient, page: int, seen: set[int | None], limit: int) -> list[Mapping[str, Any]]:
+def _reread(client: YTSClient, page: int, seen: set[int], limit: int) -> list[Mapping[str, Any]]:
     """Re-read pages from `page` back until one holds a movie this crawl has seen; return their movies."""
     movies: list[Mapping[str, Any]] = []
     known = set(seen)
     while page >= 1:
         found = fetch_page(client, page, limit).movies
         movies.extend(found)
-        ids = {to_int(movie["id"]) for movie in found}
+        ids = set(listed_ids(found))
         overlaps = bool(ids & known)
         log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if overlaps else "all unseen")
         known.update(ids)
@@ -156,7 +156,7 @@ def crawl_new(
     page = start_page
     while True:
         current, end = read_page(client, page, seen, last_count, limit)
-        old = known([to_int(movie["id"]) for movie in current.movies])  # type: ignore[misc]
+        old = known(listed_ids(current.movies))
         yield current
         seen.update(current.ids)
         last_count = current.movie_count
@@ -187,13 +187,13 @@ def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT)
     def ranks_of(number: int) -> list[int]:
         if number not in pages:
             movies, count, _ = fetch_page(client, number, limit)
-            ids = [to_int(movie["id"]) for movie in movies]
+            ids = listed_ids(movies)
             if total and count != total[0]:
                 raise CatalogMoved(f"movie_count changed from {total[0]} to {count}")
             total[:] = [count]
             if any(i not in rank for i in ids):
                 raise CatalogMoved(f"page {number} holds a movie the mirror lacks")
-            pages[number] = [rank[i] for i in ids]  # type: ignore[index]
+            pages[number] = [rank[i] for i in ids]
             if pages[number] != sorted(pages[number]):
                 raise CatalogMoved(f"page {number} is not in the mirror's order")
         return pages[number]

@@ -347,6 +347,16 @@ def comment_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str
     return rows
 
 
+def movie_count(data: Mapping[str, Any]) -> int:
+    """A list_movies `data`'s movie_count, 0 when missing or unreadable."""
+    return to_int(data.get("movie_count")) or 0
+
+
+def listed_ids(movies: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The ids of movies `list_page_movies` returned (each has a usable id)."""
+    return [to_int(movie["id"]) or 0 for movie in movies]
+
+
 def list_page_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     """Return the movies of a list_movies `data`; the key is absent on an empty page."""
     # No "movies" key when empty: list_movies__yts-api-rs-empty.json
