@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import requests
@@ -361,30 +361,38 @@ class YTSClient:
         def text() -> str:  # decoded only where needed: orjson reads the bytes
             return response.text
 
-        if status == 429:
-            # The 2026 rate-limit answer is plain text: error_http429__jackett-issue-16463.txt
-            raise TransientError(full_url, "HTTP 429 Too Many Requests",
-                                 retry_after_seconds(response.headers.get("Retry-After")))
-        if status >= 500:
-            raise TransientError(full_url, f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")),
-                                 server_failure=True)
-        message = _error_envelope(text()) if status >= 400 else None
-        if message:
-            # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
-            raise FetchError(full_url, f"HTTP {status}: {message}")
-        if status in (403, 404, 408, 410):
-            # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
-            raise TransientError(full_url, f"HTTP {status}", host_failure=True)
         if status >= 400:
-            raise FetchError(full_url, f"HTTP {status}")
-        try:
-            envelope = decode_body(body, text)
-        except ValueError:
-            raise TransientError(full_url, describe_bad_body(text()), server_failure=True) from None
-        if not isinstance(envelope, Mapping):
-            raise TransientError(full_url, "JSON body is not an object")
-        if envelope.get("status") != "ok":
-            message = envelope.get("status_message") or "no status_message"
-            raise TransientError(full_url, f"API error: {message}")
-        data = envelope.get("data")
-        return data if isinstance(data, Mapping) else {}
+            _raise_for_status(full_url, status, response.headers.get("Retry-After"), text)
+        return _envelope_data(full_url, body, text)
+
+
+def _raise_for_status(url: str, status: int, retry_after: str | None, text: Callable[[], str]) -> NoReturn:
+    """Raise the error an HTTP error status means: retried, failed over, or final."""
+    if status == 429:
+        # The 2026 rate-limit answer is plain text: error_http429__jackett-issue-16463.txt
+        raise TransientError(url, "HTTP 429 Too Many Requests", retry_after_seconds(retry_after))
+    if status >= 500:
+        raise TransientError(url, f"HTTP {status}", retry_after_seconds(retry_after), server_failure=True)
+    message = _error_envelope(text())
+    if message:
+        # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
+        raise FetchError(url, f"HTTP {status}: {message}")
+    if status in (403, 404, 408, 410):
+        # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
+        raise TransientError(url, f"HTTP {status}", host_failure=True)
+    raise FetchError(url, f"HTTP {status}")
+
+
+def _envelope_data(url: str, body: bytes, text: Callable[[], str]) -> Mapping[str, Any]:
+    """The `data` of a 2xx answer's status-ok envelope; anything else is retried."""
+    try:
+        envelope = decode_body(body, text)
+    except ValueError:
+        raise TransientError(url, describe_bad_body(text()), server_failure=True) from None
+    if not isinstance(envelope, Mapping):
+        raise TransientError(url, "JSON body is not an object")
+    if envelope.get("status") != "ok":
+        message = envelope.get("status_message") or "no status_message"
+        raise TransientError(url, f"API error: {message}")
+    data = envelope.get("data")
+    return data if isinstance(data, Mapping) else {}
