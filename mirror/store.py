@@ -308,6 +308,13 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
     """Upsert one list page's rows. Call inside a transaction."""
     if not rows.movies:
         return PageResult([], [])
+    new_ids, changed_ids = _write_movies(db, rows, seen_at)
+    torrents_new, torrents_removed = _write_torrents(db, rows.torrents, list(rows.movies), seen_at)
+    return PageResult(new_ids, changed_ids, torrents_new, torrents_removed)
+
+
+def _write_movies(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str) -> tuple[list[int], list[int]]:
+    """Insert new movies, rewrite changed ones (by list_hash), touch the rest; return (new ids, changed ids)."""
     ids = list(rows.movies)
     existing = dict(db.execute(
         f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({placeholders(len(ids))})",
@@ -316,29 +323,38 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
     new_ids = [i for i in ids if i not in existing]
     changed_ids = [i for i in ids if i in existing and existing[i] != rows.movies[i]["list_hash"]]
     unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i]["list_hash"]]
-
-    write_ids = new_ids + changed_ids
-    bookkeeping = (seen_at, seen_at, None)  # first_seen_at, last_seen_at, removed_at
+    write_ids, bookkeeping = new_ids + changed_ids, _bookkeeping(seen_at)
     with fts_batch(db, new_ids):  # changed movies are reindexed by the update trigger
         insert_rows(db, _MOVIE_UPSERT, [_movie_values(rows.movies[i]) + bookkeeping for i in write_ids])
     db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
     if changed_ids:
         db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({placeholders(len(changed_ids))})", changed_ids)
     insert_rows(db, _GENRE_INSERT, [(g["movie_id"], g["genre"]) for i in write_ids for g in rows.genres[i]])
+    return new_ids, changed_ids
 
-    hashes = [t["hash"] for t in rows.torrents]
+
+def _write_torrents(db: sqlite_utils.Database, torrents: Sequence[Mapping[str, Any]], movie_ids: Sequence[int],
+                    seen_at: str) -> tuple[int, int]:
+    """Upsert a page's torrents and mark its movies' unlisted ones removed; return (new, removed)."""
+    hashes = [t["hash"] for t in torrents]
     known_hashes = {
         h for (h,) in db.execute(
             f"SELECT hash FROM torrents WHERE hash IN ({placeholders(len(hashes))}) AND removed_at IS NULL", hashes
         ).fetchall()
     } if hashes else set()
-    insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in rows.torrents])
+    bookkeeping = _bookkeeping(seen_at)
+    insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in torrents])
     removed = db.execute(
-        f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({placeholders(len(ids))}) "
+        f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({placeholders(len(movie_ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",
-        [seen_at, *ids, seen_at],
+        [seen_at, *movie_ids, seen_at],
     ).rowcount
-    return PageResult(new_ids, changed_ids, len(set(hashes) - known_hashes), removed)
+    return len(set(hashes) - known_hashes), removed
+
+
+def _bookkeeping(seen_at: str) -> tuple[str, str, None]:
+    """first_seen_at, last_seen_at and removed_at of a row written now (the upserts keep first_seen_at)."""
+    return (seen_at, seen_at, None)
 
 
 def record_swarm(db: sqlite_utils.Database, observed_at: str, seen_since: str) -> int:
