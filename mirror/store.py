@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
-HOST_STATE = "api_host"  # sync_state key: the API host that answered last, and the list it came from
+# sync_state keys
+CRAWL_STATE = "crawl"  # the checkpoint of an unfinished crawl
+RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
+HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
 
 
 def _compact_raw_json(db: sqlite_utils.Database) -> None:
@@ -576,7 +579,7 @@ def freshness(db: sqlite_utils.Database) -> dict[str, Any]:
         "SELECT kind, MAX(finished_at) FROM sync_runs WHERE status = 'ok' GROUP BY kind"
     ).fetchall()
     last = {kind: finished for kind, finished in rows}
-    checkpoint = get_state(db, "crawl")
+    checkpoint = get_state(db, CRAWL_STATE)
     return {
         "last_ok_sync": max((v for k, v in last.items() if k != "enrich"), default=None),
         "last_ok_full": last.get("full"),

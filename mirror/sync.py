@@ -23,8 +23,8 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "crawl"
-RECONCILE = "reconcile"
+CHECKPOINT = store.CRAWL_STATE
+RECONCILE = store.RECONCILE_STATE
 RECONCILE_TRIES = 3  # runs that may postpone a removal check (catalog moving, details unanswered)
 
 
