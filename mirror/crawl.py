@@ -171,6 +171,36 @@ class CatalogMoved(Exception):
     """The catalog changed (or its order disagrees with ours) while we compared it."""
 
 
+class RankedPages:
+    """Upstream list pages read on demand, each as the mirror ranks of its movies."""
+
+    def __init__(self, client: YTSClient, present: list[int], limit: int):
+        self.client, self.limit = client, limit
+        self.rank = {movie_id: index for index, movie_id in enumerate(present)}
+        self.pages: dict[int, list[int]] = {}
+        self.count: int | None = None  # movie_count, which must not change while we compare
+
+    def ranks(self, number: int) -> list[int]:
+        """Our ranks of page `number`'s movies; CatalogMoved if the page disagrees with the mirror."""
+        if number not in self.pages:
+            movies, count, _ = fetch_page(self.client, number, self.limit)
+            if self.count is not None and count != self.count:
+                raise CatalogMoved(f"movie_count changed from {self.count} to {count}")
+            self.count = count
+            ids = listed_ids(movies)
+            if any(i not in self.rank for i in ids):
+                raise CatalogMoved(f"page {number} holds a movie the mirror lacks")
+            self.pages[number] = [self.rank[i] for i in ids]
+            if self.pages[number] != sorted(self.pages[number]):
+                raise CatalogMoved(f"page {number} is not in the mirror's order")
+        return self.pages[number]
+
+    def offsets(self) -> dict[int, int]:
+        """Upstream offset by mirror rank, for every movie of the pages read."""
+        return {r: (number - 1) * self.limit + index for number, ranks in self.pages.items()
+                for index, r in enumerate(ranks)}
+
+
 def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT) -> list[int]:
     """Return the ids of `present` (mirror order, newest first) that the upstream list lacks.
 
@@ -180,42 +210,30 @@ def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT)
     around removals are read: about log2(pages) requests per removal, never more than every
     page once. Raises CatalogMoved if the catalog changes meanwhile or its order is not ours.
     """
-    rank = {movie_id: index for index, movie_id in enumerate(present)}
-    pages: dict[int, list[int]] = {}
-    total: list[int] = []
-
-    def ranks_of(number: int) -> list[int]:
-        if number not in pages:
-            movies, count, _ = fetch_page(client, number, limit)
-            ids = listed_ids(movies)
-            if total and count != total[0]:
-                raise CatalogMoved(f"movie_count changed from {total[0]} to {count}")
-            total[:] = [count]
-            if any(i not in rank for i in ids):
-                raise CatalogMoved(f"page {number} holds a movie the mirror lacks")
-            pages[number] = [rank[i] for i in ids]
-            if pages[number] != sorted(pages[number]):
-                raise CatalogMoved(f"page {number} is not in the mirror's order")
-        return pages[number]
-
-    first = ranks_of(1)
-    if not first or total[0] >= len(present):
+    pages = RankedPages(client, present, limit)
+    if not pages.ranks(1) or (pages.count or 0) >= len(present):
         return []
-    last_page = (total[0] - 1) // limit + 1
-
-    def search(a: int, b: int) -> None:
-        gap = (ranks_of(b)[0] - ranks_of(a)[-1]) - ((b - 1) * limit - ((a - 1) * limit + len(pages[a]) - 1))
-        if gap and b > a + 1:
-            middle = (a + b) // 2
-            search(a, middle)
-            search(middle, b)
-
+    last_page = ((pages.count or 0) - 1) // limit + 1
     if last_page > 1:
-        search(1, last_page)
-    offset = {r: (number - 1) * limit + index for number, ranks in pages.items() for index, r in enumerate(ranks)}
+        _search(pages, 1, last_page)
+    return [present[r] for r in _missing_ranks(pages.offsets(), len(present))]
+
+
+def _search(pages: RankedPages, a: int, b: int) -> None:
+    """Read the pages between a and b that hold removals, halving the span while it hides any."""
+    last_of_a = (a - 1) * pages.limit + len(pages.ranks(a)) - 1  # upstream offset of page a's last movie
+    gap = (pages.ranks(b)[0] - pages.ranks(a)[-1]) - ((b - 1) * pages.limit - last_of_a)
+    if gap and b > a + 1:
+        middle = (a + b) // 2
+        _search(pages, a, middle)
+        _search(pages, middle, b)
+
+
+def _missing_ranks(offset: dict[int, int], present: int) -> list[int]:
+    """Our ranks missing upstream: before and after the movies read, and between upstream neighbours."""
     upstream = sorted(offset)
-    missing = list(range(upstream[0])) + list(range(upstream[-1] + 1, len(present)))
+    missing = list(range(upstream[0])) + list(range(upstream[-1] + 1, present))
     for before, after in zip(upstream, upstream[1:]):
         if after - before > 1 and offset[after] - offset[before] == 1:  # neighbours upstream, not here
             missing.extend(range(before + 1, after))
-    return [present[r] for r in missing]
+    return missing
