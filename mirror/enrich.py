@@ -155,6 +155,12 @@ def _backlog_where(only_new: bool) -> str:
             " OR (s.status = 'not_found' AND s.fetched_at < :recheck))")
 
 
+def _backlog_sql(select: str, only_new: bool) -> str:
+    """`SELECT {select}` over the present movies an endpoint (parameter :endpoint) should fetch."""
+    return (f"SELECT {select} FROM movies m LEFT JOIN enrich_state s ON s.movie_id = m.id AND s.endpoint = :endpoint "
+            f"WHERE m.removed_at IS NULL AND {_backlog_where(only_new)}")
+
+
 def _backlog_args(config: Config, endpoint: str) -> dict[str, Any]:
     """The parameters of `_backlog_where` for one endpoint."""
     days = config.enrich.ttl_days.get(endpoint, 3650.0)
@@ -172,11 +178,7 @@ def plan(db: sqlite_utils.Database, config: Config, endpoints: Sequence[str], on
     """The backlog: movies needing any of `endpoints`, newest first."""
     items: dict[int, WorkItem] = {}
     for endpoint in endpoints:
-        sql = (
-            "SELECT m.id, m.list_hash FROM movies m LEFT JOIN enrich_state s "
-            "ON s.movie_id = m.id AND s.endpoint = :endpoint "
-            f"WHERE m.removed_at IS NULL AND {_backlog_where(only_new)} ORDER BY m.id DESC"
-        )
+        sql = _backlog_sql("m.id, m.list_hash", only_new) + " ORDER BY m.id DESC"
         for movie_id, list_hash in db.execute(sql, _backlog_args(config, endpoint)):
             items.setdefault(movie_id, WorkItem(movie_id, list_hash, [])).endpoints.append(endpoint)
     ordered = sorted(items.values(), key=lambda item: -item.movie_id)
@@ -188,10 +190,7 @@ def backlog_summary(db: sqlite_utils.Database, config: Config) -> dict[str, dict
     paused = paused_endpoints(db)
     summary = {}
     for endpoint in config.enrich.endpoints:
-        pending = db.execute(
-            "SELECT COUNT(*) FROM movies m LEFT JOIN enrich_state s ON s.movie_id = m.id AND s.endpoint = :endpoint "
-            f"WHERE m.removed_at IS NULL AND {_backlog_where(False)}", _backlog_args(config, endpoint),
-        ).fetchone()[0]
+        pending = db.execute(_backlog_sql("COUNT(*)", False), _backlog_args(config, endpoint)).fetchone()[0]
         by_status = dict(db.execute(
             "SELECT s.status, COUNT(*) FROM enrich_state s JOIN movies m ON m.id = s.movie_id AND m.removed_at IS NULL "
             "WHERE s.endpoint = ? GROUP BY s.status", [endpoint]
@@ -247,25 +246,11 @@ def _store_payload(db: sqlite_utils.Database, movie_id: int, endpoint: str, data
         movie = transform.found_details(data, movie_id)
         if movie is None:
             return "not_found"
-        row = transform.details_row(movie)
-        row["raw_details"] = transform.dumps(movie)
-        assignments = ", ".join(f"{column} = :{column}" for column in row)
-        db.execute(f"UPDATE movies SET {assignments} WHERE id = :id", {**row, "id": movie_id})
-        _replace_children(db, "movie_cast", movie_id, transform.cast_rows(movie))
+        store.write_details(db, movie_id, movie)
         return "ok"
     table, to_rows = CHILD_TABLES[endpoint]
-    _replace_children(db, table, movie_id, to_rows(movie_id, data))
+    store.replace_children(db, table, movie_id, to_rows(movie_id, data))
     return "ok"
-
-
-def _replace_children(db: sqlite_utils.Database, table: str, movie_id: int, rows: list[dict[str, Any]]) -> None:
-    """Replace a movie's rows in a child table exactly."""
-    db.execute(f"DELETE FROM {table} WHERE movie_id = ?", [movie_id])
-    if rows:
-        columns = list(rows[0])
-        db.conn.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})", rows
-        )
 
 
 def _save_breakers(db: sqlite_utils.Database, breakers: Mapping[str, Breaker], report: EnrichReport) -> None:

@@ -360,6 +360,25 @@ def _bookkeeping(seen_at: str) -> tuple[str, str, None]:
     return (seen_at, seen_at, None)
 
 
+def write_details(db: sqlite_utils.Database, movie_id: int, movie: Mapping[str, Any]) -> None:
+    """Store a movie's movie_details: its details-only columns, raw_details and cast. Call inside a transaction."""
+    row = transform.details_row(movie)
+    row["raw_details"] = transform.dumps(movie)
+    assignments = ", ".join(f"{column} = :{column}" for column in row)
+    db.execute(f"UPDATE movies SET {assignments} WHERE id = :id", {**row, "id": movie_id})
+    replace_children(db, "movie_cast", movie_id, transform.cast_rows(movie))
+
+
+def replace_children(db: sqlite_utils.Database, table: str, movie_id: int, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Replace a movie's rows in a child table (cast, suggestions, reviews...) exactly."""
+    db.execute(f"DELETE FROM {table} WHERE movie_id = ?", [movie_id])
+    if rows:
+        columns = list(rows[0])
+        db.conn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})", rows
+        )
+
+
 def record_swarm(db: sqlite_utils.Database, observed_at: str, seen_since: str) -> int:
     """Add a `torrent_stats` row for each present torrent seen since `seen_since`; return how many."""
     # One statement when the crawl completes, not one per page: the table is keyed by hash, so
