@@ -229,13 +229,19 @@ def test_an_incremental_over_a_shrinking_catalog_misses_nothing(simulator: Calla
     assert store_state(db_path, "reconcile") is None
 
 
-def test_a_removal_check_waits_for_movie_details_to_answer(simulator: Callable[..., FakeYTS], db_path: Path,
-                                                          config_file: Path) -> None:
+def owing_a_removal_check(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> FakeYTS:
+    """A mirror whose full crawl saw movies go after it read them, so the next incremental owes a check."""
     sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
-    sync(db_path, sim, config_file, "--no-enrich")  # removals after their page was read: left to a check
+    sync(db_path, sim, config_file, "--no-enrich")
     sim.churn.every = 0
     assert store_state(db_path, "reconcile")
     assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went after the crawl read them"
+    return sim
+
+
+def test_a_removal_check_waits_for_movie_details_to_answer(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                          config_file: Path) -> None:
+    sim = owing_a_removal_check(simulator, db_path, config_file)
     sim.faults = FaultPlan.parse("dead=movie_details")  # the check cannot confirm a removal this time
     before = sim.counts.get("movie_details", 0)
     sync(db_path, sim, config_file, "--no-enrich")
@@ -249,9 +255,7 @@ def test_a_removal_check_waits_for_movie_details_to_answer(simulator: Callable[.
 
 def test_an_implausible_removal_check_asks_nothing(simulator: Callable[..., FakeYTS], db_path: Path,
                                                   config_file: Path) -> None:
-    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
-    sync(db_path, sim, config_file, "--no-enrich")  # leaves a removal check
-    sim.churn.every = 0
+    sim = owing_a_removal_check(simulator, db_path, config_file)
     sim.catalog.remove(300)  # a fifth of the catalog at once looks like a broken source
     before = sim.counts.get("movie_details", 0)
     run = sync(db_path, sim, config_file, "--no-enrich")
@@ -262,10 +266,7 @@ def test_an_implausible_removal_check_asks_nothing(simulator: Callable[..., Fake
 
 def test_a_full_crawl_of_a_quiet_catalog_settles_a_pending_removal_check(simulator: Callable[..., FakeYTS],
                                                                           db_path: Path, config_file: Path) -> None:
-    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
-    sync(db_path, sim, config_file, "--no-enrich")
-    sim.churn.every = 0
-    assert store_state(db_path, "reconcile")
+    sim = owing_a_removal_check(simulator, db_path, config_file)
     sync(db_path, sim, config_file, "--no-enrich", "--full")  # marks the removals itself
     assert store_state(db_path, "reconcile") is None
     assert_mirror_equals_catalog(db_path, sim.catalog)
@@ -276,10 +277,7 @@ def test_a_full_crawl_of_a_quiet_catalog_settles_a_pending_removal_check(simulat
 
 def test_a_removal_check_that_never_completes_is_left_to_a_full_sync(simulator: Callable[..., FakeYTS],
                                                                      db_path: Path, config_file: Path) -> None:
-    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
-    sync(db_path, sim, config_file, "--no-enrich")
-    sim.churn.every = 0
-    assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went after the crawl read them"
+    sim = owing_a_removal_check(simulator, db_path, config_file)
     sim.faults = FaultPlan.parse("dead=movie_details")
     runs = [sync(db_path, sim, config_file, "--no-enrich") for _ in range(3)]
     assert [run["warning"] is None for run in runs] == [True, True, False]
