@@ -45,11 +45,17 @@ class TransientError(YTSError):
 class FetchError(YTSError):
     """A permanent failure: retries are exhausted or the request can never succeed."""
 
-    def __init__(self, url: str, reason: str, attempts: int = 1):
+    def __init__(self, url: str, reason: str, attempts: int = 1, status: int | None = None):
         super().__init__(f"{url}: {reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
         self.url = url
         self.reason = reason
         self.attempts = attempts
+        self.status = status  # the HTTP status of a final answer, where one came
+
+    @property
+    def not_found(self) -> bool:
+        """A final 404 that says what is wrong in a JSON envelope (another yts-mirror's API)."""
+        return self.status == 404
 
 
 class Stopped(YTSError):
@@ -376,7 +382,7 @@ def _raise_for_status(url: str, status: int, retry_after: str | None, text: Call
     message = _error_envelope(text())
     if message:
         # Another yts-mirror's API says what is wrong in a JSON envelope: final, no failover.
-        raise FetchError(url, f"HTTP {status}: {message}")
+        raise FetchError(url, f"HTTP {status}: {message}", status=status)
     if status in (403, 404, 408, 410):
         # A moved or blocked domain answers 403/404 pages: try the next host, then give up.
         raise TransientError(url, f"HTTP {status}", host_failure=True)

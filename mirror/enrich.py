@@ -122,7 +122,7 @@ class EnrichReport:
         self.movies_done += bool(fetched)
         self.not_found += not_found
         for endpoint, (status, _) in outcomes.items():
-            table = self.fetched if status == "ok" else self.failed
+            table = self.failed if status == "failed" else self.fetched
             table[endpoint] = table.get(endpoint, 0) + 1
 
     def messages(self) -> list[str]:
@@ -204,7 +204,7 @@ def backlog_summary(db: sqlite_utils.Database, config: Config) -> dict[str, dict
 
 # ---- writing ---------------------------------------------------------------------------------
 
-Outcome = tuple[str, Any]  # ("ok", data) | ("failed", message)
+Outcome = tuple[str, Any]  # ("ok", data) | ("not_found", None) | ("failed", message)
 
 
 @dataclass
@@ -225,6 +225,7 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
         for endpoint, (status, payload) in outcomes.items():
             if status == "ok":
                 status = _store_payload(db, item.movie_id, endpoint, payload)
+            if status != "failed":
                 fetched += 1
                 not_found += status == "not_found"
             db.execute(
@@ -309,6 +310,9 @@ class Pool:
             except EndpointPaused:
                 return None
             except FetchError as error:
+                if error.not_found:  # a yts-mirror source answers a removed movie with a 404 envelope
+                    breaker.record(True)
+                    return ("not_found", None)
                 if breaker.record(False, error.reason):
                     log.warning("pausing %s: %s", endpoint, error.reason)
                 return ("failed", str(error))

@@ -332,6 +332,8 @@ class Syncer:
         try:
             data = self.client.get("movie_details", {"movie_id": movie_id})
         except FetchError as error:
+            if error.not_found:  # a yts-mirror source answers a removed movie with a 404 envelope
+                return True
             log.warning("cannot confirm removal of movie %d: %s", movie_id, error)
             return None
         return transform.found_details(data, movie_id) is None

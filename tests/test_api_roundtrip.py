@@ -99,3 +99,25 @@ def test_mirror_of_a_mirror_is_identical(served_a: tuple[Path, str], tmp_path: P
     states = "SELECT endpoint, status, COUNT(*) FROM enrich_state GROUP BY 1, 2 ORDER BY 1, 2"
     with sqlite3.connect(a) as conn_a, sqlite3.connect(b) as conn_b:
         assert conn_b.execute(states).fetchall() == conn_a.execute(states).fetchall()
+
+
+def test_a_mirror_of_a_mirror_learns_its_removals(served_a: tuple[Path, str], tmp_path: Path) -> None:
+    a, url = served_a
+    b = tmp_path / "b.db"
+    sync(b, url)
+    with sqlite3.connect(a) as conn:  # A learns of two removals; its API now answers them with a 404 envelope
+        gone = [row[0] for row in conn.execute("SELECT id FROM movies ORDER BY id DESC LIMIT 2 OFFSET 100")]
+        conn.execute(f"UPDATE movies SET removed_at = '2026-12-05T00:00:00Z' WHERE id IN ({gone[0]}, {gone[1]})")
+    with sqlite3.connect(b) as conn:  # B owes a removal check, as after a full crawl that saw the catalog move
+        conn.execute("INSERT INTO sync_state (key, value) VALUES ('reconcile', '{\"since\": \"2026-12-05T00:00:00Z\"}')")
+        conn.execute(f"DELETE FROM enrich_state WHERE movie_id = {gone[0]} AND endpoint = 'movie_details'")
+    result = CliRunner().invoke(cli, ["-q", "enrich", "--db", str(b), "--base-url", url, "--rate", "0"])
+    assert result.exit_code == 0, result.output
+    sync(b, url)  # the check takes A's 404 as the answer it is: removed
+    with sqlite3.connect(b) as conn:
+        assert conn.execute(f"SELECT status FROM enrich_state WHERE movie_id = {gone[0]} AND endpoint = 'movie_details'"
+                            ).fetchone() == ("not_found",)
+        marked = {row[0] for row in conn.execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
+        assert marked == set(gone)
+        assert conn.execute("SELECT COUNT(*) FROM sync_state WHERE key = 'reconcile'").fetchone() == (0,)
+        assert conn.execute("SELECT warning FROM sync_runs ORDER BY id DESC LIMIT 1").fetchone() == (None,)
