@@ -197,7 +197,8 @@ def open_reader(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 def require_mirror(path: str, must_exist: bool = True) -> None:
     """Raise StoreError unless `path` holds a mirror, or nothing yet where that is allowed (writing nothing)."""
     if os.path.exists(path):
-        mirror_version(path)
+        if mirror_version(path) == 0 and must_exist:  # an empty file: every mirror has a version
+            raise StoreError(f"{path} holds no mirror yet; run `yts-mirror sync --db {path}` first")
     elif must_exist:
         raise StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
 
