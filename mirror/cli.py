@@ -15,13 +15,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from sqlite_utils import Database
 
 from . import __version__, store
-from .client import YTSError
+from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .progress import Progress
-from .sync import LockedError, Syncer, writer_alive, writing
+from .sync import LockedError, RunSummary, Syncer, writer_alive, writing
 
 log = logging.getLogger("mirror")
 
@@ -222,7 +223,7 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
 
 @contextmanager
 def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: bool, stop: threading.Event | None,
-                   must_exist: bool = False) -> Iterator[tuple[Any, Any, TerminalProgress, threading.Event]]:
+                   must_exist: bool = False) -> Iterator[tuple[Database, YTSClient, TerminalProgress, threading.Event]]:
     """A writer's database, client, progress output and stop event (set by SIGTERM or SIGINT)."""
     # Signals are caught once the lock is held, so a run queued by --wait still dies of SIGTERM.
     with writing(config, wait, must_exist) as (db, client), stop_on_signals() as signal_stop:
@@ -235,7 +236,7 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
 
 
 def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,
-             stop: threading.Event | None = None) -> Any:
+             stop: threading.Event | None = None) -> RunSummary:
     """Run one sync under the writer lock, with progress output and signal handling."""
     with writer_session(config, "sync", "movies", wait, quiet, stop) as (db, client, progress, event):
         syncer = Syncer(db, client, config, progress.callbacks(), event)
@@ -243,11 +244,11 @@ def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool
         return syncer.run(full=full, after_crawl=after)
 
 
-def enrich_after_crawl(db: Any, client: Any, config: Config, stop: threading.Event,
-                       quiet: bool) -> Callable[[Any], None]:
+def enrich_after_crawl(db: Database, client: YTSClient, config: Config, stop: threading.Event,
+                       quiet: bool) -> Callable[[RunSummary], None]:
     """The enrichment step a sync runs after its crawl: new and changed movies only."""
 
-    def step(summary: Any) -> None:
+    def step(summary: RunSummary) -> None:
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         try:
             report = enrich_backlog(db, client, config, only_new=True, stop=stop, progress=progress.callbacks())
@@ -281,7 +282,7 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
 
 
 def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,
-               quiet: bool = False, stop: threading.Event | None = None) -> Any:
+               quiet: bool = False, stop: threading.Event | None = None) -> EnrichReport:
     """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
     with writer_session(config, "enrich", "requests", wait, quiet, stop, must_exist=True) as session:
         database, client, progress, event = session
@@ -350,7 +351,7 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
-def open_existing(path: str) -> Any:
+def open_existing(path: str) -> Database:
     """Open a mirror that must already exist, to read it (writing nothing)."""
     store.require_mirror(path)
     return store.open_reader(path)
@@ -372,7 +373,7 @@ def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     click.echo(format_stats(report))
 
 
-def collect_stats(database: Any, config: Config) -> dict[str, Any]:
+def collect_stats(database: Database, config: Config) -> dict[str, Any]:
     """Everything `stats` shows, as a dict."""
     report: dict[str, Any] = {
         "database": config.db,
@@ -478,7 +479,7 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
 
 
-def demo_query(database: Any) -> str:
+def demo_query(database: Database) -> str:
     """An actor's name if the demo enriched, else a word from a title."""
     row = database.execute("SELECT name FROM movie_cast GROUP BY name ORDER BY COUNT(*) DESC LIMIT 1").fetchone()
     if row:
