@@ -46,7 +46,7 @@ class Listing(NamedTuple):
     """One fetched list page: its movies, the catalog's movie_count, and whether it ends the list early."""
 
     movies: list[Mapping[str, Any]]
-    count: int
+    total: int  # movie_count (a field named count would hide tuple.count)
     end: bool = False
 
 

@@ -288,7 +288,7 @@ class Pool:
         self.stop = stop
         self.halt = threading.Event()  # set when the consumer leaves early
         self.work: queue.Queue[WorkItem] = queue.Queue()
-        self.results: queue.Queue[tuple[WorkItem, dict[str, Outcome], threading.Event]] = queue.Queue()
+        self.results: queue.Queue[Finished] = queue.Queue()
 
     def fetch_movie(self, item: WorkItem) -> dict[str, Outcome]:
         """Fetch every endpoint one movie needs, skipping paused endpoints."""

@@ -247,7 +247,8 @@ def details_movie(data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 def details_row(movie: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a movie_details movie into the details-only `movies` columns."""
     # 2015 kept the screenshots in an "images" object: movie_details__jonlunsford-yify-2015.json
-    images = movie.get("images") if isinstance(movie.get("images"), Mapping) else {}
+    images = movie.get("images")
+    images = images if isinstance(images, Mapping) else {}
     row: dict[str, Any] = {
         field: to_text(movie.get(field, images.get(field))) for field in DETAIL_TEXT_FIELDS
     }
