@@ -113,111 +113,15 @@ class Catalog:
     # ---- generation ------------------------------------------------------------------------
 
     def _new_movie(self, movie_id: int, added: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        rng = random.Random(f"{self.seed}:{movie_id}")
-        title = f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}" if rng.random() < 0.5 else \
-            f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {movie_id}"
-        year = rng.randint(1930, 2026)
-        slug = f"{_slugify(title)}-{year}"
-        url = f"https://{HOST}/movies/{slug}"
-        folder = slug.replace("-", "_")
-        words = rng.sample(WORDS, 6)
-        description = (
-            f"A {words[0]} and a {words[1]} set out on a {words[2]} to find the {words[3]} "
-            f"behind the {words[4]} of {title}. Movie number {movie_id} of the {words[5]} collection."
-        )
-        rating = round(rng.uniform(1, 9.5), 1)
-        genres = sorted(rng.sample(GENRES, rng.randint(1, 4)))
-        movie: dict[str, Any] = {
-            "id": movie_id,
-            "url": url,
-            "imdb_code": f"tt{1000000 + movie_id * 7:07d}",
-            "title": title,
-            "title_english": title,
-            "title_long": f"{title} ({year})",
-            "slug": slug,
-            "year": year,
-            # Whole ratings come as ints (list_movies__1eeyerin-netflix-app.json)
-            "rating": int(rating) if rng.random() < 0.15 else rating,
-            "runtime": rng.randint(70, 180),
-            "genres": genres,
-            "summary": description,
-            "description_full": description,
-            "synopsis": description,
-            "yt_trailer_code": "" if rng.random() < 0.3 else _hash40("yt", movie_id)[:11],
-            "language": rng.choice(LANGUAGES),
-            "mpa_rating": rng.choice(MPA),
-            "background_image": f"https://{HOST}/assets/images/movies/{folder}/background.jpg",
-            "background_image_original": f"https://{HOST}/assets/images/movies/{folder}/background.jpg",
-            "small_cover_image": f"https://{HOST}/assets/images/movies/{folder}/small-cover.jpg",
-            "medium_cover_image": f"https://{HOST}/assets/images/movies/{folder}/medium-cover.jpg",
-            "large_cover_image": f"https://{HOST}/assets/images/movies/{folder}/large-cover.jpg",
-            "state": "ok",
-            "torrents": [],
-            "date_uploaded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(added)),
-            "date_uploaded_unix": added,
-        }
-        # Loose shapes seen in the samples: missing keys and numbers as strings.
-        if rng.random() < 0.03:
-            del movie["genres"]  # list_movies__bbak0105-Clone_Movie_React.json
-        if rng.random() < 0.05:
-            del movie["title_english"]
-        if rng.random() < 0.05:
-            movie["runtime"] = str(movie["runtime"])
-        if rng.random() < 0.02:
-            movie["year"] = str(movie["year"])
+        """A new movie's list JSON and its details-only data, the same for the same seed and id."""
+        rng = random.Random(f"{self.seed}:{movie_id}")  # each step below draws from it in turn
+        movie = _list_movie(rng, movie_id, added)
+        _loosen(rng, movie)
         for index, (quality, codec, channels) in enumerate(rng.sample(QUALITIES[:3], rng.randint(1, 3))):
             movie["torrents"].append(self._new_torrent(rng, movie_id, index, quality, codec, channels, added))
         if rng.random() < 0.03:
             movie["torrents"].append(self._new_torrent(rng, movie_id, 9, *QUALITIES[3], added))
-        cast = [
-            {
-                "name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}",
-                "character_name": rng.choice(WORDS).title(),
-                "url_small_image": f"https://{HOST}/assets/images/actors/thumb/nm{movie_id:04d}{position}.jpg",
-                "imdb_code": f"{movie_id * 10 + position:07d}",
-            }
-            for position in range(rng.randint(0, 4))
-        ]
-        for member in cast:
-            if rng.random() < 0.2:
-                del member["url_small_image"]  # movie_details__yts-api-rs-images-cast.json
-        extra = {
-            "like_count": rng.randint(0, 900),
-            "download_count": rng.randint(0, 90000),
-            "description_intro": description.split(".")[0] + ".",
-            "cast": cast,
-            "reviews": [
-                {
-                    "username": f"reviewer{rng.randint(1, 500)}",
-                    "user_rating": rng.randint(1, 10),
-                    "user_location": rng.choice(("United States", "France", "Japan", "Brazil", "")),
-                    "review_summary": f"{rng.choice(ADJECTIVES)} and {rng.choice(WORDS)}",
-                    "review_text": f"\n{description} I rated it for the {rng.choice(WORDS)}.\n",
-                }
-                for _ in range(rng.randint(0, 3))
-            ],
-            "parental_guides": [
-                {"type": kind, "parental_guide_text": f"{kind.upper()} {rng.randint(1, 10)}/10\n\n{rng.choice(WORDS)}"}
-                for kind in rng.sample(("Nudity", "Violence", "Profanity", "Alcohol", "Frightening"), rng.randint(0, 3))
-            ],
-            "comments": [
-                {
-                    "comment_id": movie_id * 100 + n,
-                    "user_id": rng.randint(1, 99999),
-                    "username": f"user{rng.randint(1, 9999)}",
-                    "user_profile_url": f"https://{HOST}/user/u{n}",
-                    "small_user_avatar_image": f"https://{HOST}/assets/images/users/thumb/default_avatar.jpg",
-                    "medium_user_avatar_image": f"https://{HOST}/assets/images/users/default_avatar.jpg",
-                    "user_group": "user",
-                    "like_count": rng.randint(0, 20),
-                    "comment_text": f"thanks for the {rng.choice(WORDS)}",
-                    "date_added": movie["date_uploaded"],
-                    "date_added_unix": added + n,
-                }
-                for n in range(rng.randint(0, 2))
-            ],
-        }
-        return movie, extra
+        return movie, _details_extra(rng, movie, added)
 
     def _new_torrent(self, rng: random.Random, movie_id: int, index: int, quality: str, codec: str,
                      channels: str, added: int) -> dict[str, Any]:
@@ -431,6 +335,127 @@ class Catalog:
         out = {k: v for k, v in movie.items() if k != "large_cover_image"}
         out["torrents"] = [{k: v for k, v in t.items() if k != "type"} for t in movie["torrents"]]
         return out
+
+
+def _list_movie(rng: random.Random, movie_id: int, added: int) -> dict[str, Any]:
+    """A movie as list_movies shows it, without torrents yet."""
+    title = f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}" if rng.random() < 0.5 else \
+        f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {movie_id}"
+    year = rng.randint(1930, 2026)
+    slug = f"{_slugify(title)}-{year}"
+    folder = slug.replace("-", "_")
+    words = rng.sample(WORDS, 6)
+    description = (
+        f"A {words[0]} and a {words[1]} set out on a {words[2]} to find the {words[3]} "
+        f"behind the {words[4]} of {title}. Movie number {movie_id} of the {words[5]} collection."
+    )
+    rating = round(rng.uniform(1, 9.5), 1)
+    genres = sorted(rng.sample(GENRES, rng.randint(1, 4)))
+    images = f"https://{HOST}/assets/images/movies/{folder}"
+    return {
+        "id": movie_id,
+        "url": f"https://{HOST}/movies/{slug}",
+        "imdb_code": f"tt{1000000 + movie_id * 7:07d}",
+        "title": title,
+        "title_english": title,
+        "title_long": f"{title} ({year})",
+        "slug": slug,
+        "year": year,
+        # Whole ratings come as ints (list_movies__1eeyerin-netflix-app.json)
+        "rating": int(rating) if rng.random() < 0.15 else rating,
+        "runtime": rng.randint(70, 180),
+        "genres": genres,
+        "summary": description,
+        "description_full": description,
+        "synopsis": description,
+        "yt_trailer_code": "" if rng.random() < 0.3 else _hash40("yt", movie_id)[:11],
+        "language": rng.choice(LANGUAGES),
+        "mpa_rating": rng.choice(MPA),
+        "background_image": f"{images}/background.jpg",
+        "background_image_original": f"{images}/background.jpg",
+        "small_cover_image": f"{images}/small-cover.jpg",
+        "medium_cover_image": f"{images}/medium-cover.jpg",
+        "large_cover_image": f"{images}/large-cover.jpg",
+        "state": "ok",
+        "torrents": [],
+        "date_uploaded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(added)),
+        "date_uploaded_unix": added,
+    }
+
+
+def _loosen(rng: random.Random, movie: dict[str, Any]) -> None:
+    """Give a movie the loose shapes seen in the samples: missing keys and numbers as strings."""
+    if rng.random() < 0.03:
+        del movie["genres"]  # list_movies__bbak0105-Clone_Movie_React.json
+    if rng.random() < 0.05:
+        del movie["title_english"]
+    if rng.random() < 0.05:
+        movie["runtime"] = str(movie["runtime"])
+    if rng.random() < 0.02:
+        movie["year"] = str(movie["year"])
+
+
+def _details_extra(rng: random.Random, movie: Mapping[str, Any], added: int) -> dict[str, Any]:
+    """What only movie_details and the per-movie endpoints show: counts, cast, reviews, guides, comments."""
+    movie_id, description = movie["id"], movie["description_full"]
+    cast = [
+        {
+            "name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}",
+            "character_name": rng.choice(WORDS).title(),
+            "url_small_image": f"https://{HOST}/assets/images/actors/thumb/nm{movie_id:04d}{position}.jpg",
+            "imdb_code": f"{movie_id * 10 + position:07d}",
+        }
+        for position in range(rng.randint(0, 4))
+    ]
+    for member in cast:
+        if rng.random() < 0.2:
+            del member["url_small_image"]  # movie_details__yts-api-rs-images-cast.json
+    return {
+        "like_count": rng.randint(0, 900),
+        "download_count": rng.randint(0, 90000),
+        "description_intro": description.split(".")[0] + ".",
+        "cast": cast,
+        "reviews": _reviews(rng, description),
+        "parental_guides": [
+            {"type": kind, "parental_guide_text": f"{kind.upper()} {rng.randint(1, 10)}/10\n\n{rng.choice(WORDS)}"}
+            for kind in rng.sample(("Nudity", "Violence", "Profanity", "Alcohol", "Frightening"), rng.randint(0, 3))
+        ],
+        "comments": _comments(rng, movie_id, movie["date_uploaded"], added),
+    }
+
+
+def _reviews(rng: random.Random, description: str) -> list[dict[str, Any]]:
+    """Up to three movie_reviews entries."""
+    return [
+        {
+            "username": f"reviewer{rng.randint(1, 500)}",
+            "user_rating": rng.randint(1, 10),
+            "user_location": rng.choice(("United States", "France", "Japan", "Brazil", "")),
+            "review_summary": f"{rng.choice(ADJECTIVES)} and {rng.choice(WORDS)}",
+            "review_text": f"\n{description} I rated it for the {rng.choice(WORDS)}.\n",
+        }
+        for _ in range(rng.randint(0, 3))
+    ]
+
+
+def _comments(rng: random.Random, movie_id: int, date_added: str, added: int) -> list[dict[str, Any]]:
+    """Up to two movie_comments entries."""
+    return [
+        {
+            "comment_id": movie_id * 100 + n,
+            "user_id": rng.randint(1, 99999),
+            "username": f"user{rng.randint(1, 9999)}",
+            "user_profile_url": f"https://{HOST}/user/u{n}",
+            "small_user_avatar_image": f"https://{HOST}/assets/images/users/thumb/default_avatar.jpg",
+            "medium_user_avatar_image": f"https://{HOST}/assets/images/users/default_avatar.jpg",
+            "user_group": "user",
+            "like_count": rng.randint(0, 20),
+            "comment_text": f"thanks for the {rng.choice(WORDS)}",
+            "date_added": date_added,
+            "date_added_unix": added + n,
+        }
+        for n in range(rng.randint(0, 2))
+    ]
 
 
 def placeholder_movie() -> dict[str, Any]:
