@@ -22,7 +22,7 @@ from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .progress import Progress
-from .sync import LockedError, RunSummary, Syncer, writer_alive, writing
+from .sync import LockedError, RunSummary, Syncer, logged_run, writer_alive, writing
 
 log = logging.getLogger("mirror")
 
@@ -292,7 +292,7 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
             return {"requests": client.stats.requests, "retries": client.stats.retries,
                     "enriched": report.movies_done if report else 0}
 
-        with store.logged_run(database, "enrich", lambda: client.base_url, event.is_set, counts) as outcome:
+        with logged_run(database, "enrich", lambda: client.base_url, event.is_set, counts) as outcome:
             report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
                                     stop=event, progress=progress.callbacks())
     for message in report.messages():

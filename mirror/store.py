@@ -513,32 +513,6 @@ def finish_run(db: sqlite_utils.Database, run_id: int, status: str, error: str |
         update_run(db, run_id, status=status, finished_at=now_iso(), error=error, **counts)
 
 
-@dataclass
-class RunOutcome:
-    """How a logged run ended; `logged_run` fills it in."""
-
-    run_id: int
-    status: str = "running"
-    error: str | None = None
-
-
-@contextmanager
-def logged_run(db: sqlite_utils.Database, kind: str, base_url: Callable[[], str], stopped: Callable[[], bool],
-               counts: Callable[[], Mapping[str, Any]]) -> Iterator[RunOutcome]:
-    """Log one run in `sync_runs`: open its row, then close it with its status, error, host and `counts()`."""
-    close_stale_runs(db)
-    outcome = RunOutcome(start_run(db, kind, base_url()))
-    try:
-        yield outcome
-        outcome.status = "interrupted" if stopped() else "ok"
-    except BaseException as error:
-        outcome.status = "interrupted" if isinstance(error, KeyboardInterrupt) or stopped() else "failed"
-        outcome.error = f"{type(error).__name__}: {error}"
-        raise
-    finally:
-        finish_run(db, outcome.run_id, outcome.status, outcome.error, base_url=base_url(), **counts())
-
-
 def close_stale_runs(db: sqlite_utils.Database) -> None:
     """Mark runs left 'running' by a killed process as interrupted."""
     with db.atomic():

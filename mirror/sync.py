@@ -8,7 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +116,32 @@ def make_client(config: Config, pool_size: int | None = None) -> YTSClient:
 
 
 @dataclass
+class RunOutcome:
+    """How a logged run ended; `logged_run` fills it in."""
+
+    run_id: int
+    status: str = "running"
+    error: str | None = None
+
+
+@contextmanager
+def logged_run(db: sqlite_utils.Database, kind: str, base_url: Callable[[], str], stopped: Callable[[], bool],
+               counts: Callable[[], Mapping[str, Any]]) -> Iterator[RunOutcome]:
+    """Log one run in `sync_runs`: open its row, then close it with its status, error, host and `counts()`."""
+    store.close_stale_runs(db)
+    outcome = RunOutcome(store.start_run(db, kind, base_url()))
+    try:
+        yield outcome
+        outcome.status = "interrupted" if stopped() else "ok"
+    except BaseException as error:
+        outcome.status = "interrupted" if isinstance(error, KeyboardInterrupt) or stopped() else "failed"
+        outcome.error = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        store.finish_run(db, outcome.run_id, outcome.status, outcome.error, base_url=base_url(), **counts())
+
+
+@dataclass
 class RunSummary:
     """What a sync run did."""
 
@@ -156,7 +182,7 @@ class Syncer:
             summary.counts["requests"], summary.counts["retries"] = self.request_counts()
             return summary.counts
 
-        with store.logged_run(self.db, kind, lambda: self.client.base_url, self.stop.is_set, final_counts) as outcome:
+        with logged_run(self.db, kind, lambda: self.client.base_url, self.stop.is_set, final_counts) as outcome:
             summary.run_id = outcome.run_id
             if checkpoint:
                 self.progress.message(f"resuming {kind} crawl at page {checkpoint['next_page']}")
@@ -267,8 +293,8 @@ class Syncer:
         limit = self.config.sync.max_removed_fraction
         if not present or count <= max(10, limit * present):
             return True
-        self._warn(summary, f"not marking {count} of {present} movies removed: more than "
-                            f"sync.max_removed_fraction={limit}; check the source and raise the setting if this is real")
+        self._warn(summary, f"not marking {count} of {present} movies removed: more than sync.max_removed_fraction="
+                            f"{limit}; check the source and raise the setting if this is real")
         return False
 
     def _warn(self, summary: RunSummary, text: str) -> None:
