@@ -29,6 +29,7 @@ from datasette import hookimpl
 from datasette.utils import add_cors_headers, sqlite_timelimit
 from datasette.utils.asgi import Forbidden, Request, Response
 
+from .shapes import SORT_KEYS, suggestion_form
 from .store import MIRROR_TABLES, placeholders
 from .transform import normal_hash
 
@@ -41,7 +42,6 @@ PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX = 20, 50
 INT_MAX = 2**63 - 1  # SQLite's INTEGER
 PAGE_MAX = 1_000_000  # 50 million movies deep: anything beyond is a bad request, not a query
 PRESENT_INDEX = "movies_api_present"  # schema.sql
-SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "like_count", "date_added")
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 OK_MESSAGE = "Query was successful"
 TIME_LIMIT_MS = 10_000
@@ -597,17 +597,6 @@ def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has
     ).fetchone()
     if state is None or state[0] != "ok":
         raise ApiError(f"{endpoint} for movie_id {movie_id} is not in this mirror yet (see `yts-mirror enrich`)", 404)
-
-
-def suggestion_form(movie: dict[str, Any]) -> dict[str, Any]:
-    """A movie as movie_suggestions shows it: no large cover, torrents without `type` (as upstream)."""
-    # movie_suggestions__GabJS10-yts-movie-player.json
-    out = {key: value for key, value in movie.items() if key != "large_cover_image"}
-    out["torrents"] = [
-        {key: value for key, value in torrent.items() if key != "type"} if isinstance(torrent, dict) else torrent
-        for torrent in movie.get("torrents") or []
-    ]
-    return out
 
 
 def movie_suggestions_data(conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:

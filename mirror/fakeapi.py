@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .shapes import SORT_KEYS, suggestion_form
+
 HOST = "yts.fake"
 GENRES = (
     "Action", "Adventure", "Animation", "Biography", "Comedy", "Crime", "Documentary", "Drama",
@@ -71,7 +73,6 @@ SIMULATED_ENDPOINTS = (
     "list_movies", "movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides",
     "movie_comments", "list_upcoming",
 )
-SORT_KEYS = ("title", "year", "rating", "peers", "seeds", "download_count", "like_count", "date_added")
 
 
 def _hash40(*parts: Any) -> str:
@@ -330,11 +331,8 @@ class Catalog:
             return rng.sample(pool, min(4, len(pool)))
 
     def suggestion_json(self, movie_id: int) -> dict[str, Any]:
-        """A suggested movie as movie_suggestions shows it: list form, torrents without "type"."""
-        movie = self.movies.get(movie_id) or self.removed[movie_id]
-        out = {k: v for k, v in movie.items() if k != "large_cover_image"}
-        out["torrents"] = [{k: v for k, v in t.items() if k != "type"} for t in movie["torrents"]]
-        return out
+        """A suggested movie as movie_suggestions shows it."""
+        return suggestion_form(self.movies.get(movie_id) or self.removed[movie_id])
 
 
 def _list_movie(rng: random.Random, movie_id: int, added: int) -> dict[str, Any]:
