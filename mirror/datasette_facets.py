@@ -9,8 +9,9 @@ page of rows, instead of fetching every matching movie first (a genre can hold h
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any, NamedTuple
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, NamedTuple, TypeVar
 
 from datasette.database import QueryInterrupted
 from datasette.facets import Facet
@@ -55,23 +56,41 @@ RELATED = {
 }
 
 
-# Whole-catalog counts, by (database file, what is counted, size): (database state, [(value, count)]).
-CATALOG_COUNTS: dict[tuple[Any, ...], tuple[Hashable, list[tuple[Any, int]]]] = {}
+# Facet answers worth keeping (whole-catalog counts, and counts under ?_genre= and ?_quality= alone),
+# by (database file, what is counted): (database state, answer). Used only on the event loop's thread.
+FACET_COUNTS: OrderedDict[tuple[Any, ...], tuple[Hashable, Any]] = OrderedDict()
+FACET_CACHE_SIZE = 512  # answers kept, each a few dozen (value, count) pairs
+
+T = TypeVar("T")
+
+
+async def remembered(facet: Facet, key: tuple[Any, ...] | None, compute: Callable[[], Awaitable[T]]) -> T:
+    """`compute()`'s answer, reused for the same key until the database changes (a None key: never)."""
+    path = getattr(facet.ds.get_database(facet.database), "path", None)
+    state = DATA_VERSIONS.state(path) if key is not None else None  # the API's answers use it too
+    if key is None or state is None:
+        return await compute()
+    full_key = (path, *key)
+    hit = FACET_COUNTS.get(full_key)
+    if hit is not None and hit[0] == state:
+        FACET_COUNTS.move_to_end(full_key)
+        return hit[1]  # type: ignore[no-any-return]
+    answer = await compute()
+    FACET_COUNTS[full_key] = (state, answer)  # the state from before: a write meanwhile means recounting
+    while len(FACET_COUNTS) > FACET_CACHE_SIZE:
+        FACET_COUNTS.popitem(last=False)
+    return answer
 
 
 async def count_pairs(facet: Facet, sql: str, cache_key: tuple[Any, ...] | None) -> list[tuple[Any, int]]:
     """Run a facet's (value, count) query; with a cache key, reuse the answer until the database changes."""
-    path = getattr(facet.ds.get_database(facet.database), "path", None)
-    state = DATA_VERSIONS.state(path) if cache_key is not None else None  # the API's answers use it too
-    key = (path, *cache_key) if state is not None and cache_key is not None else None
-    if key is not None and key in CATALOG_COUNTS and CATALOG_COUNTS[key][0] == state:
-        return CATALOG_COUNTS[key][1]
-    result = await facet.ds.execute(facet.database, sql, facet.params, truncate=False,
-                                    custom_time_limit=facet.ds.setting("facet_time_limit_ms"))
-    rows = [(row["value"], row["count"]) for row in result.rows]
-    if key is not None:
-        CATALOG_COUNTS[key] = (state, rows)
-    return rows
+
+    async def run() -> list[tuple[Any, int]]:
+        result = await facet.ds.execute(facet.database, sql, facet.params, truncate=False,
+                                        custom_time_limit=facet.ds.setting("facet_time_limit_ms"))
+        return [(row["value"], row["count"]) for row in result.rows]
+
+    return await remembered(facet, cache_key, run)
 
 
 class RelatedFacet(Facet):
@@ -85,6 +104,13 @@ class RelatedFacet(Facet):
     def unfiltered(self) -> bool:
         """True when the page lists every row of its table or view (no WHERE clause)."""
         return not self.params and " where " not in self.sql.lower()
+
+    def filter_key(self) -> tuple[tuple[str, str], ...] | None:
+        """The ?_genre= and ?_quality= values when the page is filtered by them alone (() if unfiltered), else None."""
+        if not self.unfiltered() and self.related_ids() is None:
+            return None
+        return tuple(sorted((related.arg, value) for related in RELATED.values()
+                            for value in self.request.args.getlist(related.arg)))
 
     def related_ids(self) -> str | None:
         """When the page is filtered by ?_genre= and ?_quality= alone, SQL for its movie ids without the movies table."""
@@ -124,8 +150,9 @@ class RelatedFacet(Facet):
         }], []
 
     async def counts(self, size: int) -> list[tuple[Any, int]]:
-        """(value, movies) pairs, best first; whole-catalog counts are reused until the database changes."""
-        return await count_pairs(self, self.count_sql(size), (self.type, size) if self.unfiltered() else None)
+        """(value, movies) pairs, best first; reused until the database changes, unless the page has other filters."""
+        filters = self.filter_key()
+        return await count_pairs(self, self.count_sql(size), None if filters is None else (self.type, size, filters))
 
     def result(self, arg: str, value: Any, count: int, selected: set[str]) -> dict[str, Any]:
         """One facet value with the link that toggles it."""
@@ -165,6 +192,12 @@ class ValueFacet(RelatedFacet):
         """(value, movies) pairs per column, best first."""
         if self.unfiltered():
             return {column: await self.cached_counts(column, size) for column in columns}
+        filters = self.filter_key()
+        key = None if filters is None else (f"values:{self.table}", tuple(columns), size, filters)
+        return await remembered(self, key, lambda: self.filtered_counts(columns, size))
+
+    async def filtered_counts(self, columns: list[str], size: int) -> dict[str, list[tuple[Any, int]]]:
+        """(value, movies) pairs per column over the page's filtered rows, in one pass."""
         ids = self.related_ids()
         names = ", ".join(f"[{column}]" for column in columns)
         rows_sql = (f"select {', '.join(f'm.[{column}]' for column in columns)} from ({ids}) s "
