@@ -67,15 +67,12 @@ def run_serve(db: str | None, config_path: str | None, host: str, port: int, ope
 
 def prepare_database(path: str) -> str:
     """Make sure `path` is a mirror and carries the current views and indexes."""
-    store.require_mirror(path)
+    store.require_mirror(path)  # refuses a missing or empty file, and one that holds something else
     info = inspect_file(path)
-    if info is None:  # an empty file, which a writer would make a mirror of
-        tables = ", ".join(store.MIRROR_TABLES)
-        raise store.NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {tables} tables)")
     try:
         store.open_db(path).close()  # applies schema.sql: the browsing views and indexes
     except store.StoreError as error:
-        if not info.views:
+        if info is None or not info.views:
             raise
         log.warning("serving without updating the schema: %s", error)
     MIRROR_FILES.clear()  # look again now that the views exist

@@ -197,14 +197,14 @@ def open_reader(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 def require_mirror(path: str, must_exist: bool = True) -> None:
     """Raise StoreError unless `path` holds a mirror, or nothing yet where that is allowed (writing nothing)."""
     if os.path.exists(path):
-        if mirror_version(path) == 0 and must_exist:  # an empty file: every mirror has a version
+        if mirror_version(path) == 0 and must_exist:
             raise StoreError(f"{path} holds no mirror yet; run `yts-mirror sync --db {path}` first")
     elif must_exist:
         raise StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
 
 
 def mirror_version(path: str | os.PathLike[str]) -> int:
-    """Look (read-only) at a database file: its schema version, or StoreError if it holds something else."""
+    """Look (read-only) at a database file: its schema version (0 while it has no tables), or StoreError."""
     try:
         conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
         try:
@@ -219,7 +219,7 @@ def mirror_version(path: str | os.PathLike[str]) -> int:
     if tables and not set(MIRROR_TABLES) <= tables:
         raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} "
                               "tables); choose another --db")
-    return version
+    return version if tables else 0
 
 
 # ---- upserts -------------------------------------------------------------------------------

@@ -531,12 +531,16 @@ def test_search_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli(["search", "x", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 1 and "no database at" in result.output
     assert not (tmp_path / "none.db").exists()
-    empty = tmp_path / "empty.db"
+    empty, versioned = tmp_path / "empty.db", tmp_path / "versioned.db"
     empty.touch()
-    for command in (["search", "x"], ["stats"]):  # readers leave an empty file as they found it
-        result = run_cli([*command, "--db", str(empty)])
-        assert result.exit_code == 1 and "holds no mirror yet" in result.output, result.output
-    assert empty.stat().st_size == 0
+    with sqlite3.connect(versioned) as conn:  # no tables, but a version: still no mirror
+        conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION}")
+    before = versioned.read_bytes()
+    for path in (empty, versioned):
+        for command in (["search", "x"], ["stats"]):  # readers leave such a file as they found it
+            result = run_cli([*command, "--db", str(path)])
+            assert result.exit_code == 1 and "holds no mirror yet" in result.output, result.output
+    assert empty.stat().st_size == 0 and versioned.read_bytes() == before
 
 
 def test_demo_syncs_and_shows_the_result_quietly(tmp_path: Path) -> None:
