@@ -211,9 +211,11 @@ def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT)
     page once. Raises CatalogMoved if the catalog changes meanwhile or its order is not ours.
     """
     pages = RankedPages(client, present, limit)
-    if not pages.ranks(1) or (pages.count or 0) >= len(present):
+    first = pages.ranks(1)
+    upstream_count = pages.count or 0  # known once page 1 is read
+    if not first or upstream_count >= len(present):
         return []
-    last_page = ((pages.count or 0) - 1) // limit + 1
+    last_page = (upstream_count - 1) // limit + 1
     if last_page > 1:
         _search(pages, 1, last_page)
     return [present[r] for r in _missing_ranks(pages.offsets(), len(present))]

@@ -313,14 +313,17 @@ class Syncer:
             self._postpone_reconcile(summary, note, str(error))
             return
         if not self._removals_allowed(summary, len(candidates), len(present)):
-            with self.db.atomic():  # asking movie_details about each would not change the answer
-                store.clear_state(self.db, RECONCILE)
+            self._drop_reconcile()  # asking movie_details about each would not change the answer
             return
         removed, unsure = self._confirm_removals(candidates)
         summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
         if unsure:
             self._postpone_reconcile(summary, note, f"movie_details did not answer for {unsure} of them")
             return
+        self._drop_reconcile()
+
+    def _drop_reconcile(self) -> None:
+        """The removal check is done, or left to the next full sync."""
         with self.db.atomic():
             store.clear_state(self.db, RECONCILE)
 
@@ -348,8 +351,7 @@ class Syncer:
                 store.set_state(self.db, RECONCILE, {**note, "tries": tries})
             self.progress.message(f"removal check postponed to the next run: {reason}")
             return
-        with self.db.atomic():
-            store.clear_state(self.db, RECONCILE)
+        self._drop_reconcile()
         self._warn(summary, f"removal check given up after {tries} runs ({reason}); "
                             "the next full sync (--full) marks what was removed")
 
