@@ -337,7 +337,7 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
            include_removed: bool) -> None:
     """Full-text search over titles, descriptions and cast (FTS5 syntax)."""
     config = resolve(config_path, db=db)
-    database = open_existing(config.db)
+    database = store.open_reader(config.db)
     rows = store.search(database, query, limit, include_removed)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -351,12 +351,6 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
-def open_existing(path: str) -> Database:
-    """Open a mirror that must already exist, to read it (writing nothing)."""
-    store.require_mirror(path)
-    return store.open_reader(path)
-
-
 @cli.command()
 @db_option
 @config_option
@@ -365,7 +359,7 @@ def open_existing(path: str) -> Database:
 def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     """Counts, freshness, the enrichment backlog, the last runs and the database size."""
     config = resolve(config_path, db=db)
-    database = open_existing(config.db)
+    database = store.open_reader(config.db)
     report = collect_stats(database, config)
     if as_json:
         click.echo(json.dumps(report, indent=2))

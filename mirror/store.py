@@ -185,22 +185,23 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
     return db
 
 
-def open_reader(path: str | os.PathLike[str]) -> sqlite_utils.Database:
+def open_reader(path: str) -> sqlite_utils.Database:
     """Open an existing mirror to read it, writing nothing unless its schema needs a migration."""
-    version = mirror_version(path)
+    version = require_mirror(path)
     db = connect(path)
     if version != SCHEMA_VERSION:
         ensure_db_shape(db)
     return db
 
 
-def require_mirror(path: str, must_exist: bool = True) -> None:
-    """Raise StoreError unless `path` holds a mirror, or nothing yet where that is allowed (writing nothing)."""
-    if os.path.exists(path):
-        if mirror_version(path) == 0 and must_exist:
-            raise StoreError(f"{path} holds no mirror yet; run `yts-mirror sync --db {path}` first")
-    elif must_exist:
+def require_mirror(path: str, must_exist: bool = True) -> int:
+    """The mirror's schema version (0: nothing there yet, where allowed); StoreError otherwise. Writes nothing."""
+    version = mirror_version(path) if os.path.exists(path) else None
+    if version is None and must_exist:
         raise StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
+    if version == 0 and must_exist:
+        raise StoreError(f"{path} holds no mirror yet; run `yts-mirror sync --db {path}` first")
+    return version or 0
 
 
 def mirror_version(path: str | os.PathLike[str]) -> int:
