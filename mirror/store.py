@@ -8,6 +8,7 @@ import json
 import logging
 import operator
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -159,6 +160,55 @@ def background_checkpoints(path: str | os.PathLike[str], interval: float = 0.5) 
     finally:
         stop.set()
         thread.join()
+
+
+# A first crawl into an empty mirror builds these once, at its end, instead of row by row on
+# every page (a sort instead of scattered leaf writes; the whole sync about 20% faster). The
+# page write itself reads torrents_api_movie (removed torrents), so that one stays.
+BULK_KEPT_INDEXES = frozenset({"torrents_api_movie"})
+BULK_TABLES = ("movies", "torrents", "movie_genres")
+_CREATE_INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS (?P<name>\w+) ON (?P<table>\w+)\(", re.MULTILINE)
+
+
+def bulk_indexes() -> dict[str, str]:
+    """The schema.sql indexes a bulk load defers, by name, with the statements that create them."""
+    found = {}
+    for statement in split_sql(schema_sql()):
+        index = _CREATE_INDEX.search(statement)
+        if index and index["table"] in BULK_TABLES and index["name"] not in BULK_KEPT_INDEXES:
+            found[index["name"]] = statement
+    return found
+
+
+@contextmanager
+def indexes_deferred(db: sqlite_utils.Database, enabled: bool = True) -> Iterator[None]:
+    """Drop the secondary indexes of movies, torrents and genres for a bulk load, then build them once.
+
+    A process killed meanwhile leaves them to the next writer: schema.sql creates them on open.
+    """
+    if not enabled:
+        yield
+        return
+    indexes = bulk_indexes()
+    with db.atomic():
+        for name in indexes:
+            db.execute(f"DROP INDEX IF EXISTS {name}")
+    try:
+        yield
+    except BaseException:
+        try:
+            _create_all(db, indexes.values())
+        except sqlite3.Error as error:  # the error in flight says more; the next open builds them
+            log.warning("indexes not rebuilt yet (the next sync builds them): %s", error)
+        raise
+    _create_all(db, indexes.values())
+
+
+def _create_all(db: sqlite_utils.Database, statements: Iterable[str]) -> None:
+    """Run CREATE statements in one transaction."""
+    with db.atomic():
+        for statement in statements:
+            db.execute(statement)
 
 
 def split_sql(script: str) -> list[str]:

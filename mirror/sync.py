@@ -169,8 +169,11 @@ class Syncer:
         checkpoint = store.get_state(self.db, CHECKPOINT)
         if checkpoint and (checkpoint["kind"] == "full" or not full):
             return checkpoint["kind"], checkpoint
-        empty = self.db.execute("SELECT NOT EXISTS (SELECT 1 FROM movies)").fetchone()[0]
-        return ("full" if full or empty else "incremental"), None
+        return ("full" if full or self._mirror_empty() else "incremental"), None
+
+    def _mirror_empty(self) -> bool:
+        """Whether no movie is mirrored yet (a first crawl)."""
+        return bool(self.db.execute("SELECT NOT EXISTS (SELECT 1 FROM movies)").fetchone()[0])
 
     def run(self, full: bool = False, after_crawl: Callable[[RunSummary], None] | None = None) -> RunSummary:
         """Crawl (full or incremental), then call `after_crawl` (enrichment); log the run."""
@@ -254,7 +257,9 @@ class Syncer:
         checkpoint, seen = self._begin("full", checkpoint)
         self.progress.advance(len(seen))
         pages = crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count"))
-        if not self._commit_pages(summary, pages, checkpoint):
+        with store.indexes_deferred(self.db, enabled=self._mirror_empty()):
+            complete = self._commit_pages(summary, pages, checkpoint)
+        if not complete:
             return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
         self._finish_full(summary, checkpoint["started_at"], moved)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mirror import store, transform
-from mirror.fakeapi import FAULT_KINDS, FakeYTS
+from mirror.fakeapi import FAULT_KINDS, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port, integrity_ok,
                      last_run, mirror_movies, run_cli, wait_for, write_config)
 
@@ -185,6 +185,7 @@ def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS],
     assert count == (next_page - 1) * 50, "committed pages and checkpoint disagree"
     assert count < 1000
     assert last_run(db_path)["status"] == "running"  # until the next writer closes the row
+    assert not index_names(db_path) & set(store.bulk_indexes())  # a first crawl builds them at its end
     stats = json.loads(run_cli(["stats", "--db", str(db_path), "--json"]).output)
     assert stats["last_runs"][0]["status"] == "interrupted"  # its process is gone
     time.sleep(0.3)  # let the simulator finish answering the killed process's last request
@@ -196,6 +197,55 @@ def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS],
     assert_mirror_equals_catalog(db_path, sim.catalog)
     conn = connect(db_path)
     assert [r[0] for r in conn.execute("SELECT status FROM sync_runs ORDER BY id")] == ["interrupted", "ok"]
+    assert index_names(db_path) == schema_index_names(db_path.parent)
+
+
+def index_names(db_path: Path) -> set[str]:
+    conn = connect(db_path)
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL")}
+    finally:
+        conn.close()
+
+
+def schema_index_names(tmp_path: Path) -> set[str]:
+    """The indexes schema.sql creates, as a fresh database has them."""
+    store.open_db(tmp_path / "fresh.db").close()
+    return index_names(tmp_path / "fresh.db")
+
+
+def test_a_first_crawl_builds_its_indexes_once_at_the_end(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                         config_file: Path) -> None:
+    sim = simulator(movies=600, latency_ms=30)
+    all_indexes = schema_index_names(db_path.parent)
+    deferred = set(store.bulk_indexes())
+    assert deferred and deferred < all_indexes
+    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+            "--no-enrich"]
+    first = cli_subprocess(args)
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    assert index_names(db_path) == all_indexes - deferred
+    assert first.wait(60) == 0
+    assert index_names(db_path) == all_indexes
+    assert integrity_ok(db_path)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    again = cli_subprocess([*args, "--full"])  # a mirror with movies keeps its indexes while it syncs
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    assert index_names(db_path) == all_indexes
+    assert again.wait(60) == 0
+
+
+def test_a_first_crawl_that_fails_still_builds_its_indexes(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                           config_file: Path) -> None:
+    sim = simulator(movies=600, latency_ms=30)
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich"])
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    sim.faults = FaultPlan.parse("http503=1")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    assert last_run(db_path)["status"] == "failed"
+    assert index_names(db_path) == schema_index_names(db_path.parent)
 
 
 def test_sigterm_finishes_the_page_and_exits_zero(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -210,6 +260,7 @@ def test_sigterm_finishes_the_page_and_exits_zero(simulator: Callable[..., FakeY
     assert "Traceback" not in stderr
     assert last_run(db_path)["status"] == "interrupted"
     assert integrity_ok(db_path)
+    assert index_names(db_path) == schema_index_names(db_path.parent)  # built on the way out
     sync(db_path, sim, config_file)
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
