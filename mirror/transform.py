@@ -116,7 +116,16 @@ def magnet_uri(info_hash: str, name: str | None, trackers: Iterable[str] = DEFAU
 
 def _magnet_suffix(name: str | None, trackers: tuple[str, ...]) -> str:
     """The part of a movie's magnet URIs after the info hash: its name, then the trackers."""
-    return ("&dn=" + quote_plus(name) if name else "") + _tracker_params(trackers)
+    return ("&dn=" + quote_name(name) if name else "") + _tracker_params(trackers)
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_QUOTE_ASCII = {c: "+" if c == 32 else f"%{c:02X}" for c in range(128) if c not in _UNRESERVED}
+
+
+def quote_name(name: str) -> str:
+    """quote_plus(name), several times faster for the ASCII names most movies have."""
+    return name.translate(_QUOTE_ASCII) if name.isascii() else quote_plus(name)
 
 
 # Swarm counts as they appear in the JSON we store; stripped before hashing.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -56,6 +57,14 @@ def test_torrent_rows_upper_case_and_deduplicate() -> None:
     row = rows[0]
     assert row["hash"] == "ABCDEF0123456789ABCDEF0123456789ABCDEF01"
     assert row["movie_id"] == 42 and row["is_repack"] == 1  # the later duplicate wins
+
+
+@pytest.mark.parametrize("name", ["Up (2009)", "Plain Name 2009", "a_b.c~d-e f", "Wall-E", "", " ", "x\n",
+                                  "Amélie", "50/50", "C++ & Co", "100% Rock", "Who?", "a+b", "é\u00a0"])
+def test_quote_name_is_quote_plus(name: str) -> None:
+    assert transform.quote_name(name) == quote_plus(name)
+    for code in range(128):
+        assert transform.quote_name(name + chr(code)) == quote_plus(name + chr(code))
 
 
 def test_magnet_uri_follows_the_docs() -> None:
