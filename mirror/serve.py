@@ -218,14 +218,67 @@ def register_facet_classes() -> list[type]:
     return [GenreFacet, QualityFacet, ValueFacet]
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # before Datasette's own ?_through= filter, which fails on bad JSON
 def filters_from_request(request: Any, database: str, table: str, datasette: Any) -> Any:
-    """?_genre=, ?_quality= and the ranked ?_search= of the movie_search view."""
-    if table not in render.MOVIE_TABLES or not is_mirror(datasette, database):
+    """?_genre=, ?_quality= and the ranked ?_search= of the movie_search view; bad parameters refused."""
+    if not is_mirror(datasette, database):
         return None
-    from .datasette_facets import filter_arguments
 
-    return filter_arguments(request.args, search_view=table == SEARCH)
+    async def inner() -> Any:
+        await refuse_bad_parameters(datasette, request, database, table)
+        if table not in render.MOVIE_TABLES:
+            return None
+        from .datasette_facets import filter_arguments
+
+        return filter_arguments(request.args, search_view=table == SEARCH)
+
+    return inner
+
+
+async def refuse_bad_parameters(datasette: Any, request: Any, database: str, table: str) -> None:
+    """Raise a 400 for the URL parameters Datasette 0.65's table pages answer with a 500 (and a traceback)."""
+    from datasette.utils.asgi import BadRequest
+
+    args = request.args
+    if any("\x00" in key or any("\x00" in value for value in args.getlist(key)) for key in args):
+        raise BadRequest("a URL parameter holds a NUL character")
+    db = datasette.get_database(database)
+    for key in ("_timelimit", "_next"):  # a view's ?_next= is a row offset
+        if args.get(key) and not is_integer(args[key]) and (key == "_timelimit" or table in await db.view_names()):
+            raise BadRequest(f"{key} must be a whole number, not {args[key]!r}")
+    if args.get("_through") and not is_through(args["_through"]):
+        raise BadRequest('_through must be a JSON object: {"table": ..., "column": ..., "value": ...}')
+    sorts = [args[key] for key in ("_sort", "_sort_desc") if args.get(key)]
+    if len(sorts) == 2:
+        raise BadRequest("use _sort or _sort_desc, not both")
+    if sorts and sorts[0] not in await sortable_columns(db, table):
+        raise BadRequest(f"cannot sort by {sorts[0]!r}: {table} has no such column")
+
+
+async def sortable_columns(db: Any, table: str) -> list[str]:
+    """What Datasette lets a page sort by: every column, and rowid for a table without a primary key."""
+    columns = await db.table_columns(table)
+    has_rowid = table not in await db.view_names() and not await db.primary_keys(table)
+    return columns + ["rowid"] if has_rowid else columns
+
+
+def is_integer(text: str) -> bool:
+    """Whether int() takes `text`."""
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_through(text: str) -> bool:
+    """Whether `text` is the JSON object ?_through= takes."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and {"table", "column", "value"} <= value.keys()
+
 
 
 @hookimpl

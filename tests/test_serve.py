@@ -204,6 +204,27 @@ def test_search_with_odd_characters_does_not_error(mirror: Mirror) -> None:
 
 # ---- facets ----------------------------------------------------------------------------------
 
+BAD_PARAMETERS = ["_sort=nosuch", "_sort_desc=nosuch", "_sort=title&_sort_desc=year", "_timelimit=abc",
+                  "_through=x", "_through=%5B1%5D", "_through=%7B%22x%22%3A1%7D", "_genre=a%00b", "_where=id%3D1%00",
+                  "_sort=rowid"]
+
+
+@pytest.mark.parametrize("table, column", [("movies", "title"), ("movie_catalog", "year"), ("torrents", "quality")])
+def test_bad_page_parameters_are_a_400_not_a_500(mirror: Mirror, table: str, column: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = [f"/mirror/{table}{suffix}?{query}" for query in BAD_PARAMETERS for suffix in ("", ".json")]
+    if table == "movie_catalog":  # a view's ?_next= is a row offset; a table's, a key
+        bad += ["/mirror/movie_catalog?_next=a", "/mirror/movie_catalog.json?_next=a"]
+    for path, response in zip(bad, get(mirror, *bad)):
+        assert response.status_code == 400, (path, response.status_code, response.text[:300])
+    assert "Traceback" not in capsys.readouterr().err
+    good = [f"/mirror/{table}.json?{query}" for query in (f"_sort={column}", f"_sort_desc={column}", "_timelimit=500")]
+    good.append(f"/mirror/{table}.json?_next=" + get_json(mirror, f"/mirror/{table}.json?_size=2")["next"])
+    good.append("/mirror/movies.json?_through=" + quote('{"table":"movie_genres","column":"genre","value":"Drama"}'))
+    for path, response in zip(good, get(mirror, *good)):
+        assert response.status_code == 200, (path, response.text[:300])
+
+
 def facet_counts(data: dict[str, Any], name: str) -> dict[str, int]:
     """A facet's value -> count from a Datasette JSON response."""
     return {item["value"]: item["count"] for item in data["facet_results"][name]["results"]}
