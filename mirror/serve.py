@@ -280,7 +280,6 @@ def is_through(text: str) -> bool:
     return isinstance(value, dict) and {"table", "column", "value"} <= value.keys()
 
 
-
 @hookimpl
 def prepare_connection(conn: sqlite3.Connection, database: str, datasette: Any) -> None:
     """Read mirror pages through mmap with a larger cache: facets revisit thousands of rows per page."""

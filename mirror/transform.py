@@ -124,7 +124,7 @@ _QUOTE_ASCII = {c: "+" if c == 32 else f"%{c:02X}" for c in range(128) if c not 
 
 
 def quote_name(name: str) -> str:
-    """quote_plus(name), several times faster for the ASCII names most movies have."""
+    """quote_plus(name), faster for the ASCII names most movies have."""
     return name.translate(_QUOTE_ASCII) if name.isascii() else quote_plus(name)
 
 
