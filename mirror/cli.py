@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -54,6 +55,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"API request failed: {error}")
         except store.StoreError as error:
             fail(str(error))
+        except sqlite3.DatabaseError as error:
+            if not store.is_database_state(error):
+                raise  # a bug of ours, not the file's state: keep the traceback
+            fail(f"database error: {error}")
         except OSError as error:
             fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .client import YTSError
 from .config import Config, ConfigError
-from .store import StoreError
+from .store import StoreError, is_database_state
 from .sync import LockedError
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,11 @@ class Jobs:
                 work()
             except (YTSError, StoreError, LockedError) as error:  # expected: one line, as the CLI says it
                 log.error("%s failed: %s", name, error)
-            except Exception:  # noqa: BLE001 - one failed run must not end the scheduler
-                log.exception("%s failed unexpectedly", name)
+            except Exception as error:  # noqa: BLE001 - one failed run must not end the scheduler
+                if isinstance(error, sqlite3.DatabaseError) and is_database_state(error):
+                    log.error("%s failed: database error: %s", name, error)
+                else:
+                    log.exception("%s failed unexpectedly", name)
             else:
                 log.info("%s: done", name)
 

@@ -92,13 +92,44 @@ def schema_sql() -> str:
     return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
 
 
-def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> sqlite_utils.Database:
+def is_database_state(error: sqlite3.DatabaseError) -> bool:
+    """Whether a SQLite error comes from the file or its neighbours (locked, full, corrupt, read-only), not from a bug."""
+    return type(error) in (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+class Database(sqlite_utils.Database):
+    """sqlite_utils.Database whose outermost atomic() takes the write lock as it begins."""
+
+    @contextmanager
+    def atomic(self) -> Iterator[Database]:
+        """A transaction (a savepoint when nested) that starts with BEGIN IMMEDIATE."""
+        # A plain BEGIN that reads first cannot write once another connection has committed
+        # (a stale snapshot): SQLite answers "database is locked" at once, without waiting for
+        # busy_timeout. Taking the lock first makes a second writer wait its turn instead.
+        if self.conn.in_transaction:
+            with super().atomic():
+                yield self
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.conn.rollback()
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.rollback()
+            raise
+
+
+def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> Database:
     """Open a database file with the settings every connection here uses."""
     try:
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_ms / 1000)
     except sqlite3.OperationalError as error:
         raise StoreError(f"cannot open database {path}: {error}") from None
-    db = sqlite_utils.Database(conn)
+    db = Database(conn)
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     db.execute("PRAGMA foreign_keys = OFF")  # suggestions may name movies not mirrored yet
     return db

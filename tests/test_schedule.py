@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
 
-from mirror.schedule import crontab_trigger, weekday_names
+from mirror.config import Config
+from mirror.schedule import Jobs, crontab_trigger, weekday_names
 
 SATURDAY = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
@@ -55,3 +58,22 @@ def test_a_cron_that_never_fires_is_a_config_error(tmp_path) -> None:
     config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "0 4 31 2 *"\n')
     result = run_cli(["schedule", "--db", str(tmp_path / "x.db"), "--config", str(config)])
     assert result.exit_code == 2 and result.output == "error: schedule.full_cron '0 4 31 2 *' never fires\n"
+
+
+@pytest.mark.parametrize("error, expected", [
+    (sqlite3.OperationalError("database is locked"), "incremental sync failed: database error: database is locked"),
+    (sqlite3.DatabaseError("database disk image is malformed"),
+     "incremental sync failed: database error: database disk image is malformed"),
+    (sqlite3.ProgrammingError("a bug"), "incremental sync failed unexpectedly"),
+])
+def test_a_failed_job_is_logged_and_the_scheduler_goes_on(error: Exception, expected: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    def run_sync(config: Config, **kwargs: object) -> None:
+        raise error
+
+    jobs = Jobs(Config(), run_sync, run_sync)
+    with caplog.at_level(logging.INFO, logger="mirror.schedule"):
+        jobs.incremental()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == expected
+    assert (record.exc_info is not None) == (expected == "incremental sync failed unexpectedly")  # a traceback for bugs only

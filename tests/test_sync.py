@@ -235,6 +235,37 @@ def test_a_first_crawl_builds_its_indexes_once_at_the_end(simulator: Callable[..
     assert again.wait(60) == 0
 
 
+def test_a_concurrent_writer_makes_the_sync_wait_not_fail(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                          config_file: Path) -> None:
+    sim = simulator(movies=1500, latency_ms=10)
+    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config_file), "--no-enrich"])
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 2)
+    opened = 0
+    while process.poll() is None:  # as `yts-mirror serve` does at its start: apply schema.sql
+        store.open_db(db_path).close()
+        opened += 1
+    _, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    assert opened > 5
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert index_names(db_path) == schema_index_names(db_path.parent)
+
+
+def test_a_damaged_database_is_one_line_not_a_traceback(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                         config_file: Path) -> None:
+    sim = simulator(movies=300)
+    sync(db_path, sim, config_file)
+    size = db_path.stat().st_size
+    with open(db_path, "r+b") as file:  # the schema pages stay readable; table pages do not
+        file.seek(size - 4096 * 60)
+        file.write(b"\x0d" * 4096 * 50)
+    for args in (["stats"], ["sync", "--base-url", sim.url, "--rate", "0", "--no-enrich", "--full"]):
+        result = run_cli([*args, "--db", str(db_path), "--config", str(config_file)])
+        assert result.exit_code == 1, result.output
+        assert result.output == "error: database error: database disk image is malformed\n", result.output
+
+
 def test_a_first_crawl_that_fails_still_builds_its_indexes(simulator: Callable[..., FakeYTS], db_path: Path,
                                                            config_file: Path) -> None:
     sim = simulator(movies=600, latency_ms=30)
