@@ -162,6 +162,17 @@ def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.02) -> Any
     raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
 
 
+def sync_args(db_path: Path | str, url: str, config: Path | str, *extra: str) -> list[str]:
+    """`yts-mirror sync` arguments for a loopback simulator: no rate limit, no enrichment."""
+    return ["sync", "--db", str(db_path), "--base-url", url, "--rate", "0", "--config", str(config), "--no-enrich",
+            *extra]
+
+
+def wait_for_page(db_path: Path | str, page: int) -> None:
+    """Wait until a running crawl has committed every page before `page`."""
+    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= page)
+
+
 def checkpoint(db_path: Path | str) -> dict[str, Any] | None:
     """The crawl checkpoint, read without disturbing a running writer."""
     if not os.path.exists(db_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mirror.fakeapi import Churn, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
-                     mirror_movies, run_cli, wait_for, write_config)
+                     mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -97,9 +97,8 @@ def test_nothing_is_marked_removed_after_an_incomplete_crawl(simulator: Callable
     sim = simulator(movies=500, latency_ms=30)
     sync(db_path, sim, config_file, "--no-enrich")
     sim.catalog.remove(20)
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich", "--full"])
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file, "--full"))
+    wait_for_page(db_path, 3)
     process.send_signal(signal.SIGKILL)
     process.wait()
     conn = connect(db_path)
@@ -126,8 +125,7 @@ def test_implausible_mass_removal_is_refused(simulator: Callable[..., FakeYTS], 
 def test_twenty_kills_then_one_run(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
     sim = simulator(movies=10000, latency_ms=10)
     clean_pages = math.ceil(10000 / 50)
-    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
-            "--no-enrich"]
+    args = sync_args(db_path, sim.url, config_file)
     rng = random.Random(7)
     for _ in range(20):
         # Kill at a random moment: after a random number of committed pages, plus a random
@@ -289,9 +287,8 @@ def test_a_removal_check_that_never_completes_is_left_to_a_full_sync(simulator: 
 
 def test_a_count_change_survives_a_kill(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
     sim = simulator(movies=600, latency_ms=30)
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich"])
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file))
+    wait_for_page(db_path, 3)
     gone = sim.catalog.remove(ids=sim.catalog.ids()[:3])  # already read; movie_count drops by 3
     wait_for(lambda: (checkpoint(db_path) or {}).get("movie_count") == 597)
     process.send_signal(signal.SIGKILL)
@@ -308,7 +305,7 @@ def test_a_page_that_stays_empty_mid_catalog_fails_the_run_instead_of_ending_it(
     sim = simulator(movies=1000, faults="empty=0.5", seed=3)
     config = write_config(tmp_path)
     config.write_text(config.read_text().replace("max_attempts = 6", "max_attempts = 3"))
-    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config), "--no-enrich"]
+    args = sync_args(db_path, sim.url, config)
     failures = []
     for _ in range(40):
         result = run_cli(args)

@@ -17,12 +17,11 @@ import pytest
 from mirror import store, transform
 from mirror.fakeapi import FAULT_KINDS, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port, integrity_ok,
-                     last_run, mirror_movies, run_cli, wait_for, write_config)
+                     last_run, mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
-    result = run_cli(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config),
-                      "--no-enrich", *extra])
+    result = run_cli(sync_args(db, sim.url, config, *extra))
     assert result.exit_code == 0, result.output
     return last_run(db)
 
@@ -172,10 +171,9 @@ def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[...,
 def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS], db_path: Path,
                                               config_file: Path) -> None:
     sim = simulator(movies=1000, latency_ms=40)
-    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
-            "--no-enrich"]
+    args = sync_args(db_path, sim.url, config_file)
     process = cli_subprocess(args)
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 6)
+    wait_for_page(db_path, 6)
     assert json.loads(run_cli(["stats", "--db", str(db_path), "--json"]).output)["last_runs"][0]["status"] == "running"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -220,17 +218,16 @@ def test_a_first_crawl_builds_its_indexes_once_at_the_end(simulator: Callable[..
     all_indexes = schema_index_names(db_path.parent)
     deferred = set(store.bulk_indexes())
     assert deferred and deferred < all_indexes
-    args = ["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
-            "--no-enrich"]
+    args = sync_args(db_path, sim.url, config_file)
     first = cli_subprocess(args)
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    wait_for_page(db_path, 3)
     assert index_names(db_path) == all_indexes - deferred
     assert first.wait(60) == 0
     assert index_names(db_path) == all_indexes
     assert integrity_ok(db_path)
     assert_mirror_equals_catalog(db_path, sim.catalog)
     again = cli_subprocess([*args, "--full"])  # a mirror with movies keeps its indexes while it syncs
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    wait_for_page(db_path, 3)
     assert index_names(db_path) == all_indexes
     assert again.wait(60) == 0
 
@@ -238,9 +235,8 @@ def test_a_first_crawl_builds_its_indexes_once_at_the_end(simulator: Callable[..
 def test_a_concurrent_writer_makes_the_sync_wait_not_fail(simulator: Callable[..., FakeYTS], db_path: Path,
                                                           config_file: Path) -> None:
     sim = simulator(movies=1500, latency_ms=10)
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich"])
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 2)
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file))
+    wait_for_page(db_path, 2)
     opened = 0
     while process.poll() is None:  # as `yts-mirror serve` does at its start: apply schema.sql
         store.open_db(db_path).close()
@@ -269,9 +265,8 @@ def test_a_damaged_database_is_one_line_not_a_traceback(simulator: Callable[...,
 def test_a_first_crawl_that_fails_still_builds_its_indexes(simulator: Callable[..., FakeYTS], db_path: Path,
                                                            config_file: Path) -> None:
     sim = simulator(movies=600, latency_ms=30)
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich"])
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file))
+    wait_for_page(db_path, 3)
     sim.faults = FaultPlan.parse("http503=1")
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1 and "Traceback" not in stderr, stderr
@@ -282,9 +277,8 @@ def test_a_first_crawl_that_fails_still_builds_its_indexes(simulator: Callable[.
 def test_sigterm_finishes_the_page_and_exits_zero(simulator: Callable[..., FakeYTS], db_path: Path,
                                                   config_file: Path) -> None:
     sim = simulator(movies=1000, latency_ms=40)
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich"])
-    wait_for(lambda: (checkpoint(db_path) or {}).get("next_page", 0) >= 3)
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file))
+    wait_for_page(db_path, 3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
@@ -301,8 +295,7 @@ def test_sigterm_during_a_long_backoff_stops_at_once(simulator: Callable[..., Fa
     sim = simulator(movies=100, faults="http503=1")
     config = tmp_path / "slow.toml"
     config.write_text("[api]\nbackoff_initial = 60\nbackoff_max = 60\nmax_attempts = 5\n")
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config), "--no-enrich"])
+    process = cli_subprocess(sync_args(db_path, sim.url, config))
     wait_for(lambda: sim.counts.get("list_movies", 0) >= 1)
     time.sleep(0.3)  # into the first wait between attempts
     process.send_signal(signal.SIGTERM)
@@ -560,8 +553,7 @@ def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_pa
         result = run_cli(["sync", "--db", str(db_path), "--base-url", sim.url, "--config", str(config_file)])
         assert result.exit_code == 3
         assert "is being written by pid" in result.output and "--wait" in result.output
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich", "--wait"])
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file, "--wait"))
     assert process.wait(timeout=60) == 0
 
 
@@ -667,8 +659,7 @@ def test_readers_never_see_locked_database(simulator: Callable[..., FakeYTS], db
 
     thread = threading.Thread(target=reader)
     thread.start()
-    process = cli_subprocess(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
-                              "--config", str(config_file), "--no-enrich", "--full"])
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file, "--full"))
     try:
         assert process.wait(timeout=120) == 0
     finally:
