@@ -26,6 +26,7 @@ import pluggy
 from . import datasette_render as render
 from . import store
 from .config import ConfigError, resolve
+from .transform import SQLITE_INT_RANGE
 
 log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker("datasette")
@@ -246,38 +247,54 @@ async def refuse_bad_parameters(datasette: Any, request: Any, database: str, tab
     for key in ("_timelimit", "_next"):  # a view's ?_next= is a row offset
         if args.get(key) and not is_integer(args[key]) and (key == "_timelimit" or table in await db.view_names()):
             raise BadRequest(f"{key} must be a whole number, not {args[key]!r}")
-    if args.get("_through") and not is_through(args["_through"]):
-        raise BadRequest('_through must be a JSON object: {"table": ..., "column": ..., "value": ...}')
+    for through in args.getlist("_through"):
+        if problem := await through_problem(db, table, through):
+            raise BadRequest(f"_through {problem}")
     sorts = [args[key] for key in ("_sort", "_sort_desc") if args.get(key)]
     if len(sorts) == 2:
         raise BadRequest("use _sort or _sort_desc, not both")
-    if sorts and sorts[0] not in await sortable_columns(db, table):
-        raise BadRequest(f"cannot sort by {sorts[0]!r}: {table} has no such column")
+    if sorts and sorts[0] not in await sortable_columns(datasette, database, table):
+        raise BadRequest(f"cannot sort {table} by {sorts[0]!r}")
 
 
-async def sortable_columns(db: Any, table: str) -> list[str]:
-    """What Datasette lets a page sort by: every column, and rowid for a table without a primary key."""
-    columns = await db.table_columns(table)
-    has_rowid = table not in await db.view_names() and not await db.primary_keys(table)
-    return columns + ["rowid"] if has_rowid else columns
+async def sortable_columns(datasette: Any, database: str, table: str) -> set[str]:
+    """What Datasette lets a page sort by: the metadata's sortable_columns or every column, and a bare table's rowid."""
+    db = datasette.get_database(database)
+    configured = datasette.table_metadata(database, table).get("sortable_columns")
+    columns = set(configured if configured is not None else await db.table_columns(table))
+    if table not in await db.view_names() and not await db.primary_keys(table):
+        columns.add("rowid")
+    return columns
+
+
+async def through_problem(db: Any, table: str, text: str) -> str | None:
+    """What is wrong with one ?_through= value on `table`'s page, or None."""
+    try:
+        through = json.loads(text)
+    except ValueError:
+        through = None
+    if not (isinstance(through, dict) and isinstance(through.get("table"), str) and isinstance(through.get("column"), str)
+            and bindable(through.get("value"))):
+        return 'must be a JSON object {"table": "...", "column": "...", "value": ...} with a text or number value'
+    other, column = through["table"], through["column"]
+    if other not in await db.table_names() or column not in await db.table_columns(other):
+        return f"names no column {column!r} of a table {other!r}"
+    if not any(key["other_table"] == table for key in await db.foreign_keys_for_table(other)):
+        return f"table {other!r} has no foreign key to {table}"
+    return None
+
+
+def bindable(value: object) -> bool:
+    """Whether SQLite takes `value` as a parameter: text, a float, or an integer within 64 bits."""
+    return isinstance(value, (str, float)) or isinstance(value, int) and value in SQLITE_INT_RANGE
 
 
 def is_integer(text: str) -> bool:
-    """Whether int() takes `text`."""
+    """Whether `text` is a whole number SQLite can take (64 bits)."""
     try:
-        int(text)
+        return int(text) in SQLITE_INT_RANGE
     except ValueError:
         return False
-    return True
-
-
-def is_through(text: str) -> bool:
-    """Whether `text` is the JSON object ?_through= takes."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(value, dict) and {"table", "column", "value"} <= value.keys()
 
 
 @hookimpl

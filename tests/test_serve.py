@@ -204,9 +204,16 @@ def test_search_with_odd_characters_does_not_error(mirror: Mirror) -> None:
 
 # ---- facets ----------------------------------------------------------------------------------
 
-BAD_PARAMETERS = ["_sort=nosuch", "_sort_desc=nosuch", "_sort=title&_sort_desc=year", "_timelimit=abc",
-                  "_through=x", "_through=%5B1%5D", "_through=%7B%22x%22%3A1%7D", "_genre=a%00b", "_where=id%3D1%00",
-                  "_sort=rowid"]
+GENRE_THROUGH = {"table": "movie_genres", "column": "genre", "value": "Drama"}
+BAD_THROUGH = ["", "x", [1], {"x": 1}, {**GENRE_THROUGH, "table": 1}, {**GENRE_THROUGH, "table": ["movie_genres"]},
+               {**GENRE_THROUGH, "column": ["genre"]}, {**GENRE_THROUGH, "value": [1]}, {**GENRE_THROUGH, "value": 2**70},
+               {**GENRE_THROUGH, "table": "nosuch"}, {**GENRE_THROUGH, "column": "nosuch"},
+               {**GENRE_THROUGH, "table": "movies", "column": "title"}]
+BAD_PARAMETERS = ["_sort=nosuch", "_sort_desc=nosuch", "_sort=title&_sort_desc=year", "_timelimit=abc", "_sort=rowid",
+                  "_genre=a%00b", "_where=id%3D1%00",
+                  *("_through=" + quote(json.dumps(through) if not isinstance(through, str) else through)
+                    for through in BAD_THROUGH),
+                  "_through=" + quote(json.dumps(GENRE_THROUGH)) + "&_through=x"]
 
 
 @pytest.mark.parametrize("table, column", [("movies", "title"), ("movie_catalog", "year"), ("torrents", "quality")])
@@ -214,13 +221,14 @@ def test_bad_page_parameters_are_a_400_not_a_500(mirror: Mirror, table: str, col
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     bad = [f"/mirror/{table}{suffix}?{query}" for query in BAD_PARAMETERS for suffix in ("", ".json")]
     if table == "movie_catalog":  # a view's ?_next= is a row offset; a table's, a key
-        bad += ["/mirror/movie_catalog?_next=a", "/mirror/movie_catalog.json?_next=a"]
+        bad += [f"/mirror/movie_catalog?_next={offset}" for offset in ("a", 2**63)]
+        bad.append("/mirror/movie_catalog?_through=" + quote(json.dumps(GENRE_THROUGH)))  # a view has no foreign keys
     for path, response in zip(bad, get(mirror, *bad)):
         assert response.status_code == 400, (path, response.status_code, response.text[:300])
     assert "Traceback" not in capsys.readouterr().err
     good = [f"/mirror/{table}.json?{query}" for query in (f"_sort={column}", f"_sort_desc={column}", "_timelimit=500")]
     good.append(f"/mirror/{table}.json?_next=" + get_json(mirror, f"/mirror/{table}.json?_size=2")["next"])
-    good.append("/mirror/movies.json?_through=" + quote('{"table":"movie_genres","column":"genre","value":"Drama"}'))
+    good.append("/mirror/movies.json?_through=" + quote(json.dumps(GENRE_THROUGH)))
     for path, response in zip(good, get(mirror, *good)):
         assert response.status_code == 200, (path, response.text[:300])
 
