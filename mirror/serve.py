@@ -63,7 +63,10 @@ def run_serve(db: str | None, config_path: str | None, host: str, port: int, ope
     if open_browser:
         webbrowser.open(url)
     server = uvicorn.Server(uvicorn.Config(datasette.app(), log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then raises it again
+        pass
 
 
 def prepare_database(path: str) -> str:

@@ -92,9 +92,17 @@ def schema_sql() -> str:
     return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
 
 
-def is_database_state(error: sqlite3.DatabaseError) -> bool:
-    """Whether a SQLite error comes from the file or its neighbours (locked, full, corrupt, read-only), not from a bug."""
-    return type(error) in (sqlite3.OperationalError, sqlite3.DatabaseError)
+# SQLite's primary result codes for a file that cannot be used now, rather than for a wrong query.
+DATABASE_STATE_CODES = frozenset({
+    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT",
+    "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_NOMEM", "SQLITE_PROTOCOL", "SQLITE_NOLFS",
+})
+
+
+def is_database_state(error: sqlite3.Error) -> bool:
+    """Whether a SQLite error comes from the file's state (locked, full, corrupt, read-only), not from a bug."""
+    name = getattr(error, "sqlite_errorname", None) or ""  # extended names too: SQLITE_BUSY_SNAPSHOT
+    return "_".join(name.split("_")[:2]) in DATABASE_STATE_CODES
 
 
 class Database(sqlite_utils.Database):
@@ -226,11 +234,13 @@ def indexes_deferred(db: sqlite_utils.Database, enabled: bool = True) -> Iterato
             db.execute(f"DROP INDEX IF EXISTS {name}")
     try:
         yield
+    except sqlite3.Error:  # the database refuses work now (locked, full): the next writer's open builds them
+        raise
     except BaseException:
         try:
             _create_all(db, indexes.values())
         except sqlite3.Error as error:  # the error in flight says more; the next open builds them
-            log.warning("indexes not rebuilt yet (the next sync builds them): %s", error)
+            log.info("indexes not rebuilt yet (the next writer builds them): %s", error)
         raise
     _create_all(db, indexes.values())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -60,14 +61,32 @@ def test_a_cron_that_never_fires_is_a_config_error(tmp_path) -> None:
     assert result.exit_code == 2 and result.output == "error: schedule.full_cron '0 4 31 2 *' never fires\n"
 
 
-@pytest.mark.parametrize("error, expected", [
-    (sqlite3.OperationalError("database is locked"), "incremental sync failed: database error: database is locked"),
-    (sqlite3.DatabaseError("database disk image is malformed"),
-     "incremental sync failed: database error: database disk image is malformed"),
-    (sqlite3.ProgrammingError("a bug"), "incremental sync failed unexpectedly"),
+def sqlite_error(kind: str, tmp_path: Path) -> sqlite3.Error:
+    """A real SQLite error: a lock another connection holds, or a query naming no column (a bug)."""
+    holder = sqlite3.connect(tmp_path / "x.db")
+    holder.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    holder.commit()
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(tmp_path / "x.db", timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE" if kind == "locked" else "SELECT nosuch FROM t")
+    except sqlite3.Error as error:
+        return error
+    finally:
+        holder.close()
+        other.close()
+    raise AssertionError("no error")
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("locked", "incremental sync failed: database error: database is locked"),
+    ("bug", "incremental sync failed unexpectedly"),
+    ("programming", "incremental sync failed unexpectedly"),
 ])
-def test_a_failed_job_is_logged_and_the_scheduler_goes_on(error: Exception, expected: str,
+def test_a_failed_job_is_logged_and_the_scheduler_goes_on(kind: str, expected: str, tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
+    error = sqlite3.ProgrammingError("a bug") if kind == "programming" else sqlite_error(kind, tmp_path)
+
     def run_sync(config: Config, **kwargs: object) -> None:
         raise error
 
@@ -76,4 +95,4 @@ def test_a_failed_job_is_logged_and_the_scheduler_goes_on(error: Exception, expe
         jobs.incremental()
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.getMessage() == expected
-    assert (record.exc_info is not None) == (expected == "incremental sync failed unexpectedly")  # a traceback for bugs only
+    assert (record.exc_info is not None) == expected.endswith("unexpectedly")  # a traceback for bugs only

@@ -10,10 +10,12 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -505,14 +507,19 @@ def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> 
     assert code == 2 and err.count("\n") == 1 and "cannot listen on" in err
 
 
-def test_serve_uses_the_database_from_the_environment(mirror: Mirror, tmp_path: Path) -> None:
+def test_serve_uses_the_database_from_the_environment_and_ctrl_c_stops_it(mirror: Mirror) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "mirror", "serve", "--port", "0"], stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "YTS_MIRROR_DB": str(mirror.path)})
     try:
         line = proc.stderr.readline()
         assert f"serving {mirror.path} at http://127.0.0.1:" in line and line.rstrip().endswith("(Ctrl-C stops)")
+        url = line.split(" at ")[1].split()[0]
+        assert urllib.request.urlopen(url, timeout=30).status == 200  # its socket listens before this line
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "error" not in rest, (proc.returncode, rest)
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=20)
 
 
