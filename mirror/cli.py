@@ -55,10 +55,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"API request failed: {error}")
         except store.StoreError as error:
             fail(str(error))
-        except sqlite3.DatabaseError as error:
-            if not store.is_database_state(error):
+        except sqlite3.Error as error:
+            if not (line := store.database_error_line(error)):
                 raise  # a bug of ours, not the file's state: keep the traceback
-            fail(f"database error: {error}")
+            fail(line)
         except OSError as error:
             fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .client import YTSError
 from .config import Config, ConfigError
-from .store import StoreError, is_database_state
+from .store import StoreError, database_error_line
 from .sync import LockedError
 
 log = logging.getLogger(__name__)
@@ -99,8 +98,8 @@ class Jobs:
             except (YTSError, StoreError, LockedError) as error:  # expected: one line, as the CLI says it
                 log.error("%s failed: %s", name, error)
             except Exception as error:  # noqa: BLE001 - one failed run must not end the scheduler
-                if isinstance(error, sqlite3.DatabaseError) and is_database_state(error):
-                    log.error("%s failed: database error: %s", name, error)
+                if line := database_error_line(error):
+                    log.error("%s failed: %s", name, line)
                 else:
                     log.exception("%s failed unexpectedly", name)
             else:

@@ -247,23 +247,23 @@ async def refuse_bad_parameters(datasette: Any, request: Any, database: str, tab
     if any("\x00" in key or any("\x00" in value for value in args.getlist(key)) for key in args):
         raise BadRequest("a URL parameter holds a NUL character")
     db = datasette.get_database(database)
-    for key in ("_timelimit", "_next"):  # a view's ?_next= is a row offset
-        if args.get(key) and not is_integer(args[key]) and (key == "_timelimit" or table in await db.view_names()):
-            raise BadRequest(f"{key} must be a whole number, not {args[key]!r}")
+    if args.get("_timelimit") and not (args["_timelimit"].isdigit() and is_integer(args["_timelimit"])):
+        raise BadRequest(f"_timelimit must be a number of milliseconds, not {args['_timelimit']!r}")
+    if args.get("_next") and not is_integer(args["_next"]) and table in await db.view_names():
+        raise BadRequest(f"_next must be a row offset here, not {args['_next']!r}")  # a view pages by offset
     for through in args.getlist("_through"):
         if problem := await through_problem(db, table, through):
             raise BadRequest(f"_through {problem}")
     sorts = [args[key] for key in ("_sort", "_sort_desc") if args.get(key)]
     if len(sorts) == 2:
         raise BadRequest("use _sort or _sort_desc, not both")
-    if sorts and sorts[0] not in await sortable_columns(datasette, database, table):
+    if sorts and sorts[0] not in await sortable_columns(datasette, db, table):
         raise BadRequest(f"cannot sort {table} by {sorts[0]!r}")
 
 
-async def sortable_columns(datasette: Any, database: str, table: str) -> set[str]:
+async def sortable_columns(datasette: Any, db: Any, table: str) -> set[str]:
     """What Datasette lets a page sort by: the metadata's sortable_columns or every column, and a bare table's rowid."""
-    db = datasette.get_database(database)
-    configured = datasette.table_metadata(database, table).get("sortable_columns")
+    configured = datasette.table_metadata(db.name, table).get("sortable_columns")
     columns = set(configured if configured is not None else await db.table_columns(table))
     if table not in await db.view_names() and not await db.primary_keys(table):
         columns.add("rowid")
@@ -277,8 +277,8 @@ async def through_problem(db: Any, table: str, text: str) -> str | None:
     except ValueError:
         through = None
     if not (isinstance(through, dict) and isinstance(through.get("table"), str) and isinstance(through.get("column"), str)
-            and bindable(through.get("value"))):
-        return 'must be a JSON object {"table": "...", "column": "...", "value": ...} with a text or number value'
+            and "value" in through and bindable(through["value"])):
+        return 'must be a JSON object {"table": "...", "column": "...", "value": ...} with a scalar value'
     other, column = through["table"], through["column"]
     if other not in await db.table_names() or column not in await db.table_columns(other):
         return f"names no column {column!r} of a table {other!r}"
@@ -288,8 +288,8 @@ async def through_problem(db: Any, table: str, text: str) -> str | None:
 
 
 def bindable(value: object) -> bool:
-    """Whether SQLite takes `value` as a parameter: text, a float, or an integer within 64 bits."""
-    return isinstance(value, (str, float)) or isinstance(value, int) and value in SQLITE_INT_RANGE
+    """Whether SQLite takes a JSON value as a parameter: null, text, a float, a boolean or a 64-bit integer."""
+    return value is None or isinstance(value, (str, float)) or isinstance(value, int) and value in SQLITE_INT_RANGE
 
 
 def is_integer(text: str) -> bool:

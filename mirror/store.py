@@ -99,17 +99,22 @@ DATABASE_STATE_CODES = frozenset({
 })
 
 
-def is_database_state(error: sqlite3.Error) -> bool:
-    """Whether a SQLite error comes from the file's state (locked, full, corrupt, read-only), not from a bug."""
+def is_database_state(error: BaseException) -> bool:
+    """Whether an error is SQLite's about the file's state (locked, full, corrupt, read-only), not a bug."""
     name = getattr(error, "sqlite_errorname", None) or ""  # extended names too: SQLITE_BUSY_SNAPSHOT
-    return "_".join(name.split("_")[:2]) in DATABASE_STATE_CODES
+    return isinstance(error, sqlite3.Error) and "_".join(name.split("_")[:2]) in DATABASE_STATE_CODES
 
 
-class Database(sqlite_utils.Database):
+def database_error_line(error: BaseException) -> str | None:
+    """The one line to show for an error about the file's state; None for anything else (a bug)."""
+    return f"database error: {error}" if is_database_state(error) else None
+
+
+class ImmediateDatabase(sqlite_utils.Database):
     """sqlite_utils.Database whose outermost atomic() takes the write lock as it begins."""
 
     @contextmanager
-    def atomic(self) -> Iterator[Database]:
+    def atomic(self) -> Iterator[ImmediateDatabase]:
         """A transaction (a savepoint when nested) that starts with BEGIN IMMEDIATE."""
         # A plain BEGIN that reads first cannot write once another connection has committed
         # (a stale snapshot): SQLite answers "database is locked" at once, without waiting for
@@ -122,22 +127,22 @@ class Database(sqlite_utils.Database):
         try:
             yield self
         except BaseException:
-            self.conn.rollback()
+            self.rollback()
             raise
         try:
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.rollback()
+            self.rollback()
             raise
 
 
-def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> Database:
+def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> ImmediateDatabase:
     """Open a database file with the settings every connection here uses."""
     try:
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_ms / 1000)
     except sqlite3.OperationalError as error:
         raise StoreError(f"cannot open database {path}: {error}") from None
-    db = Database(conn)
+    db = ImmediateDatabase(conn)
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     db.execute("PRAGMA foreign_keys = OFF")  # suggestions may name movies not mirrored yet
     return db
@@ -209,8 +214,9 @@ BULK_TABLES = ("movies", "torrents", "movie_genres")
 _CREATE_INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS (?P<name>\w+) ON (?P<table>\w+)\(", re.MULTILINE)
 
 
+@functools.cache
 def bulk_indexes() -> dict[str, str]:
-    """The schema.sql indexes a bulk load defers, by name, with the statements that create them."""
+    """The schema.sql indexes a bulk load defers, by name, with their CREATE statements (unique ones never)."""
     found = {}
     for statement in split_sql(schema_sql()):
         index = _CREATE_INDEX.search(statement)
@@ -234,13 +240,13 @@ def indexes_deferred(db: sqlite_utils.Database, enabled: bool = True) -> Iterato
             db.execute(f"DROP INDEX IF EXISTS {name}")
     try:
         yield
-    except sqlite3.Error:  # the database refuses work now (locked, full): the next writer's open builds them
-        raise
-    except BaseException:
+    except BaseException as error:
+        if is_database_state(error):  # the file refuses work now (locked, full): the next writer's open builds them
+            raise
         try:
             _create_all(db, indexes.values())
-        except sqlite3.Error as error:  # the error in flight says more; the next open builds them
-            log.info("indexes not rebuilt yet (the next writer builds them): %s", error)
+        except sqlite3.Error as rebuild_error:  # the error in flight says more; the next open builds them
+            log.info("indexes not rebuilt yet (the next writer builds them): %s", rebuild_error)
         raise
     _create_all(db, indexes.values())
 

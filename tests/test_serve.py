@@ -209,9 +209,11 @@ def test_search_with_odd_characters_does_not_error(mirror: Mirror) -> None:
 GENRE_THROUGH = {"table": "movie_genres", "column": "genre", "value": "Drama"}
 BAD_THROUGH = ["", "x", [1], {"x": 1}, {**GENRE_THROUGH, "table": 1}, {**GENRE_THROUGH, "table": ["movie_genres"]},
                {**GENRE_THROUGH, "column": ["genre"]}, {**GENRE_THROUGH, "value": [1]}, {**GENRE_THROUGH, "value": 2**70},
+               {key: value for key, value in GENRE_THROUGH.items() if key != "value"},
                {**GENRE_THROUGH, "table": "nosuch"}, {**GENRE_THROUGH, "column": "nosuch"},
                {**GENRE_THROUGH, "table": "movies", "column": "title"}]
-BAD_PARAMETERS = ["_sort=nosuch", "_sort_desc=nosuch", "_sort=title&_sort_desc=year", "_timelimit=abc", "_sort=rowid",
+BAD_PARAMETERS = ["_sort=nosuch", "_sort_desc=nosuch", "_sort=title&_sort_desc=year", "_timelimit=abc", "_timelimit=-1",
+                  "_sort=rowid",
                   "_genre=a%00b", "_where=id%3D1%00",
                   *("_through=" + quote(json.dumps(through) if not isinstance(through, str) else through)
                     for through in BAD_THROUGH),
@@ -230,9 +232,26 @@ def test_bad_page_parameters_are_a_400_not_a_500(mirror: Mirror, table: str, col
     assert "Traceback" not in capsys.readouterr().err
     good = [f"/mirror/{table}.json?{query}" for query in (f"_sort={column}", f"_sort_desc={column}", "_timelimit=500")]
     good.append(f"/mirror/{table}.json?_next=" + get_json(mirror, f"/mirror/{table}.json?_size=2")["next"])
-    good.append("/mirror/movies.json?_through=" + quote(json.dumps(GENRE_THROUGH)))
+    for through in (GENRE_THROUGH, {**GENRE_THROUGH, "value": None}, {**GENRE_THROUGH, "value": True}):
+        good.append("/mirror/movies.json?_through=" + quote(json.dumps(through)))
+    good.append("/mirror/movies_fts.json?_sort=rowid")  # a table without a primary key sorts by rowid
     for path, response in zip(good, get(mirror, *good)):
         assert response.status_code == 200, (path, response.text[:300])
+
+
+def test_sorting_follows_the_metadata_sortable_columns(mirror: Mirror) -> None:
+    from datasette.app import Datasette
+
+    from mirror.serve import SETTINGS, register_plugin
+
+    async def fetch(*paths: str) -> list[int]:
+        register_plugin()
+        metadata = {"databases": {"mirror": {"tables": {"movies": {"sortable_columns": ["year"]}}}}}
+        datasette = Datasette([str(mirror.path)], metadata=metadata, settings=SETTINGS)
+        await datasette.invoke_startup()
+        return [(await datasette.client.get(path)).status_code for path in paths]
+
+    assert asyncio.run(fetch("/mirror/movies.json?_sort=year", "/mirror/movies.json?_sort=title")) == [200, 400]
 
 
 def facet_counts(data: dict[str, Any], name: str) -> dict[str, int]:
