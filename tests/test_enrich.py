@@ -58,6 +58,15 @@ def mirrored_details(db: Path, movie_id: int) -> dict:
     return details
 
 
+def enrich_states(db: Path, movie_id: int) -> list[tuple]:
+    """A movie's enrich_state rows, to explain a failure."""
+    conn = connect(db)
+    try:
+        return [tuple(row) for row in conn.execute("SELECT * FROM enrich_state WHERE movie_id = ?", [movie_id])]
+    finally:
+        conn.close()
+
+
 def test_enrichment_under_faults_with_a_dead_endpoint(simulator: Callable[..., FakeYTS], db_path: Path,
                                                       config_file: Path) -> None:
     sim = simulator(movies=1500, faults="mix=0.1,retry_after=0,dead=movie_reviews")
@@ -65,7 +74,7 @@ def test_enrichment_under_faults_with_a_dead_endpoint(simulator: Callable[..., F
     for movie_id in sim.catalog.order:
         expected, actual = expected_details(sim, movie_id), mirrored_details(db_path, movie_id)
         expected.pop("reviews"), actual.pop("reviews")
-        assert actual == expected, movie_id
+        assert actual == expected, (movie_id, enrich_states(db_path, movie_id), stderr[-2000:])
     # The dead endpoint is paused and reported, cheaply.
     assert "movie_reviews paused" in stderr
     assert sim.counts["movie_reviews"] <= 20
