@@ -153,24 +153,25 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-def text_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str | None]:
-    """Coerce several fields with to_text."""
-    get = source.get
-    return {field: value if (value := get(field)) is None or type(value) is str else to_text(value) for field in fields}
+_INT_MIN, _INT_MAX = SQLITE_INT_RANGE[0], SQLITE_INT_RANGE[-1]
 
 
-def int_fields(source: Mapping[str, Any], fields: Iterable[str]) -> dict[str, int | None]:
-    """Coerce several fields with to_int."""
+def copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable[str] = (),
+                ints: Iterable[str] = ()) -> dict[str, Any]:
+    """Add `source`'s fields to `row`, coerced with to_text and to_int (clean values pass as they are); return it."""
     get = source.get
-    return {field: value if (value := get(field)) is None or (type(value) is int and value in SQLITE_INT_RANGE)
-            else to_int(value) for field in fields}
+    for field in texts:
+        value = get(field)
+        row[field] = value if value is None or type(value) is str else to_text(value)
+    for field in ints:
+        value = get(field)
+        row[field] = value if type(value) is int and _INT_MIN <= value <= _INT_MAX else to_int(value)
+    return row
 
 
 def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:
     """Turn one list_movies movie into a `movies` row (without bookkeeping timestamps)."""
-    row: dict[str, Any] = {"id": to_int(movie.get("id"))}
-    row.update(text_fields(movie, MOVIE_TEXT_FIELDS))
-    row.update(int_fields(movie, MOVIE_INT_FIELDS))
+    row = copy_fields({"id": to_int(movie.get("id"))}, movie, MOVIE_TEXT_FIELDS, MOVIE_INT_FIELDS)
     row["rating"] = to_float(movie.get("rating"))
     row["genres"] = dumps(genres_of(movie))
     row["raw"] = raw if raw is not None else dumps(movie)
@@ -189,9 +190,7 @@ def torrent_rows(
         if not isinstance(torrent, Mapping) or not torrent.get("hash"):
             continue
         info_hash = normal_hash(torrent["hash"])
-        row: dict[str, Any] = {"hash": info_hash, "movie_id": movie_id}
-        row.update(text_fields(torrent, TORRENT_TEXT_FIELDS))
-        row.update(int_fields(torrent, TORRENT_INT_FIELDS))
+        row = copy_fields({"hash": info_hash, "movie_id": movie_id}, torrent, TORRENT_TEXT_FIELDS, TORRENT_INT_FIELDS)
         row["magnet"] = f"magnet:?xt=urn:btih:{info_hash}{magnet_suffix}"
         rows[info_hash] = row
     return list(rows.values())
@@ -261,7 +260,7 @@ def details_row(movie: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         field: to_text(movie.get(field, images.get(field))) for field in DETAIL_TEXT_FIELDS
     }
-    row.update(int_fields(movie, DETAIL_INT_FIELDS))
+    copy_fields(row, movie, ints=DETAIL_INT_FIELDS)
     row["cast_names"] = " ".join(member["name"] for member in cast_rows(movie) if member["name"]) or None
     return row
 
