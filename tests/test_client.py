@@ -34,6 +34,17 @@ def test_each_fault_kind_is_survived(simulator: Callable[..., FakeYTS], kind: st
         assert client.stats.retries == 0
 
 
+def test_proxies_come_from_the_environment(simulator: Callable[..., FakeYTS], monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = simulator(movies=10)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", sim.url)  # the simulator answers proxied requests too
+    client = fast_client("http://yts.invalid")
+    for _ in range(2):  # the environment is read for the first request to a host, then kept
+        assert client.get("list_movies", {"limit": 5})["movie_count"] == 10
+    assert sim.counts["list_movies"] == 2 and client.stats.requests == 2
+
+
 def test_timeouts_are_retried(simulator: Callable[..., FakeYTS]) -> None:
     sim = simulator(movies=10, faults="timeout=0.5,timeout_s=0.5")
     client = YTSClient([sim.url], rate=0, max_attempts=20, backoff_initial=0.001, backoff_max=0.01,
