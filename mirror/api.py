@@ -373,7 +373,8 @@ class ListQuery:
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """The WHERE clause and its parameters."""
-        clauses, args = [], {}
+        clauses: list[str] = []
+        args: dict[str, Any] = {}
         if not self.include_removed:
             clauses.append("m.removed_at IS NULL")
         if self.quality:
@@ -488,7 +489,7 @@ class MovieQuery:
     @classmethod
     def parse(cls, params: Params, allow_imdb: bool = False) -> "MovieQuery":
         """Read movie_id (or imdb_id) and the flags."""
-        flags = {"include_removed": params.flag("include_removed")}
+        flags: dict[str, Any] = {"include_removed": params.flag("include_removed")}
         if allow_imdb:
             flags.update(with_images=params.flag("with_images"), with_cast=params.flag("with_cast"))
         if params.text("movie_id") is not None:

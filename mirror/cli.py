@@ -151,11 +151,12 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click 8.
 class OneLineErrorGroup(click.Group):
     """A command group whose usage errors are one line on stderr, like every other expected failure."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, **extra)
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(args, prog_name, complete_var, False, **extra)
         except NO_ARGS_IS_HELP as error:  # a bare `yts-mirror`: the help itself, as click shows it
             click.echo(error.format_message(), err=True)
             sys.exit(error.exit_code)

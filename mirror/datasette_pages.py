@@ -36,7 +36,7 @@ class MirrorTemplates(BaseLoader):
     def load(self, environment: Environment, name: str, globals: Any = None) -> Template:  # noqa: A002
         match = TEMPLATE_RE.fullmatch(name)
         file = TEMPLATE_FILES.get((match.group(1), match.group(3))) if match else None
-        if file is None or not self.names_mirror(match.group(2)):
+        if match is None or file is None or not self.names_mirror(match.group(2)):
             raise TemplateNotFound(name)
         return self.files.load(environment, file, globals)
 

@@ -617,7 +617,7 @@ class FakeYTS:
         if self.server is None:
             raise RuntimeError("the simulator is not started")
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self, port: int = 0, host: str = "127.0.0.1") -> "FakeYTS":
         """Serve in a background thread; port 0 picks a free port."""

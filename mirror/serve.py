@@ -327,7 +327,8 @@ def movie_url(datasette: Any, database: str) -> render.RowUrl:
 def extra_template_vars(template: str, database: str | None, table: str | None, columns: Any, view_name: str,
                         request: Any, datasette: Any) -> Callable[[], Awaitable[dict[str, Any]]] | None:
     """The torrents, cast, suggestions, reviews and guides of a movie page."""
-    if view_name != "row" or table != "movies" or request is None or not is_mirror(datasette, database):
+    if (view_name != "row" or table != "movies" or request is None or database is None
+            or not is_mirror(datasette, database)):
         return None
 
     async def movie_vars() -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlite_utils
 
@@ -591,7 +591,7 @@ def start_run(db: sqlite_utils.Database, kind: str, base_url: str | None) -> int
             "INSERT INTO sync_runs (kind, started_at, status, base_url) VALUES (?, ?, 'running', ?)",
             [kind, now_iso(), base_url],
         )
-    return int(cursor.lastrowid)
+    return cast(int, cursor.lastrowid)  # an INSERT sets it
 
 
 def update_run(db: sqlite_utils.Database, run_id: int, **values: Any) -> None:
