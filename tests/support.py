@@ -63,6 +63,15 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+def query(path: Path | str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """Run one query on a fresh plain connection and return its rows."""
+    conn = connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def as_int(value: Any) -> int | None:
     """Independent loose-integer reading, to check the mirror against the catalog."""
     if value in (None, ""):
@@ -144,11 +153,7 @@ def integrity_ok(db_path: Path | str) -> bool:
 
 def last_run(db_path: Path | str) -> dict[str, Any]:
     """The newest sync_runs row."""
-    conn = connect(db_path)
-    try:
-        return dict(conn.execute("SELECT * FROM sync_runs ORDER BY id DESC LIMIT 1").fetchone())
-    finally:
-        conn.close()
+    return dict(query(db_path, "SELECT * FROM sync_runs ORDER BY id DESC LIMIT 1")[0])
 
 
 def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.02) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mirror import store
 from mirror.fakeapi import FakeYTS
-from support import cli_subprocess, connect, integrity_ok, last_run, run_cli, wait_for
+from support import cli_subprocess, connect, integrity_ok, last_run, query, run_cli, wait_for
 
 ENRICHED = ("movie_details", "movie_suggestions", "movie_parental_guides")
 
@@ -60,20 +60,12 @@ def mirrored_details(db: Path, movie_id: int) -> dict:
 
 def enrich_states(db: Path, movie_id: int) -> list[tuple]:
     """A movie's enrich_state rows, to explain a failure."""
-    conn = connect(db)
-    try:
-        return [tuple(row) for row in conn.execute("SELECT * FROM enrich_state WHERE movie_id = ?", [movie_id])]
-    finally:
-        conn.close()
+    return [tuple(row) for row in query(db, "SELECT * FROM enrich_state WHERE movie_id = ?", [movie_id])]
 
 
 def failed_movies(db: Path) -> set[int]:
     """Movies with a fetch that failed after all its attempts (kept in the backlog)."""
-    conn = connect(db)
-    try:
-        return {row[0] for row in conn.execute("SELECT movie_id FROM enrich_state WHERE status = 'failed'")}
-    finally:
-        conn.close()
+    return {row[0] for row in query(db, "SELECT movie_id FROM enrich_state WHERE status = 'failed'")}
 
 
 def test_enrichment_under_faults_with_a_dead_endpoint(simulator: Callable[..., FakeYTS], db_path: Path,

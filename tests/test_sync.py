@@ -18,7 +18,7 @@ import pytest
 from mirror import store, transform
 from mirror.fakeapi import FAULT_KINDS, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port, integrity_ok,
-                     last_run, mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
+                     last_run, mirror_movies, query, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -200,11 +200,7 @@ def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS],
 
 
 def index_names(db_path: Path) -> set[str]:
-    conn = connect(db_path)
-    try:
-        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL")}
-    finally:
-        conn.close()
+    return {row[0] for row in query(db_path, "SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL")}
 
 
 def schema_index_names(tmp_path: Path) -> set[str]:
@@ -349,9 +345,9 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
     assert result.exit_code == 0
     ids = [row["id"] for row in json.loads(result.output)]
     assert ids == [sim.catalog.order[5], sim.catalog.order[9]]  # a title match outranks a description match
-    for query in ('title:"unclosed', "*", "* a", "NEAR(", "AND", "nosuchcolumn:x"):
-        bad = run_cli(["search", query, "--db", str(db_path)])
-        assert bad.exit_code == 2, (query, bad.output)
+    for bad_query in ('title:"unclosed', "*", "* a", "NEAR(", "AND", "nosuchcolumn:x"):
+        bad = run_cli(["search", bad_query, "--db", str(db_path)])
+        assert bad.exit_code == 2, (bad_query, bad.output)
         assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
 
 
