@@ -176,12 +176,18 @@ class ClientStats:
 
     requests: int = 0
     retries: int = 0
+    answered: int = 0  # requests that got an HTTP response, whatever its status
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_request(self) -> None:
         """Count one request sent."""
         with self.lock:
             self.requests += 1
+
+    def count_answer(self) -> None:
+        """Count one HTTP response received."""
+        with self.lock:
+            self.answered += 1
 
     def count_retry(self) -> None:
         """Count one retry."""
@@ -365,6 +371,7 @@ class YTSClient:
             raise failure from error
         except requests.RequestException as error:
             raise TransientError(url, f"{type(error).__name__}: {error}") from error
+        self.stats.count_answer()
         try:
             data = self._classify(url, response)
             if validate is not None:

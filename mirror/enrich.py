@@ -289,6 +289,7 @@ class Pool:
         self.halt = threading.Event()  # set when the consumer leaves early
         self.work: queue.Queue[WorkItem] = queue.Queue()
         self.results: queue.Queue[Finished] = queue.Queue()
+        self.last_failure: FetchError | None = None
 
     def fetch_movie(self, item: WorkItem) -> dict[str, Outcome]:
         """Fetch every endpoint one movie needs, skipping paused endpoints."""
@@ -313,8 +314,9 @@ class Pool:
                 if error.not_found:  # a yts-mirror source answers a removed movie with a 404 envelope
                     breaker.record(True)
                     return ("not_found", None)
+                self.last_failure = error
                 if breaker.record(False, error.reason):
-                    log.warning("pausing %s: %s", endpoint, error.reason)
+                    log.info("pausing %s: %s", endpoint, error.reason)  # the run reports it at its end
                 return ("failed", str(error))
             breaker.record(True)
             return ("ok", data)
@@ -371,6 +373,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
         return report
     _announce(progress, report.backlog, len(items), client.limiter.rate)
     pool = Pool(client, breakers, concurrency or config.enrich.concurrency, stop)
+    sent, answered = client.stats.requests, client.stats.answered
     try:
         for done in pool.run(items):
             try:
@@ -385,7 +388,12 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
             report.tally(done.outcomes, fetched, not_found)
             progress.advance(len(done.item.endpoints))
     finally:
-        _save_breakers(db, breakers, report)
+        unanswered = client.stats.requests > sent and client.stats.answered == answered
+        failure = pool.last_failure if unanswered else None
+        if failure is None:  # with no response at all, the host is unreachable: no endpoint is to blame
+            _save_breakers(db, breakers, report)
+    if failure is not None:
+        raise failure
     return report
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mirror import store
 from mirror.fakeapi import FakeYTS
-from support import cli_subprocess, connect, integrity_ok, last_run, query, run_cli, wait_for
+from support import cli_subprocess, connect, free_port, integrity_ok, last_run, query, run_cli, wait_for
 
 ENRICHED = ("movie_details", "movie_suggestions", "movie_parental_guides")
 
@@ -101,6 +101,24 @@ def test_enrichment_under_faults_with_a_dead_endpoint(simulator: Callable[..., F
     assert report["backlog"]["movie_details"] == {"pending": 0, "done": 1500, "not_found": 0, "failed": 0,
                                                    "paused": False}
     assert integrity_ok(db_path)
+
+
+def test_an_unreachable_host_fails_the_run_and_pauses_no_endpoint(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                                  config_file: Path) -> None:
+    sim = simulator(movies=30)
+    db = tmp_path / "gone.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    gone = f"http://127.0.0.1:{free_port()}"
+    for _ in range(2):  # and again: nothing was paused, so the next run tries every endpoint again
+        result = run_cli(["enrich", "--db", str(db), "--base-url", gone, "--rate", "0", "--config", str(config_file)])
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith(f"error: API request failed: {gone}/")
+        assert (last_run(db)["kind"], last_run(db)["status"]) == ("enrich", "failed")
+        assert query(db, "SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL")[0][0] == 0
+    # The host is back: the whole backlog is fetched.
+    result = run_cli(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    assert query(db, "SELECT COUNT(*) FROM enrich_backlog WHERE pending > 0")[0][0] == 0
 
 
 def test_search_finds_an_actors_movies(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
