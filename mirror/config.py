@@ -99,11 +99,13 @@ def _coerce(section: str, name: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where} must be true or false, not {value!r}")
         return value
     if isinstance(default, (int, float)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+            raise ConfigError(f"{where} is out of range: {value}")  # no limit is near, and as a float it would round
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where} must be a number, not {value!r}")
         if value < 0:
             raise ConfigError(f"{where} must not be negative, not {value!r}")
-        if isinstance(default, int) and float(value) != int(value):
+        if isinstance(default, int) and not float(value).is_integer():
             raise ConfigError(f"{where} must be a whole number, not {value!r}")
         return type(default)(value)
     if isinstance(default, str):
@@ -229,6 +231,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from None
+    except ValueError as error:  # tomllib's own int() refuses integers of over 4,300 digits
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
     return parse_config(data)
 
 

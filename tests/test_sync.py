@@ -459,6 +459,11 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     ("[schedule]\nincremental_seconds = inf\n", "schedule.incremental_seconds must be a number"),
     ("[schedule]\nmisfire_grace_seconds = 0\n", "schedule.misfire_grace_seconds must be between"),
     (b"\x00\xff\xfe", "not UTF-8"),
+    ("[api]\nrate = 1" + "0" * 400 + "\n", "api.rate is out of range"),  # too big for a float
+    ("[api]\nburst = 9223372036854775807\n", "api.burst is out of range"),  # whole, just huge
+    ("[api]\nburst = 2.5\n", "api.burst must be a whole number"),
+    ("[enrich.ttl_days]\nmovie_details = 1" + "0" * 400 + "\n", "enrich.ttl_days.movie_details is out of range"),
+    ("[api]\nburst = 1" + "0" * 5000 + "\n", "invalid TOML"),  # more digits than Python turns into an int
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, message: str) -> None:
     config = tmp_path / "bad.toml"
