@@ -432,9 +432,10 @@ def format_stats(report: dict[str, Any]) -> str:
 @click.option("--rate-limit", type=click.FloatRange(min=0), default=0, show_default=True, callback=finite,
               help="Refuse with 429 above this many requests per second (0 = no limit).")
 @click.option("--churn", default="", help='Mutate the catalog while crawled, e.g. "every=10,add=3,remove=1".')
+@click.pass_context
 @handle_errors
-def fake_api(movies: int, port: int, host: str, seed: int, latency_ms: float, faults: str, rate_limit: float,
-             churn: str) -> None:
+def fake_api(ctx: click.Context, movies: int, port: int, host: str, seed: int, latency_ms: float, faults: str,
+             rate_limit: float, churn: str) -> None:
     """Serve a simulated YTS API on loopback, for tests, the demo and benchmarks."""
     from .fakeapi import Catalog, Churn, FakeYTS, FaultPlan
 
@@ -447,7 +448,8 @@ def fake_api(movies: int, port: int, host: str, seed: int, latency_ms: float, fa
         sim.start(port, host)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    click.echo(f"fake YTS API with {movies} movies at {sim.url}/api/v2/list_movies.json (Ctrl-C stops)", err=True)
+    if not ctx.obj["quiet"]:
+        click.echo(f"fake YTS API with {movies} movies at {sim.url}/api/v2/list_movies.json (Ctrl-C stops)", err=True)
     with stop_on_signals(announce=None) as stop:  # nothing in flight worth announcing
         while not stop.wait(0.5):
             pass
@@ -525,12 +527,13 @@ def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
               help="Port to listen on (0 picks a free one).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the catalog in a web browser.")
+@click.pass_context
 @handle_errors
-def serve(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
+def serve(ctx: click.Context, db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
     """Browse the mirror in Datasette: search, facets, canned queries, magnet links."""
     from .serve import run_serve  # late: Datasette and uvicorn load only for this command
 
-    run_serve(db, config_path, host, port, open_browser)
+    run_serve(db, config_path, host, port, open_browser, quiet=ctx.obj["quiet"])
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ CATALOG_COLUMNS = frozenset({"id", "cover", "title", "year", "rating", "runtime"
 
 # ---- the command (its click options are in cli.py) --------------------------------------------
 
-def run_serve(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool) -> None:
+def run_serve(db: str | None, config_path: str | None, host: str, port: int, open_browser: bool,
+              quiet: bool = False) -> None:
     """Check the database, bind the port, then serve Datasette until interrupted."""
     import uvicorn  # late: only a served mirror needs it
 
@@ -58,7 +59,8 @@ def run_serve(db: str | None, config_path: str | None, host: str, port: int, ope
     sock = bind(host, port)
     name = next(iter(mirror_databases(datasette)))
     url = f"http://{url_host(host)}:{sock.getsockname()[1]}{datasette.urls.table(name, CATALOG)}"
-    click.echo(f"serving {path} at {url} (Ctrl-C stops)", err=True)
+    if not quiet:
+        click.echo(f"serving {path} at {url} (Ctrl-C stops)", err=True)
     asyncio.run(datasette.invoke_startup())
     if open_browser:
         webbrowser.open(url)

@@ -557,6 +557,10 @@ def test_serve_open_launches_the_catalog(mirror: Mirror, monkeypatch: pytest.Mon
     (config, sockets), = served
     assert sockets[0].getsockname()[0] == "127.0.0.1"  # loopback by default
     sockets[0].close()
+    assert result.stderr.startswith(f"serving {mirror.path} at {opened[0]}")
+    quiet = CliRunner().invoke(cli, ["-q", "serve", "--db", str(mirror.path), "--port", "0"])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.output  # -q: errors only
+    served[1][1][0].close()
 
 
 # ---- reading while sync writes -----------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from mirror import store, transform
 from mirror.fakeapi import FAULT_KINDS, FakeYTS, FaultPlan
@@ -500,6 +501,28 @@ def test_bad_flag_values_are_one_line_and_exit_2(tmp_path: Path, flags: list[str
 def test_bad_simulator_specs_are_one_line_and_exit_2(flags: list[str], message: str) -> None:
     result = run_cli(["fake-api", "--port", "0", *flags])
     assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_simulator_names_its_url_unless_quiet(quiet: bool) -> None:
+    port = free_port()
+    process = cli_subprocess(["-q"] * quiet + ["fake-api", "--movies", "5", "--port", str(port)])
+    try:
+        wait_for(lambda: simulator_answers(f"http://127.0.0.1:{port}"))
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    expected = "" if quiet else f"fake YTS API with 5 movies at http://127.0.0.1:{port}/api/v2/list_movies.json (Ctrl-C stops)\n"
+    assert stderr == expected
+
+
+def simulator_answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/_admin/stats", timeout=1).ok
+    except requests.ConnectionError:
+        return False
 
 
 def test_no_lock_file_is_left_for_a_database_that_cannot_be_used(tmp_path: Path, config_file: Path) -> None:
