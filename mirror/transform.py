@@ -153,9 +153,6 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-_INT_MIN, _INT_MAX = SQLITE_INT_RANGE[0], SQLITE_INT_RANGE[-1]
-
-
 def copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable[str] = (),
                 ints: Iterable[str] = ()) -> dict[str, Any]:
     """Add `source`'s fields to `row`, coerced with to_text and to_int (clean values pass as they are); return it."""
@@ -165,7 +162,7 @@ def copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable[
         row[field] = value if value is None or type(value) is str else to_text(value)
     for field in ints:
         value = get(field)
-        row[field] = value if type(value) is int and _INT_MIN <= value <= _INT_MAX else to_int(value)
+        row[field] = value if type(value) is int and value in SQLITE_INT_RANGE else to_int(value)
     return row
 
 
