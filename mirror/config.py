@@ -99,9 +99,11 @@ def _coerce(section: str, name: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where} must be true or false, not {value!r}")
         return value
     if isinstance(default, (int, float)):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        if isinstance(value, int) and abs(value) > 2**53:
             raise ConfigError(f"{where} is out of range: {value}")  # no limit is near, and as a float it would round
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not math.isfinite(value):
             raise ConfigError(f"{where} must be a number, not {value!r}")
         if value < 0:
             raise ConfigError(f"{where} must not be negative, not {value!r}")
