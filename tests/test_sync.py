@@ -514,8 +514,8 @@ def test_the_simulator_names_its_url_unless_quiet(quiet: bool) -> None:
     finally:
         process.kill()
     assert process.returncode == 0
-    expected = "" if quiet else f"fake YTS API with 5 movies at http://127.0.0.1:{port}/api/v2/list_movies.json (Ctrl-C stops)\n"
-    assert stderr == expected
+    url = f"http://127.0.0.1:{port}/api/v2/list_movies.json"
+    assert stderr == ("" if quiet else f"fake YTS API with 5 movies at {url} (Ctrl-C stops)\n")
 
 
 def simulator_answers(url: str) -> bool:
