@@ -466,11 +466,12 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     """Sync a simulated catalog into demo.db offline, then show what you got."""
     from dataclasses import replace
 
+    config = resolve(None, db=db, base_url="http://127.0.0.1", rate=0, concurrency=4)
+    store.require_mirror(config.db, must_exist=False)  # refuse a bad --db before starting anything
     with simulator_process(movies, faults="mix=0.03,retry_after=0") as url:
         click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
-        config = resolve(None, db=db, base_url=url, rate=0, concurrency=4)
-        config = replace(config, api=replace(config.api, backoff_initial=0.05, backoff_max=0.5))
-        run_sync(config, full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
+        api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
+        run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
     database = store.open_db(db)
     click.echo(format_stats(collect_stats(database, config)))
     query = demo_query(database)

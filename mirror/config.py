@@ -262,4 +262,6 @@ def resolve(
         enrich = replace(enrich, concurrency=concurrency)
     if Path(db).is_dir():
         raise ConfigError(f"the database path {db} is a directory")
+    if Path(db).exists() and not Path(db).is_file():  # a FIFO would block the first read for good
+        raise ConfigError(f"the database path {db} is not a regular file")
     return validate(replace(config, db=str(Path(db)), api=api, enrich=enrich))

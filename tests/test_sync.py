@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sqlite3
 import threading
@@ -634,6 +635,21 @@ def test_a_database_of_something_else_is_left_untouched(tmp_path: Path, config_f
         assert result.exit_code == 2 and "is not a yts-mirror database" in result.output, (command, result.output)
     assert other.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "other.db"]  # no lock file either
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_database_path_that_is_no_regular_file_is_refused(tmp_path: Path, config_file: Path, kind: str) -> None:
+    path = tmp_path / "pipe.db"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it to read would block for good
+    else:
+        path = Path(os.devnull)
+    config = ["--config", str(config_file)]
+    for command in (["stats", *config], ["search", "x", *config], ["enrich", *config], ["demo"],
+                    ["sync", "--base-url", "http://127.0.0.1:9", *config]):
+        process = cli_subprocess([*command, "--db", str(path)])
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 2 and err == f"error: the database path {path} is not a regular file\n", (command, err)
 
 
 def test_a_symlink_to_the_database_shares_its_lock(tmp_path: Path, db_path: Path, config_file: Path) -> None:
