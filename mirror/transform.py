@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,14 +74,13 @@ def _loose_int(value: Any) -> int | None:
         return None if value is None else int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        return int(value)
-    text = str(value).strip()
-    if not text:
-        return None
+    if not isinstance(value, float):
+        value = str(value).strip()
+        if not value:
+            return None
     try:
-        return int(float(text))
-    except ValueError:
+        return int(float(value))
+    except (ValueError, OverflowError):  # "x", and NaN or Infinity, which Python's json accepts
         return None
 
 
@@ -90,9 +90,10 @@ def to_float(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def to_text(value: Any) -> str | None:

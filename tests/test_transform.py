@@ -13,14 +13,25 @@ from mirror import transform
 
 @pytest.mark.parametrize("value, expected", [
     ("0", 0), ("1", 1), ("", None), (None, None), (8, 8), ("8", 8), (7.0, 7), ("7.9", 7), ("x", None), (True, 1),
+    ("inf", None), ("1e999", None), ("nan", None), (float("inf"), None), (float("-inf"), None), (float("nan"), None),
 ])
 def test_to_int(value: object, expected: int | None) -> None:
     assert transform.to_int(value) == expected
 
 
-@pytest.mark.parametrize("value, expected", [(7, 7.0), (6.3, 6.3), ("5.5", 5.5), ("", None), (None, None)])
+@pytest.mark.parametrize("value, expected", [(7, 7.0), (6.3, 6.3), ("5.5", 5.5), ("", None), (None, None),
+                                             ("inf", None), (float("nan"), None), (float("-inf"), None)])
 def test_to_float(value: object, expected: float | None) -> None:
     assert transform.to_float(value) == expected
+
+
+def test_non_finite_numbers_become_null() -> None:
+    # Python's json (the fallback decoder) accepts NaN and Infinity, which orjson refuses
+    movie = json.loads('{"id": 5, "year": Infinity, "runtime": -Infinity, "rating": NaN, "torrents": '
+                       '[{"hash": "ab", "seeds": NaN, "size_bytes": 1e999}]}')
+    rows = transform.page_rows([movie])
+    assert (rows.movies[5]["year"], rows.movies[5]["runtime"], rows.movies[5]["rating"]) == (None, None, None)
+    assert (rows.torrents[0]["seeds"], rows.torrents[0]["size_bytes"]) == (None, None)
 
 
 MOVIE = {
