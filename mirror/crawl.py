@@ -183,7 +183,9 @@ class RankedPages:
     def ranks(self, number: int) -> list[int]:
         """Our ranks of page `number`'s movies; CatalogMoved if the page disagrees with the mirror."""
         if number not in self.pages:
-            movies, count, _ = fetch_page(self.client, number, self.limit)
+            movies, count, short = fetch_page(self.client, number, self.limit)
+            if short:  # offsets mean nothing once movie_count and the pages disagree
+                raise CatalogMoved(f"page {number} lists fewer movies than movie_count promises")
             if self.count is not None and count != self.count:
                 raise CatalogMoved(f"movie_count changed from {self.count} to {count}")
             self.count = count

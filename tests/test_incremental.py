@@ -285,6 +285,19 @@ def test_a_removal_check_that_never_completes_is_left_to_a_full_sync(simulator: 
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+def test_a_removal_check_that_reads_a_short_page_waits(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                       config_file: Path) -> None:
+    sim = owing_a_removal_check(simulator, db_path, config_file)
+    sim.faults = FaultPlan.parse("empty=1")  # movie_count promises movies no page lists, as in the 9668 sample
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["status"] == "ok" and store_state(db_path, "reconcile")["tries"] == 1  # nothing learnt: ask again
+    assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+    sim.faults = FaultPlan.parse("")
+    sync(db_path, sim, config_file, "--no-enrich")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert store_state(db_path, "reconcile") is None
+
+
 def test_a_count_change_survives_a_kill(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
     sim = simulator(movies=600, latency_ms=30)
     process = cli_subprocess(sync_args(db_path, sim.url, config_file))
