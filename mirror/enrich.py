@@ -334,7 +334,9 @@ class Pool:
             except BaseException as error:  # noqa: BLE001 - reported by the writer
                 finished = Finished(item, {}, error, written)
             self.results.put(finished)
-            written.wait()
+            while not written.wait(0.1):
+                if self.halt.is_set():  # the consumer left without writing it
+                    return
 
     def run(self, items: Sequence[WorkItem]) -> Iterator[Finished]:
         """Start the workers and yield each finished movie; the consumer sets its event once written."""

@@ -317,3 +317,22 @@ def test_stats_counts_enrichment_of_present_movies_only(simulator: Callable[...,
     assert backlog["movie_details"]["done"] == 52 and backlog["movie_details"]["pending"] == 0
     view = dict(connect(db).execute("SELECT endpoint, ok FROM enrich_backlog").fetchall())
     assert view["movie_details"] == 52
+
+
+def test_workers_end_when_the_writer_leaves_early(simulator: Callable[..., FakeYTS]) -> None:
+    import threading
+
+    from mirror.client import YTSClient
+    from mirror.enrich import Breaker, Pool, WorkItem
+
+    sim = simulator(movies=20, latency_ms=200)
+    client = YTSClient([sim.url], rate=0)
+    breakers = {"movie_details": Breaker("movie_details", 3)}
+    pool = Pool(client, breakers, 4, threading.Event())
+    results = pool.run([WorkItem(movie_id, None, ["movie_details"]) for movie_id in sim.catalog.ids()[:8]])
+    next(results).written.set()
+    results.close()  # the writer fails: three workers are still fetching, each towards an unwritten result
+    try:
+        wait_for(lambda: not any(t.name.startswith("enrich-") for t in threading.enumerate()), timeout=10)
+    finally:
+        client.close()
