@@ -292,9 +292,10 @@ class YTSClient:
 
     def _answered_by(self, host_index: int) -> None:
         """Note a good answer; warn once when a different host than before starts answering."""
-        self._strikes = 0
-        if host_index not in self._answered or host_index != self._answering_index:
-            with self._host_lock:
+        with self._host_lock:
+            if host_index == self._host_index:  # a late answer from a host we left clears nothing
+                self._strikes = 0
+            if host_index not in self._answered or host_index != self._answering_index:
                 self._answered.add(host_index)
                 if host_index != self._answering_index:
                     log.warning("%s is not answering; now using %s", self.base_urls[self._answering_index],
@@ -302,7 +303,7 @@ class YTSClient:
                     self._answering_index = host_index
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        """Exponential backoff with full jitter, but never less than Retry-After."""
+        """Exponential backoff with equal jitter (half to all of it), but never less than Retry-After."""
         backoff = min(self.backoff_max, self.backoff_initial * 2 ** (retry_state.attempt_number - 1))
         delay = random.uniform(backoff / 2, backoff)
         error = retry_state.outcome.exception() if retry_state.outcome else None

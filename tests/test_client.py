@@ -19,6 +19,21 @@ def fast_client(*urls: str, attempts: int = 8, rate: float = 0) -> YTSClient:
                      connect_timeout=1, read_timeout=2)
 
 
+def test_a_late_answer_from_a_host_left_behind_keeps_the_new_hosts_strikes() -> None:
+    from mirror.client import TransientError
+
+    client = fast_client("http://127.0.0.1:9", "http://127.0.0.1:10")
+    client._answered_by(0)  # the first host has answered, so it survives two failures
+    for _ in range(3):
+        client._strike(0, TransientError("u", "503", server_failure=True))
+    client._strike(1, TransientError("u", "503", server_failure=True))
+    client._answered_by(0)  # a request sent to the first host before the switch answers late
+    client._strike(1, TransientError("u", "503", server_failure=True))
+    client._strike(1, TransientError("u", "503", server_failure=True))
+    assert client.base_url == "http://127.0.0.1:9"  # three strikes on the second: back to the first
+    client.close()
+
+
 @pytest.mark.parametrize("kind", [*FAULT_KINDS, "stray", "empty"])
 def test_each_fault_kind_is_survived(simulator: Callable[..., FakeYTS], kind: str) -> None:
     sim = simulator(movies=120, faults=f"{kind}=0.5,retry_after=0")
