@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import click
@@ -343,8 +343,8 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
            include_removed: bool) -> None:
     """Full-text search over titles, descriptions and cast (FTS5 syntax)."""
     config = resolve(config_path, db=db)
-    database = store.open_reader(config.db)
-    rows = store.search(database, query, limit, include_removed)
+    with closing(store.open_reader(config.db)) as database:
+        rows = store.search(database, query, limit, include_removed)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -365,8 +365,8 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
 def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     """Counts, freshness, the enrichment backlog, the last runs and the database size."""
     config = resolve(config_path, db=db)
-    database = store.open_reader(config.db)
-    report = collect_stats(database, config)
+    with closing(store.open_reader(config.db)) as database:
+        report = collect_stats(database, config)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -472,12 +472,12 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
         click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
         api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
         run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
-    database = store.open_db(db)
-    click.echo(format_stats(collect_stats(database, config)))
-    query = demo_query(database)
-    click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
-    for row in store.search(database, query, 5):
-        click.echo(f"{row['id']:>7}  {row['title']} ({row['year']})")
+    with closing(store.open_reader(config.db)) as database:
+        click.echo(format_stats(collect_stats(database, config)))
+        query = demo_query(database)
+        click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
+        for row in store.search(database, query, 5):
+            click.echo(f"{row['id']:>7}  {row['title']} ({row['year']})")
     click.echo(f"\nBrowse it:  yts-mirror serve --db {db}   (Datasette on http://127.0.0.1:8001)")
     click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
 

@@ -360,8 +360,7 @@ class Pool:
 
 def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                    endpoints: Sequence[str] | None = None, limit: int | None = None, only_new: bool = False,
-                   stop: threading.Event | None = None, progress: Progress | None = None,
-                   concurrency: int | None = None) -> EnrichReport:
+                   stop: threading.Event | None = None, progress: Progress | None = None) -> EnrichReport:
     """Fetch the backlog of enabled endpoints, newest movies first; resumable at any point."""
     endpoints = list(endpoints or config.enrich.endpoints)
     stop = stop or threading.Event()
@@ -374,7 +373,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
     if not items:
         return report
     _announce(progress, report.backlog, len(items), client.limiter.rate)
-    pool = Pool(client, breakers, concurrency or config.enrich.concurrency, stop)
+    pool = Pool(client, breakers, config.enrich.concurrency, stop)
     sent, answered = client.stats.requests, client.stats.answered
     try:
         for done in pool.run(items):

@@ -143,9 +143,20 @@ def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> Immed
     except sqlite3.OperationalError as error:
         raise StoreError(f"cannot open database {path}: {error}") from None
     db = ImmediateDatabase(conn)
-    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    db.execute("PRAGMA foreign_keys = OFF")  # suggestions may name movies not mirrored yet
+    with closed_on_error(db):
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db.execute("PRAGMA foreign_keys = OFF")  # suggestions may name movies not mirrored yet
     return db
+
+
+@contextmanager
+def closed_on_error(db: sqlite_utils.Database) -> Iterator[None]:
+    """Close `db` if the block raises, so a failed open leaks no connection."""
+    try:
+        yield
+    except BaseException:
+        db.close()
+        raise
 
 
 def ensure_db_shape(db: sqlite_utils.Database) -> None:
@@ -278,7 +289,8 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
     if os.path.exists(path):
         mirror_version(path)
     db = connect(path)
-    ensure_db_shape(db)
+    with closed_on_error(db):
+        ensure_db_shape(db)
     return db
 
 
@@ -287,7 +299,8 @@ def open_reader(path: str) -> sqlite_utils.Database:
     version = require_mirror(path)
     db = connect(path)
     if version != SCHEMA_VERSION:
-        ensure_db_shape(db)
+        with closed_on_error(db):
+            ensure_db_shape(db)
     return db
 
 

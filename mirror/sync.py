@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,17 +64,14 @@ def writing(config: Config, wait: bool = False,
             must_exist: bool = False) -> Iterator[tuple[sqlite_utils.Database, YTSClient]]:
     """Hold the writer lock with the database and the API client (starting at the host that answered last) open."""
     store.require_mirror(config.db, must_exist)  # before the lock, which would leave a lock file behind
-    with writer_lock(config.db, wait=wait):
-        db = store.open_db(config.db)
-        client = make_client(config)
+    with (writer_lock(config.db, wait=wait), closing(store.open_db(config.db)) as db,
+          closing(make_client(config)) as client):
         client.start_at(store.remembered_host(db, client.base_urls))
         try:
             with store.background_checkpoints(config.db):
                 yield db, client
         finally:
             remember_answering_host(db, client)
-            client.close()
-            db.close()
 
 
 def remember_answering_host(db: sqlite_utils.Database, client: YTSClient) -> None:
@@ -104,14 +101,14 @@ def writer_alive(db_path: str) -> bool:
     return True
 
 
-def make_client(config: Config, pool_size: int | None = None) -> YTSClient:
+def make_client(config: Config) -> YTSClient:
     """Build the API client the config describes."""
     api = config.api
     return YTSClient(
         api.base_urls, rate=api.rate, burst=api.burst, max_attempts=api.max_attempts,
         backoff_initial=api.backoff_initial, backoff_max=api.backoff_max,
         connect_timeout=api.connect_timeout, read_timeout=api.read_timeout,
-        pool_size=pool_size or max(4, config.enrich.concurrency + 2),
+        pool_size=max(4, config.enrich.concurrency + 2),
     )
 
 
