@@ -1,4 +1,5 @@
--- yts-mirror schema. The single source of truth: applied idempotently on every open.
+-- yts-mirror schema. The single source of truth: applied idempotently whenever a writer opens the
+-- database (a reader applies it only to migrate an older mirror).
 -- Column names are a contract: users' SQL depends on them (see README "Schema").
 -- Timestamps we write are UTC ISO-8601 strings ("2026-12-04T20:02:44.123456Z").
 
@@ -40,8 +41,8 @@ CREATE TABLE IF NOT EXISTS movies (
     large_screenshot_image3 TEXT,
     cast_names TEXT,                       -- space-joined cast names, for full-text search
     -- bookkeeping
-    raw TEXT NOT NULL,                     -- the movie's list JSON, as received
-    raw_details TEXT,                      -- the movie_details JSON, as received
+    raw TEXT NOT NULL,                     -- the movie's list JSON as received (compact)
+    raw_details TEXT,                      -- the movie_details JSON as received (compact)
     list_hash TEXT,                        -- hash of the list JSON without swarm counts
     first_seen_at TEXT NOT NULL,
     last_seen_at TEXT NOT NULL,

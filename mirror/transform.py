@@ -110,13 +110,8 @@ def _tracker_params(trackers: tuple[str, ...]) -> str:
     return "".join("&tr=" + quote_plus(tracker, safe=":/") for tracker in trackers)
 
 
-def magnet_uri(info_hash: str, name: str | None, trackers: Iterable[str] = DEFAULT_TRACKERS) -> str:
-    """Build a magnet URI the way the API docs describe."""
-    return f"magnet:?xt=urn:btih:{info_hash.upper()}" + _magnet_suffix(name, tuple(trackers))
-
-
 def _magnet_suffix(name: str | None, trackers: tuple[str, ...]) -> str:
-    """The part of a movie's magnet URIs after the info hash: its name, then the trackers."""
+    """The part of a movie's magnet URIs after the info hash, as the API docs build them: its name, then the trackers."""
     return ("&dn=" + quote_name(name) if name else "") + _tracker_params(trackers)
 
 
@@ -154,7 +149,7 @@ def genres_of(movie: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-def copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable[str] = (),
+def _copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable[str] = (),
                 ints: Iterable[str] = ()) -> dict[str, Any]:
     """Add `source`'s fields to `row`, coerced with to_text and to_int (clean values pass as they are); return it."""
     get = source.get
@@ -169,7 +164,7 @@ def copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable[
 
 def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:
     """Turn one list_movies movie into a `movies` row (without bookkeeping timestamps)."""
-    row = copy_fields({"id": to_int(movie.get("id"))}, movie, MOVIE_TEXT_FIELDS, MOVIE_INT_FIELDS)
+    row = _copy_fields({"id": to_int(movie.get("id"))}, movie, MOVIE_TEXT_FIELDS, MOVIE_INT_FIELDS)
     row["rating"] = to_float(movie.get("rating"))
     row["genres"] = dumps(genres_of(movie))
     row["raw"] = raw if raw is not None else dumps(movie)
@@ -188,7 +183,7 @@ def torrent_rows(
         if not isinstance(torrent, Mapping) or not torrent.get("hash"):
             continue
         info_hash = normal_hash(torrent["hash"])
-        row = copy_fields({"hash": info_hash, "movie_id": movie_id}, torrent, TORRENT_TEXT_FIELDS, TORRENT_INT_FIELDS)
+        row = _copy_fields({"hash": info_hash, "movie_id": movie_id}, torrent, TORRENT_TEXT_FIELDS, TORRENT_INT_FIELDS)
         row["magnet"] = f"magnet:?xt=urn:btih:{info_hash}{magnet_suffix}"
         rows[info_hash] = row
     return list(rows.values())
@@ -258,7 +253,7 @@ def details_row(movie: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         field: to_text(movie.get(field, images.get(field))) for field in DETAIL_TEXT_FIELDS
     }
-    copy_fields(row, movie, ints=DETAIL_INT_FIELDS)
+    _copy_fields(row, movie, ints=DETAIL_INT_FIELDS)
     row["cast_names"] = " ".join(member["name"] for member in cast_rows(movie) if member["name"]) or None
     return row
 

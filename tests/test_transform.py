@@ -78,10 +78,11 @@ def test_quote_name_is_quote_plus(name: str) -> None:
         assert transform.quote_name(name + chr(code)) == quote_plus(name + chr(code))
 
 
-def test_magnet_uri_follows_the_docs() -> None:
-    uri = transform.magnet_uri("abc", "Crème & Brûlée (2001)", ["udp://open.demonii.com:1337", "http://t.example/announce"])
-    assert uri == ("magnet:?xt=urn:btih:ABC&dn=Cr%C3%A8me+%26+Br%C3%BBl%C3%A9e+%282001%29"
-                   "&tr=udp://open.demonii.com:1337&tr=http://t.example/announce")
+def test_magnets_follow_the_docs() -> None:
+    movie = {"id": 1, "title_long": "Crème & Brûlée (2001)", "torrents": [{"hash": "abc"}]}
+    [row] = transform.torrent_rows(movie, ["udp://open.demonii.com:1337", "http://t.example/announce"])
+    assert row["magnet"] == ("magnet:?xt=urn:btih:ABC&dn=Cr%C3%A8me+%26+Br%C3%BBl%C3%A9e+%282001%29"
+                             "&tr=udp://open.demonii.com:1337&tr=http://t.example/announce")
 
 
 def test_list_hash_ignores_swarm_counts_but_not_new_torrents() -> None:
