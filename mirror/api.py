@@ -21,7 +21,6 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
@@ -30,8 +29,8 @@ from datasette.utils import add_cors_headers, sqlite_timelimit
 from datasette.utils.asgi import Forbidden, Request, Response
 
 from .shapes import SORT_KEYS, suggestion_form
-from .store import MIRROR_TABLES, placeholders
-from .transform import normal_hash
+from .store import MIRROR_TABLES, connect_read_only, placeholders
+from .transform import SQLITE_INT_RANGE, normal_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ ROUTE = r"^/api/v2/(?P<endpoint>[^/]+?)(?:\.(?P<format>[^./]*))?$"
 PLUGIN_NAME = "yts-mirror-api"
 FORMATS = ("json", "jsonp", "xml")
 PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX = 20, 50
-INT_MAX = 2**63 - 1  # SQLite's INTEGER
 PAGE_MAX = 1_000_000  # 50 million movies deep: anything beyond is a bad request, not a query
 PRESENT_INDEX = "movies_api_present"  # schema.sql
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -98,7 +96,7 @@ class Params:
             kind = "a whole number" if signed else "a positive whole number"
             raise ApiError(f"{name} must be {kind}, not {shorten(value)!r}")
         number = int(value)
-        if abs(number) > INT_MAX:
+        if number not in SQLITE_INT_RANGE:
             raise ApiError(f"{name} is out of range: {shorten(value.strip())}")
         return number
 
@@ -198,8 +196,8 @@ class DataVersions:
                 if entry is None or entry[0] != inode:  # a new file at this path: a new connection
                     if entry is not None:
                         entry[1].close()
-                    uri = Path(path).resolve().as_uri() + "?mode=ro"
-                    entry = self.connections[path] = (inode, sqlite3.connect(uri, uri=True, check_same_thread=False))
+                    conn = connect_read_only(path, check_same_thread=False)
+                    entry = self.connections[path] = (inode, conn)
                 return path, inode, entry[1].execute("PRAGMA data_version").fetchone()[0]
         except (OSError, sqlite3.Error):
             return None
@@ -318,7 +316,7 @@ def list_movies_by_id(conn: sqlite3.Connection, ids: Sequence[int],
 # A movie's torrents: the present ones, or for a removed movie those removed with it.
 _TORRENTS_OF_M = "FROM torrents t WHERE t.movie_id = m.id AND t.removed_at IS m.removed_at"
 SORT_SQL = {
-    "date_added": "m.id",  # the mirror keeps no date_added; YTS ids grow in date_added order
+    "date_added": "m.id",  # no date_added kept; ids follow it: list_movies__GabJS10-yts-movie-player.json
     "title": "lower(COALESCE(m.title, ''))",
     "year": "COALESCE(m.year, 0)",
     "rating": "COALESCE(m.rating, 0)",

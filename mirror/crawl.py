@@ -149,8 +149,9 @@ def crawl_new(
     """Yield newest-first pages until one reaches movies mirrored before this run.
 
     `known(ids)` says which ids were mirrored before the run. A page holding at least
-    `overlap` of them (or all its movies, if fewer) ends the walk: movies sharing a
-    date_added can swap places, so one known movie alone is not proof enough. A shrinking
+    `overlap` of them (or all its movies, if fewer) ends the walk: movies added close together
+    can swap places (22838 above 22839 in list_movies__gitTobby-cloneCodding.json), so one
+    known movie alone is not proof enough. A shrinking
     catalog is handled as in `crawl_full`, whose `seen` and `last_count` these are.
     """
     page = start_page

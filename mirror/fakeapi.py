@@ -158,7 +158,8 @@ class Catalog:
         with self.lock:
             for _ in range(count):
                 movie_id = self._next_id
-                self._next_id += 1 if self.rng.random() > 0.1 else 2  # ids have gaps upstream
+                # ids have gaps: list_movies__GabJS10-yts-movie-player.json
+                self._next_id += 1 if self.rng.random() > 0.1 else 2
                 self._clock += self.rng.randint(60, 4000)
                 movie, extra = self._new_movie(movie_id, self._clock)
                 self.movies[movie_id] = movie

@@ -139,7 +139,7 @@ def inspect_file(path: str) -> MirrorFile | None:
     """Look (read-only) at a database file's tables, once per path; None if it is not a mirror."""
     if path not in MIRROR_FILES:
         try:
-            conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+            conn = store.connect_read_only(path)
             try:
                 names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             finally:

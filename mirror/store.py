@@ -314,10 +314,15 @@ def require_mirror(path: str, must_exist: bool = True) -> int:
     return version or 0
 
 
+def connect_read_only(path: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Connection:
+    """A plain connection that can never write to the file (nor create it)."""
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, **kwargs)
+
+
 def mirror_version(path: str | os.PathLike[str]) -> int:
     """Look (read-only) at a database file: its schema version (0 while it has no tables), or StoreError."""
     try:
-        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        conn = connect_read_only(path)
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
