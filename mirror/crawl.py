@@ -88,10 +88,9 @@ def crawl_full(
     Offset paging over a moving catalog: movies added at the top push the rest down (we see
     some twice, harmlessly); movies removed above us pull the rest up, so the head of the next
     window slides into the page we already read. A shrinking movie_count is the only sign of
-    that, so on a drop we re-read earlier pages until one overlaps what this crawl has seen,
-    and yield them with the page, to be committed together: a kill between the two would
-    resume past the drop and never re-read them. `seen` holds the ids this crawl has yielded
-    and is updated in place.
+    that, so on a drop we read the boundary again (`read_page`) and yield what we read with
+    the page, to be committed together: a kill between the two would resume past the drop and
+    never re-read it. `seen` holds the ids this crawl has yielded and is updated in place.
     """
     page = start_page
     while True:
@@ -106,12 +105,36 @@ def crawl_full(
 
 def read_page(client: YTSClient, page: int, seen: set[int], last_count: int | None,
               limit: int = PAGE_LIMIT) -> tuple[Page, bool]:
-    """Fetch one page of a crawl, with the earlier pages to re-read if movie_count fell; and whether the list ends."""
+    """Fetch one page of a crawl, with what to re-read if movie_count fell; and whether the list ends.
+
+    A window that shares a movie with what the crawl has seen leaves no gap above it: every
+    movie between the two is in one or the other. So on a drop, unless the page itself
+    overlaps `seen`, one window straddling the page's top proves that nothing slid out of
+    sight if it overlaps both; failing that, earlier pages are re-read until one overlaps `seen`.
+    """
     movies, count, end = fetch_page(client, page, limit)
-    reread: list[Mapping[str, Any]] = []
-    if last_count is not None and count < last_count and page > 1:
-        reread = _reread(client, page - 1, seen | set(listed_ids(movies)), limit)
-    return Page(page, movies, count, next_page=page + 1, reread=reread), end
+    ids = set(listed_ids(movies))
+    if last_count is None or count >= last_count or page == 1 or ids & seen:
+        return Page(page, movies, count, next_page=page + 1), end
+    bridge = _straddle(client, (page - 1) * limit)
+    bridge_ids = set(listed_ids(bridge))
+    if not (bridge_ids & seen and bridge_ids & ids):
+        bridge += _reread(client, page - 1, seen, limit)
+    return Page(page, movies, count, next_page=page + 1, reread=bridge), end
+
+
+def straddling_window(boundary: int, limit: int = PAGE_LIMIT) -> tuple[int, int]:
+    """The page and page size of the list window with `boundary` (an offset) nearest its middle."""
+    size = max(range(limit // 2, limit + 1), key=lambda n: (min(boundary % n, n - boundary % n), n))
+    return boundary // size + 1, size
+
+
+def _straddle(client: YTSClient, boundary: int) -> list[Mapping[str, Any]]:
+    """Read the window around the offset where two pages meet."""
+    page, size = straddling_window(boundary)
+    log.info("catalog shrank: reading offsets %d-%d around page boundary %d", (page - 1) * size,
+             page * size - 1, boundary)
+    return fetch_page(client, page, size).movies
 
 
 def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> bool:
@@ -121,17 +144,15 @@ def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> 
 
 
 def _reread(client: YTSClient, page: int, seen: set[int], limit: int) -> list[Mapping[str, Any]]:
-    """Re-read pages from `page` back until one holds a movie this crawl has seen; return their movies."""
+    """Re-read pages from `page` back until one holds a movie seen before them (or page 1 is read); return their movies."""
     movies: list[Mapping[str, Any]] = []
-    known = set(seen)
     while page >= 1:
         found = fetch_page(client, page, limit).movies
         movies.extend(found)
-        ids = set(listed_ids(found))
-        overlaps = bool(ids & known)
+        # Only a movie from before proves the top: overlapping another re-read page proves nothing.
+        overlaps = not seen.isdisjoint(listed_ids(found))
         log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if overlaps else "all unseen")
-        known.update(ids)
-        if overlaps or not found:
+        if overlaps:
             break
         page -= 1
     return movies

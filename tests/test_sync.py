@@ -171,6 +171,26 @@ def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[...,
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+@pytest.mark.parametrize("churn, seed", [("every=1,add=5,remove=10", 2), ("every=1,remove=20", 1)])
+def test_a_catalog_changing_at_every_request_loses_no_movie(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                            config_file: Path, churn: str, seed: int) -> None:
+    sim = simulator(movies=3000, churn=churn, seed=seed)
+    before = set(sim.catalog.ids())
+    sync(db_path, sim, config_file, "--full")
+    throughout = before & set(sim.catalog.ids())
+    missed = throughout - set(mirror_movies(db_path))
+    assert not missed, f"{len(missed)} movies listed all along were missed, e.g. {sorted(missed)[:5]}"
+
+
+@pytest.mark.parametrize("boundary", [50, 100, 450, 2450, 38_700, 77_500, 1_000_000])
+def test_a_straddling_window_reaches_well_into_both_pages(boundary: int) -> None:
+    from mirror.crawl import straddling_window
+
+    page, size = straddling_window(boundary)
+    start = (page - 1) * size
+    assert 25 <= size <= 50 and start + 10 <= boundary <= start + size - 10
+
+
 def test_kill_mid_crawl_keeps_committed_pages(simulator: Callable[..., FakeYTS], db_path: Path,
                                               config_file: Path) -> None:
     sim = simulator(movies=1000, latency_ms=40)
