@@ -260,7 +260,6 @@ def filter_arguments(args: Any, search_view: bool) -> FilterArguments | None:
             params[f"yts_{facet_type}_{index}"] = value
             human.append(related.description.format(value=value))
     if search_view:
-        extra["supports_search"] = True
         query = args.get("_search") or ""
         if query.strip():
             raw = args.get("_searchmode") == "raw"

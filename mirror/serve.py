@@ -241,6 +241,16 @@ def filters_from_request(request: Any, database: str, table: str, datasette: Any
     return inner
 
 
+@hookimpl(specname="filters_from_request", trylast=True)
+def search_box(request: Any, database: str, table: str, datasette: Any) -> Any:
+    """Show the search box on movie_search, after Datasette's own filter hid it (the view has no fts_table)."""
+    from datasette.filters import FilterArguments
+
+    if table != SEARCH or not is_mirror(datasette, database):
+        return None
+    return FilterArguments([], extra_context={"supports_search": True})
+
+
 async def refuse_bad_parameters(datasette: Any, request: Any, database: str, table: str) -> None:
     """Raise a 400 for the URL parameters Datasette 0.65's table pages answer with a 500 (and a traceback)."""
     from datasette.utils.asgi import BadRequest
@@ -405,10 +415,15 @@ def redirect_target(datasette: Any, scope: dict[str, Any]) -> str | None:
 
 def redirect_args(target: str, args: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The query args to carry to `target`: the page restarts, and the view's default sort applies."""
-    source_default = "rank" if target == CATALOG else "date_uploaded_unix"
-    sort = [value for key, value in args if key in ("_sort", "_sort_desc")]
+    descending = any(key == "_sort_by_desc" and value for key, value in args)  # the sort form's checkbox
+
+    def source_default(key: str, value: str) -> bool:  # search ranks; the catalog lists newest uploads first
+        if target == CATALOG:
+            return value in ("", "rank")
+        return value == "" or (value == "date_uploaded_unix" and (key == "_sort_desc" or descending))
+
     drop = {"_next"} | ({"_search", "_searchmode"} if target == CATALOG else set())
-    if all(value in ("", source_default) for value in sort):
+    if all(source_default(key, value) for key, value in args if key in ("_sort", "_sort_desc")):
         drop |= SORT_ARGS
     return [(key, value) for key, value in args if key not in drop]
 

@@ -137,8 +137,9 @@ def test_search_redirects_to_ranked_view_and_keeps_filters(mirror: Mirror) -> No
                     f"/{mirror.name}/movie_search?_genre=Drama&_sort=rank",
                     f"/{mirror.name}/movie_catalog?_search=x&_filter_column=&_filter_op=exact&_filter_value="
                     "&_sort=date_uploaded_unix&_sort_by_desc=on&_genre=War",
-                    f"/{mirror.name}/movie_catalog?_search=x&_sort_desc=rating")
-    assert [r.status_code for r in responses] == [302] * 6
+                    f"/{mirror.name}/movie_catalog?_search=x&_sort_desc=rating",
+                    f"/{mirror.name}/movie_catalog?_search=x&_sort=date_uploaded_unix")
+    assert [r.status_code for r in responses] == [302] * 7
     assert responses[0].headers["location"] == f"/{mirror.name}/movie_search?_search=detective&_genre=Drama"
     assert responses[1].headers["location"] == f"/{mirror.name}/movie_search?_search=detective"
     assert responses[2].headers["location"] == f"/{mirror.name}/movie_catalog"
@@ -146,9 +147,18 @@ def test_search_redirects_to_ranked_view_and_keeps_filters(mirror: Mirror) -> No
     assert responses[4].headers["location"] == (f"/{mirror.name}/movie_search?_search=x&_filter_column=&_filter_op=exact"
                                                 "&_filter_value=&_genre=War")
     assert responses[5].headers["location"] == f"/{mirror.name}/movie_search?_search=x&_sort_desc=rating"
+    # oldest uploads first is no default: it overrides the ranking
+    assert responses[6].headers["location"] == f"/{mirror.name}/movie_search?_search=x&_sort=date_uploaded_unix"
     (plain, json_page) = get(mirror, f"/{mirror.name}/movies?imdb_code=tt1&_search=x",
                              f"/{mirror.name}/movie_catalog.json?_search=x")
     assert plain.status_code == 200 and json_page.status_code == 200  # no view for these: no redirect
+
+
+def test_the_search_pages_form_keeps_the_search(mirror: Mirror) -> None:
+    page = get(mirror, f"/{mirror.name}/movie_search?_search=detective&_genre=Drama")[0].text
+    form = page[page.index('<form class="filters"'):]
+    form = form[:form.index("</form>")]
+    assert 'name="_search" value="detective"' in form and 'name="_genre" value="Drama"' in form
 
 
 def test_redirects_work_for_database_names_that_need_encoding(mirror: Mirror, tmp_path: Path) -> None:
