@@ -372,6 +372,19 @@ def prepare_jinja2_environment(env: Any, datasette: Any) -> None:
 
 # ---- plugin hooks: search redirects ------------------------------------------------------------
 
+@hookimpl(tryfirst=True)
+def handle_exception(datasette: Any, request: Any, exception: Exception) -> Any:
+    """A query over its time limit is the request's fault (400), on CSV exports too, where Datasette says 500."""
+    from datasette.database import QueryInterrupted
+    from datasette.handle_exception import handle_exception as datasette_default
+    from datasette.views.base import DatasetteError
+
+    if not isinstance(exception, QueryInterrupted):
+        return None
+    message = "SQL query took too long; narrow it down, or raise ?_timelimit= up to the server's sql_time_limit_ms"
+    return datasette_default(datasette, request, DatasetteError(message, title="SQL Interrupted", status=400))
+
+
 @hookimpl
 def asgi_wrapper(datasette: Any) -> Callable[[Any], Any]:
     """Send HTML searches to the ranked movie_search view, and bare visits to the catalog."""

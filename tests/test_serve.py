@@ -154,6 +154,12 @@ def test_search_redirects_to_ranked_view_and_keeps_filters(mirror: Mirror) -> No
     assert plain.status_code == 200 and json_page.status_code == 200  # no view for these: no redirect
 
 
+def test_a_query_over_its_time_limit_is_a_400_in_every_format(mirror: Mirror) -> None:
+    paths = [f"/{mirror.name}/movie_catalog{ext}?_timelimit=1&_size=max" for ext in ("", ".json", ".csv")]
+    responses = get(mirror, *paths, sql_time_limit_ms=1)
+    assert [r.status_code for r in responses] == [400, 400, 400], [r.text[:200] for r in responses]
+
+
 def test_the_search_pages_form_keeps_the_search(mirror: Mirror) -> None:
     page = get(mirror, f"/{mirror.name}/movie_search?_search=detective&_genre=Drama")[0].text
     form = page[page.index('<form class="filters"'):]
