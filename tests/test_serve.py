@@ -377,6 +377,14 @@ def test_every_canned_query_runs(mirror: Mirror) -> None:
     assert {"freshness", "catalog", "backlog"} <= sections and any(s.startswith("run #") for s in sections)
 
 
+def test_movies_with_actor_takes_wildcards_literally(mirror: Mirror) -> None:
+    actor = canned_params(mirror)["movies_with_actor"]["actor"]
+    found = {text: get_json(mirror, f"/{mirror.name}/movies_with_actor.json?_shape=array&actor={quote(text)}")
+             for text in ("%", "_", actor[1:-1], actor[:2] + "_" + actor[3:])}
+    assert found["%"] == [] and found["_"] == [] and found[actor[1:-1]]
+    assert found[actor[:2] + "_" + actor[3:]] == [] or actor[2] == "_"
+
+
 def test_the_search_query_without_words_renders_its_form(mirror: Mirror) -> None:
     paths = [f"/{mirror.name}/search", f"/{mirror.name}/search?q=", f"/{mirror.name}/search?q=%22",
              f"/{mirror.name}/search.json?_shape=array&q=%20"]
