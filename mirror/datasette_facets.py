@@ -19,6 +19,7 @@ from datasette.filters import FilterArguments
 from datasette.utils import path_with_added_args, path_with_removed_args
 
 from .api import DATA_VERSIONS
+from .datasette_render import MOVIE_TABLES
 
 class Related(NamedTuple):
     """How the catalog facets on, and filters by, one related table."""
@@ -97,6 +98,10 @@ class RelatedFacet(Facet):
     """Counts movies per value of a related table; values toggle a ?_genre= style argument."""
 
     type = ""
+
+    def get_configs(self) -> list[dict[str, Any]]:
+        """The page's facets of this type; none but on the movie pages, whose rows are movies."""
+        return super().get_configs() if self.table in MOVIE_TABLES else []
 
     async def suggest(self) -> list[dict[str, Any]]:
         return []

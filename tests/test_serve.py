@@ -377,6 +377,13 @@ def test_every_canned_query_runs(mirror: Mirror) -> None:
     assert {"freshness", "catalog", "backlog"} <= sections and any(s.startswith("run #") for s in sections)
 
 
+def test_movie_facets_stay_on_movie_pages(mirror: Mirror) -> None:
+    torrents = get_json(mirror, f"/{mirror.name}/torrents.json?_facet_genre=x&_facet_value=year")
+    assert not {"genre", "year"} & set(torrents["facet_results"])  # they would count movies, not torrents
+    movies = get_json(mirror, f"/{mirror.name}/movies.json?_facet_genre=x")
+    assert "genre" in movies["facet_results"]
+
+
 def test_movies_with_actor_takes_wildcards_literally(mirror: Mirror) -> None:
     actor = canned_params(mirror)["movies_with_actor"]["actor"]
     found = {text: get_json(mirror, f"/{mirror.name}/movies_with_actor.json?_shape=array&actor={quote(text)}")
