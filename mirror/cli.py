@@ -211,14 +211,17 @@ concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, ma
 @concurrency_option
 @click.option("--no-enrich", is_flag=True, help="Only crawl the list; skip per-movie endpoints.")
 @click.option("--full", is_flag=True, help="Re-crawl every list page (updates seeds, marks removals).")
+@click.option("--enrich-limit", type=click.IntRange(min=1), default=None,
+              help="Enrich at most N new or changed movies, newest first; the rest wait for later runs.")
 @click.option("--wait", is_flag=True, help="Wait for another writer on the same database instead of exiting.")
 @click.pass_context
 @handle_errors
 def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None, rate: float | None,
-         concurrency: int | None, no_enrich: bool, full: bool, wait: bool) -> None:
+         concurrency: int | None, no_enrich: bool, full: bool, enrich_limit: int | None, wait: bool) -> None:
     """Copy the catalog into the database: incremental, or --full."""
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
-    summary = run_sync(config, full=full, enrich=not no_enrich, wait=wait, quiet=ctx.obj["quiet"])
+    summary = run_sync(config, full=full, enrich=not no_enrich, wait=wait, quiet=ctx.obj["quiet"],
+                       enrich_limit=enrich_limit)
     if not ctx.obj["quiet"]:
         c = summary.counts
         click.echo(
@@ -242,22 +245,23 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
 
 
 def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool = False, quiet: bool = False,
-             stop: threading.Event | None = None) -> RunSummary:
+             stop: threading.Event | None = None, enrich_limit: int | None = None) -> RunSummary:
     """Run one sync under the writer lock, with progress output and signal handling."""
     with writer_session(config, "sync", "movies", wait, quiet, stop) as (db, client, progress, event):
         syncer = Syncer(db, client, config, progress.callbacks(), event)
-        after = enrich_after_crawl(db, client, config, event, quiet) if enrich else None
+        after = enrich_after_crawl(db, client, config, event, quiet, enrich_limit) if enrich else None
         return syncer.run(full=full, after_crawl=after)
 
 
 def enrich_after_crawl(db: Database, client: YTSClient, config: Config, stop: threading.Event,
-                       quiet: bool) -> Callable[[RunSummary], None]:
-    """The enrichment step a sync runs after its crawl: new and changed movies only."""
+                       quiet: bool, limit: int | None = None) -> Callable[[RunSummary], None]:
+    """The enrichment step a sync runs after its crawl: movies never enriched and changed ones, newest first."""
 
     def step(summary: RunSummary) -> None:
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         try:
-            report = enrich_backlog(db, client, config, only_new=True, stop=stop, progress=progress.callbacks())
+            report = enrich_backlog(db, client, config, only_new=True, limit=limit, stop=stop,
+                                    progress=progress.callbacks())
         finally:
             progress.close()
         summary.counts["enriched"] += report.movies_done
@@ -327,7 +331,7 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
         logging.getLogger().setLevel(logging.INFO)  # a daemon should say what it does
     limit = config.schedule.enrich_limit or None
     run_forever(config,
-                run_sync=lambda cfg, full, stop: run_sync(cfg, full=full, quiet=True, stop=stop),
+                run_sync=lambda cfg, full, stop: run_sync(cfg, full=full, quiet=True, stop=stop, enrich_limit=limit),
                 run_enrich=lambda cfg, stop: run_enrich(cfg, limit=limit, quiet=True, stop=stop))
 
 

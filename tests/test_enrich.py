@@ -336,3 +336,16 @@ def test_workers_end_when_the_writer_leaves_early(simulator: Callable[..., FakeY
         wait_for(lambda: not any(t.name.startswith("enrich-") for t in threading.enumerate()), timeout=10)
     finally:
         client.close()
+
+
+def test_sync_enrich_limit_takes_the_newest_new_movies(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                       config_file: Path) -> None:
+    sim = simulator(movies=120)
+    assert run_cli(sync_args(db_path, sim, config_file, "--no-enrich")).exit_code == 0
+    result = run_cli(sync_args(db_path, sim, config_file, "--enrich-limit", "5"))
+    assert result.exit_code == 0, result.output
+    assert last_run(db_path)["enriched"] == 5
+    fetched = {row["movie_id"] for row in query(db_path, "SELECT DISTINCT movie_id FROM enrich_state")}
+    assert fetched == set(sorted(sim.catalog.ids())[-5:])
+    result = run_cli(sync_args(db_path, sim, config_file, "--enrich-limit", "0"))
+    assert result.exit_code == 2 and "--enrich-limit" in result.output

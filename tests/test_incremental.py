@@ -155,7 +155,7 @@ def test_scheduler_runs_syncs_that_never_overlap(simulator: Callable[..., FakeYT
     db = tmp_path / "sched.db"
     config = write_config(tmp_path)
     config.write_text(config.read_text() + "\n[schedule]\nincremental_seconds = 2\nfull_cron = \"\"\n"
-                      "enrich_seconds = 0\n")
+                      "enrich_seconds = 0\nenrich_limit = 20\n")
     process = cli_subprocess(["schedule", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
                               str(config)])
 
@@ -174,6 +174,7 @@ def test_scheduler_runs_syncs_that_never_overlap(simulator: Callable[..., FakeYT
     assert "next incremental sync at" in stderr
     runs = [dict(r) for r in connect(db).execute("SELECT * FROM sync_runs ORDER BY id")]
     assert runs[0]["kind"] == "full" and all(r["kind"] == "incremental" for r in runs[1:])
+    assert runs[0]["enriched"] == 20 and all(r["enriched"] <= 20 for r in runs)  # a backlog never holds syncs up
     for earlier, later in zip(runs, runs[1:]):
         assert earlier["finished_at"] <= later["started_at"], "runs overlapped"
     assert all(r["status"] in ("ok", "interrupted") for r in runs)
