@@ -103,7 +103,7 @@ class Jobs:
                 else:
                     log.exception("%s failed unexpectedly", name)
             else:
-                log.info("%s: done", name)
+                log.info("%s: %s", name, "interrupted" if self.stop.is_set() else "done")
 
     def incremental(self) -> None:
         self._guarded("incremental sync", lambda: self.run_sync(self.config, full=False, stop=self.stop))

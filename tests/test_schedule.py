@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,13 @@ def test_a_failed_job_is_logged_and_the_scheduler_goes_on(kind: str, expected: s
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.getMessage() == expected
     assert (record.exc_info is not None) == expected.endswith("unexpectedly")  # a traceback for bugs only
+
+
+def test_a_job_stopped_midway_is_logged_interrupted(caplog: pytest.LogCaptureFixture) -> None:
+    def run_sync(config: Config, stop: Any = None, **kwargs: object) -> None:
+        jobs.stop.set()  # SIGTERM arrives while the job runs; it commits its page and returns
+
+    jobs = Jobs(Config(), run_sync, run_sync)
+    with caplog.at_level(logging.INFO, logger="mirror.schedule"):
+        jobs.enrich()
+    assert [r.getMessage() for r in caplog.records] == ["enrichment: starting", "enrichment: interrupted"]
