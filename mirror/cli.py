@@ -66,6 +66,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
+    """Log to stderr at the level -v/-q ask for."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -86,6 +87,7 @@ class TerminalProgress:
         self.last_log = self.started
 
     def total(self, total: int) -> None:
+        """Set how much work there is; start the bar on a terminal."""
         self.total_count = max(total, self.done)
         if self.quiet or not self.tty:
             return
@@ -97,6 +99,7 @@ class TerminalProgress:
         self.bar.length = self.total_count
 
     def advance(self, count: int) -> None:
+        """Count finished work; without a terminal, log a line every 10 s."""
         self.done += count
         if self.quiet:
             return
@@ -108,15 +111,18 @@ class TerminalProgress:
             click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)
 
     def message(self, text: str) -> None:
+        """Print a line on stderr without breaking the bar."""
         if not self.quiet:
             click.echo(("\n" if self.bar is not None else "") + text, err=True)
 
     def close(self) -> None:
+        """Finish the bar, if one was drawn."""
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
 
     def callbacks(self) -> Progress:
+        """The callbacks the pipeline reports progress through."""
         return Progress(total=self.total, advance=self.advance, message=self.message)
 
 

@@ -39,6 +39,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ApiConfig:
+    """[api]: hosts, rate limit, retries and timeouts."""
     base_urls: tuple[str, ...] = DEFAULT_BASE_URLS
     rate: float = 0.4
     burst: int = 1
@@ -51,6 +52,7 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
+    """[sync]: how crawls end, guard removals and build magnets."""
     overlap: int = 10
     max_removed_fraction: float = 0.05
     trackers: tuple[str, ...] = DEFAULT_TRACKERS
@@ -59,6 +61,7 @@ class SyncConfig:
 
 @dataclass(frozen=True)
 class EnrichConfig:
+    """[enrich]: workers, endpoints, re-fetch ages and the circuit breaker."""
     concurrency: int = 1
     endpoints: tuple[str, ...] = (
         "movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides",
@@ -72,6 +75,7 @@ class EnrichConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """[schedule]: the jobs of `yts-mirror schedule`."""
     incremental_seconds: float = 3600.0
     full_cron: str = "0 4 * * 0"
     enrich_seconds: float = 1800.0
@@ -81,6 +85,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: the database path and each section."""
     db: str = "yts-mirror.db"
     api: ApiConfig = field(default_factory=ApiConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)

@@ -27,10 +27,12 @@ class Page:
 
     @property
     def all_movies(self) -> list[Mapping[str, Any]]:
+        """The re-read movies, then the page's own."""
         return self.reread + self.movies
 
     @property
     def ids(self) -> list[int]:
+        """The ids of all_movies."""
         return listed_ids(self.all_movies)
 
 

@@ -236,10 +236,12 @@ class ValueFacet(RelatedFacet):
 
 
 class GenreFacet(RelatedFacet):
+    """Movies per genre; values toggle ?_genre=."""
     type = "genre"
 
 
 class QualityFacet(RelatedFacet):
+    """Movies per torrent quality; values toggle ?_quality=."""
     type = "quality"
 
 

@@ -553,6 +553,7 @@ class ServerLimiter:
         self.lock = threading.Lock()
 
     def allow(self) -> bool:
+        """Take a token if one is left; False means answer 429."""
         if self.rate <= 0:
             return True
         with self.lock:
@@ -578,6 +579,7 @@ class Churn:
 
     @classmethod
     def parse(cls, spec: str | None) -> "Churn":
+        """Read an `every=N,add=A,remove=R` spec; ValueError if it is bad."""
         churn = cls()
         for item in filter(None, (part.strip() for part in (spec or "").split(","))):
             key, _, value = item.partition("=")
@@ -615,6 +617,7 @@ class FakeYTS:
 
     @property
     def url(self) -> str:
+        """The base URL it serves on, once started."""
         if self.server is None:
             raise RuntimeError("the simulator is not started")
         host, port = self.server.server_address[:2]
@@ -628,6 +631,7 @@ class FakeYTS:
         return self
 
     def stop(self) -> None:
+        """Shut the server down and close its socket."""
         if self.server:
             self.server.shutdown()
             self.server.server_close()
@@ -643,6 +647,7 @@ class FakeYTS:
             table[key] = table.get(key, 0) + 1
 
     def stats(self) -> dict[str, Any]:
+        """Requests and injected faults so far, by endpoint and kind."""
         with self.count_lock:
             return {
                 "requests": dict(self.counts), "ok": dict(self.ok_counts), "faults": dict(self.faults_injected),

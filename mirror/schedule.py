@@ -106,12 +106,15 @@ class Jobs:
                 log.info("%s: %s", name, "interrupted" if self.stop.is_set() else "done")
 
     def incremental(self) -> None:
+        """Run an incremental sync, unless stopping."""
         self._guarded("incremental sync", lambda: self.run_sync(self.config, full=False, stop=self.stop))
 
     def full(self) -> None:
+        """Run a full refresh, unless stopping."""
         self._guarded("full refresh", lambda: self.run_sync(self.config, full=True, stop=self.stop))
 
     def enrich(self) -> None:
+        """Work through a slice of the enrichment backlog, unless stopping."""
         self._guarded("enrichment", lambda: self.run_enrich(self.config, stop=self.stop))
 
 

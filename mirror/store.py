@@ -406,6 +406,7 @@ class PageResult:
 
     @property
     def updated(self) -> int:
+        """How many known movies the page changed."""
         return len(self.changed_ids)
 
 
