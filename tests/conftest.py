@@ -10,7 +10,7 @@ import pytest
 from mirror.fakeapi import Catalog, Churn, FakeYTS, FaultPlan
 from support import write_config
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "yts-samples"
+SAMPLES = Path(__file__).resolve().parent / "samples"  # a copy of the project's ../shared/yts-samples
 
 
 @pytest.fixture
