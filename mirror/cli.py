@@ -23,7 +23,7 @@ from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .progress import Progress
-from .sync import LockedError, RunSummary, Syncer, logged_run, writer_alive, writing
+from .sync import LockedError, RunSummary, Syncer, logged_enrichment, writer_alive, writing
 
 log = logging.getLogger("mirror")
 
@@ -302,15 +302,7 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
     """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
     with writer_session(config, "enrich", "requests", wait, quiet, stop, must_exist=True) as session:
         database, client, progress, event = session
-        report: EnrichReport | None = None
-
-        def counts() -> dict[str, int]:
-            return {"requests": client.stats.requests, "retries": client.stats.retries,
-                    "enriched": report.movies_done if report else 0}
-
-        with logged_run(database, "enrich", lambda: client.base_url, event.is_set, counts) as outcome:
-            report = enrich_backlog(database, client, config, endpoints=endpoints or None, limit=limit,
-                                    stop=event, progress=progress.callbacks())
+        outcome, report = logged_enrichment(database, client, config, event, progress.callbacks(), endpoints, limit)
     for message in report.messages():
         progress.message(message)
     if not quiet:

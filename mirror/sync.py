@@ -8,7 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ from . import store, transform
 from .client import FetchError, Stopped, YTSClient
 from .config import Config
 from .crawl import CatalogMoved, Page, catalog_grew, crawl_full, crawl_new, find_missing
+from .enrich import EnrichReport, enrich_backlog
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,22 @@ def logged_run(db: sqlite_utils.Database, kind: str, base_url: Callable[[], str]
         raise
     finally:
         store.finish_run(db, outcome.run_id, outcome.status, outcome.error, base_url=base_url(), **counts())
+
+
+def logged_enrichment(db: sqlite_utils.Database, client: YTSClient, config: Config, stop: threading.Event,
+                      progress: Progress, endpoints: Sequence[str] = (),
+                      limit: int | None = None) -> tuple[RunOutcome, EnrichReport]:
+    """Work through the enrichment backlog as one `enrich` run in `sync_runs`."""
+    report: EnrichReport | None = None
+
+    def counts() -> dict[str, int]:
+        return {"requests": client.stats.requests, "retries": client.stats.retries,
+                "enriched": report.movies_done if report else 0}
+
+    with logged_run(db, "enrich", lambda: client.base_url, stop.is_set, counts) as outcome:
+        report = enrich_backlog(db, client, config, endpoints=endpoints or None, limit=limit, stop=stop,
+                                progress=progress)
+    return outcome, report
 
 
 @dataclass
