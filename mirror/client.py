@@ -106,8 +106,20 @@ _decoder = json.JSONDecoder()
 _ENVELOPE_START = re.compile(r'\{\s*"status"\s*:')
 
 
+# An escaped backslash, a surrogate pair, or a lone surrogate (which no UTF-8 text can hold).
+_SURROGATE_ESCAPE = re.compile(r"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+                               r"|\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate_to_replacement(match: re.Match[str]) -> str:
+    text = match.group(0)
+    return text if text == "\\\\" or len(text) == 12 else "\\ufffd"
+
+
 def extract_json(text: str) -> Any:
     """Decode a JSON body, tolerating stray HTML or notices before or after the envelope."""
+    if "\\u" in text:  # Python's json keeps a lone surrogate, which SQLite cannot store; orjson refuses it
+        text = _SURROGATE_ESCAPE.sub(_lone_surrogate_to_replacement, text)
     try:
         return json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .client import FetchError, TransientError, YTSClient
-from .transform import list_page_movies, listed_ids, movie_count
+from .transform import list_page_movies, listed_count, listed_ids, movie_count
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
     def validate(data: Mapping[str, Any]) -> None:
         count = movie_count(data)
         expected = min(limit, max(0, count - (page - 1) * limit))
-        found = len(list_page_movies(data))
+        found = listed_count(data)
         if found < expected:
             raise ShortPageError(page, data, found, expected)
 

@@ -84,6 +84,16 @@ def _loose_int(value: Any) -> int | None:
         return None
 
 
+def to_id(value: Any) -> int | None:
+    """A movie id as the API means it: a positive whole number (8 or "8"), else None; never True or 1.5."""
+    if type(value) is str:
+        value = value.strip()
+        return to_id(int(value)) if value.isascii() and value.isdigit() and len(value) < 20 else None
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and 0 < value < 2**63 else None
+
+
 def to_float(value: Any) -> float | None:
     """Coerce a rating that may be an int, a float or a string to float or None."""
     # Whole ratings come as ints ("rating":8): list_movies__1eeyerin-netflix-app.json
@@ -142,8 +152,9 @@ def normal_hash(value: Any) -> str:
 def genres_of(movie: Mapping[str, Any]) -> list[str]:
     """Return a movie's genres, deduplicated in order; the key can be missing."""
     # One movie lacks "genres" entirely: list_movies__bbak0105-Clone_Movie_React.json
+    genres = movie.get("genres") or []
     seen: dict[str, None] = {}
-    for genre in movie.get("genres") or []:
+    for genre in [genres] if isinstance(genres, str) else genres if isinstance(genres, list) else []:
         if isinstance(genre, str) and genre.strip():
             seen.setdefault(genre.strip(), None)
     return list(seen)
@@ -164,7 +175,7 @@ def _copy_fields(row: dict[str, Any], source: Mapping[str, Any], texts: Iterable
 
 def movie_row(movie: Mapping[str, Any], raw: str | None = None) -> dict[str, Any]:
     """Turn one list_movies movie into a `movies` row (without bookkeeping timestamps)."""
-    row = _copy_fields({"id": to_int(movie.get("id"))}, movie, MOVIE_TEXT_FIELDS, MOVIE_INT_FIELDS)
+    row = _copy_fields({"id": to_id(movie.get("id"))}, movie, MOVIE_TEXT_FIELDS, MOVIE_INT_FIELDS)
     row["rating"] = to_float(movie.get("rating"))
     row["genres"] = dumps(genres_of(movie))
     row["raw"] = raw if raw is not None else dumps(movie)
@@ -176,7 +187,7 @@ def torrent_rows(
     movie: Mapping[str, Any], trackers: Iterable[str] = DEFAULT_TRACKERS
 ) -> list[dict[str, Any]]:
     """Turn a movie's torrents into `torrents` rows, hashes upper-cased, repeats dropped."""
-    movie_id = to_int(movie.get("id"))
+    movie_id = to_id(movie.get("id"))
     magnet_suffix = _magnet_suffix(to_text(movie.get("title_long") or movie.get("title")), tuple(trackers))
     rows: dict[str, dict[str, Any]] = {}
     for torrent in movie.get("torrents") or []:
@@ -191,7 +202,7 @@ def torrent_rows(
 
 def genre_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Turn a movie's genres into `movie_genres` rows."""
-    movie_id = to_int(movie.get("id"))
+    movie_id = to_id(movie.get("id"))
     return [{"movie_id": movie_id, "genre": genre} for genre in genres_of(movie)]
 
 
@@ -221,7 +232,7 @@ def page_rows(movies: Sequence[Mapping[str, Any]], trackers: Iterable[str] = DEF
 def is_placeholder(movie: Mapping[str, Any] | None) -> bool:
     """True for the status-ok placeholder movie_details returns for an unknown id."""
     # id 0, title null: movie_details__GabJS10-yts-movie-player-not_found.json
-    return not movie or not to_int(movie.get("id"))
+    return not movie or not to_id(movie.get("id"))
 
 
 def found_details(data: Mapping[str, Any] | None, movie_id: int) -> Mapping[str, Any] | None:
@@ -229,7 +240,7 @@ def found_details(data: Mapping[str, Any] | None, movie_id: int) -> Mapping[str,
     movie = details_movie(data)
     # The id-0 placeholder means not found: movie_details__GabJS10-yts-movie-player-not_found.json.
     # Another movie than the one asked for is no answer either (a guard; no sample shows it).
-    if is_placeholder(movie) or to_int(movie.get("id")) != movie_id:  # type: ignore[union-attr]
+    if is_placeholder(movie) or to_id(movie.get("id")) != movie_id:  # type: ignore[union-attr]
         return None
     return movie
 
@@ -264,7 +275,7 @@ def cast_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
     members = movie.get("cast")
     if members is None:  # 2015 schema named them "actors" (movie_details__jonlunsford-yify-2015.json)
         members = movie.get("actors")
-    movie_id = to_int(movie.get("id"))
+    movie_id = to_id(movie.get("id"))
     return [
         {
             "movie_id": movie_id,
@@ -286,13 +297,13 @@ def suggestion_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]
     # 2015 named the list "movie_suggestions" (movie_suggestions__jonlunsford-yify-2015.json);
     # movie_count can be 0 while movies are present (movie_suggestions__GabJS10-yts-movie-player.json)
     movies = data.get("movies", data.get("movie_suggestions"))
-    return [m for m in movies or [] if isinstance(m, Mapping) and to_int(m.get("id"))]
+    return [m for m in movies or [] if isinstance(m, Mapping) and to_id(m.get("id"))]
 
 
 def suggestion_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Turn a movie_suggestions `data` into `movie_suggestions` rows."""
     return [
-        {"movie_id": movie_id, "position": position, "suggested_id": to_int(movie["id"])}
+        {"movie_id": movie_id, "position": position, "suggested_id": to_id(movie["id"])}
         for position, movie in enumerate(suggestion_movies(data))
     ]
 
@@ -356,7 +367,13 @@ def movie_count(data: Mapping[str, Any]) -> int:
 
 def listed_ids(movies: Iterable[Mapping[str, Any]]) -> list[int]:
     """The ids of movies `list_page_movies` returned (each has a usable id)."""
-    return [to_int(movie["id"]) or 0 for movie in movies]
+    return [to_id(movie["id"]) or 0 for movie in movies]
+
+
+def listed_count(data: Mapping[str, Any] | None) -> int:
+    """How many entries a list page's `movies` holds, usable or not: one without a usable id still takes its place."""
+    movies = data.get("movies") if isinstance(data, Mapping) else None
+    return len(movies) if isinstance(movies, list) else 0
 
 
 def list_page_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
@@ -364,4 +381,4 @@ def list_page_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     # No "movies" key when empty: list_movies__yts-api-rs-empty.json
     if not isinstance(data, Mapping):
         return []
-    return [m for m in data.get("movies") or [] if isinstance(m, Mapping) and to_int(m.get("id"))]
+    return [m for m in data.get("movies") or [] if isinstance(m, Mapping) and to_id(m.get("id"))]

@@ -34,6 +34,12 @@ def test_a_late_answer_from_a_host_left_behind_keeps_the_new_hosts_strikes() -> 
     client.close()
 
 
+def test_lone_surrogates_become_replacement_characters() -> None:
+    # orjson refuses a lone surrogate; Python's json keeps it, and neither UTF-8 nor SQLite can hold one
+    text = r'{"a":"\ud800","b":"\ud83d\ude00","c":"\\ud800","d":"x\udc00y"}'
+    assert extract_json(text) == {"a": "\ufffd", "b": "\U0001f600", "c": "\\ud800", "d": "x\ufffdy"}
+
+
 @pytest.mark.parametrize("kind", [*FAULT_KINDS, "stray", "empty"])
 def test_each_fault_kind_is_survived(simulator: Callable[..., FakeYTS], kind: str) -> None:
     sim = simulator(movies=120, faults=f"{kind}=0.5,retry_after=0")

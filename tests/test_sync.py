@@ -763,3 +763,20 @@ def test_find_missing_reads_few_pages(simulator: Callable[..., FakeYTS]) -> None
     sim.catalog.add(1)
     with pytest.raises(CatalogMoved):
         find_missing(client, present)
+
+
+def test_odd_ids_and_genres_upstream_cost_nothing_else(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                       config_file: Path) -> None:
+    sim = simulator(movies=120)
+    ids = sim.catalog.ids()
+    sim.catalog.edit(ids[0], genres=5)  # not a list
+    sim.catalog.edit(ids[1], genres="Drama")  # one genre, not its letters
+    sim.catalog.edit(ids[2], id=True)  # json true is no id: it must not overwrite movie 1
+    sim.catalog.edit(ids[3], id=ids[4] + 0.5)  # nor may 1.5 overwrite movie 1
+    run = sync(db_path, sim, config_file)
+    assert run["status"] == "ok" and run["movies_new"] == 118
+    stored = {row["id"]: row["title"] for row in query(db_path, "SELECT id, title FROM movies")}
+    assert ids[2] not in stored and ids[3] not in stored
+    assert stored[ids[4]] == sim.catalog.movies[ids[4]]["title"]
+    genres = query(db_path, "SELECT movie_id, genre FROM movie_genres WHERE movie_id IN (?, ?)", [ids[0], ids[1]])
+    assert [(row["movie_id"], row["genre"]) for row in genres] == [(ids[1], "Drama")]

@@ -141,3 +141,24 @@ def test_integers_beyond_sqlite_become_none() -> None:
     assert (row["year"], row["runtime"], row["date_uploaded_unix"]) == (None, None, 12)
     assert str(huge) in row["raw"]  # the raw JSON keeps what was sent
     assert transform.list_page_movies({"movies": [{"id": huge}, {"id": 3}]}) == [{"id": 3}]
+
+
+@pytest.mark.parametrize("value, expected", [
+    (8, 8), ("8", 8), (" 8 ", 8), (8.0, 8), (True, None), (False, None), (1.5, None), (0, None), (-3, None),
+    ("0", None), ("x", None), (None, None), (2**63, None), ("9" * 5000, None), ("1e3", None), ([8], None),
+])
+def test_to_id_takes_only_positive_whole_numbers(value: object, expected: int | None) -> None:
+    assert transform.to_id(value) == expected
+
+
+@pytest.mark.parametrize("genres, expected", [
+    (["Drama", "Drama", " Comedy "], ["Drama", "Comedy"]), ("Drama", ["Drama"]), (5, []), ({"a": 1}, []),
+    ([1, None, "War"], ["War"]), (None, []),
+])
+def test_genres_of_odd_shapes(genres: object, expected: list[str]) -> None:
+    assert transform.genres_of({"genres": genres}) == expected
+
+
+def test_a_movie_without_a_usable_id_still_fills_its_place_on_the_page() -> None:
+    data = {"movie_count": 3, "movies": [{"id": 1}, {"id": True}, {"id": "x"}]}
+    assert transform.listed_count(data) == 3 and [m["id"] for m in transform.list_page_movies(data)] == [1]
