@@ -654,7 +654,8 @@ def search(db: sqlite_utils.Database, query: str, limit: int = 20, include_remov
         return [dict(row) for row in db.execute_returning_dicts(sql, [query, limit])]
     except sqlite3.OperationalError as error:
         message = str(error)
-        if any(sign in message for sign in ("fts5", "syntax", "no such column", "unterminated", "special query")):
+        if any(sign in message for sign in ("fts5", "syntax", "no such column", "unterminated", "special query",
+                                            "expected integer")):  # NEAR(a b, x)
             raise SearchSyntaxError(
                 f"invalid search syntax in {query!r}: {message} (put phrases or odd characters in double quotes)"
             ) from None

@@ -367,7 +367,7 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
     assert result.exit_code == 0
     ids = [row["id"] for row in json.loads(result.output)]
     assert ids == [sim.catalog.order[5], sim.catalog.order[9]]  # a title match outranks a description match
-    for bad_query in ('title:"unclosed', "*", "* a", "NEAR(", "AND", "nosuchcolumn:x"):
+    for bad_query in ('title:"unclosed', "*", "* a", "NEAR(", "AND", "nosuchcolumn:x", "NEAR(a b, x)"):
         bad = run_cli(["search", bad_query, "--db", str(db_path)])
         assert bad.exit_code == 2, (bad_query, bad.output)
         assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
