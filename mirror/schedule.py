@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -166,6 +168,10 @@ def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn) -> None:
     scheduler = build_scheduler(config, jobs)
 
     def shutdown(signum: int, frame: Any) -> None:
+        if jobs.stop.is_set():  # a second signal: stop at once, as after kill -9 (the next run resumes)
+            sys.stderr.write("error: aborted\n")
+            sys.stderr.flush()
+            os._exit(1)
         log.warning("%s: stopping after the current page", signal.Signals(signum).name)
         jobs.stop.set()
         scheduler.shutdown(wait=False)

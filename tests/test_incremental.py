@@ -182,6 +182,22 @@ def test_scheduler_runs_syncs_that_never_overlap(simulator: Callable[..., FakeYT
     assert_mirror_equals_catalog(db, sim.catalog)
 
 
+def test_a_second_signal_stops_the_scheduler_at_once(simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    sim = simulator(movies=2000, latency_ms=300)
+    db = tmp_path / "sched.db"
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "\n[schedule]\nfull_cron = \"\"\nenrich_seconds = 0\n")
+    process = cli_subprocess(["schedule", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
+                              str(config)])
+    wait_for_page(db, 2)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1 and stderr.endswith("error: aborted\n") and "Traceback" not in stderr, stderr
+    assert integrity_ok(db)
+
+
 def test_scheduler_rejects_a_bad_cron(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "61 * * * *"\n')
