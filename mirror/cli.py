@@ -325,6 +325,7 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
     from .schedule import run_forever
 
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
+    store.require_mirror(config.db, must_exist=False)  # a file holding something else: exit 2 now, not every job
     if not ctx.obj["quiet"] and logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)  # a daemon should say what it does
     limit = config.schedule.enrich_limit or None

@@ -251,7 +251,10 @@ def resolve(
     concurrency: int | None = None,
 ) -> Config:
     """Apply the precedence: flag, then environment, then file, then defaults."""
-    for flag, value in (("--config", config_path), ("--db", db), ("--base-url", base_url)):
+    for flag, env, value in (("--config", ENV_CONFIG, config_path), ("--db", ENV_DB, db),
+                             ("--base-url", ENV_BASE_URL, base_url)):
+        if value is None and os.environ.get(env) is not None:  # the flag's absence lets the variable speak
+            flag, value = env, os.environ[env]
         if value is not None and not value.strip():
             raise ConfigError(f"{flag} must not be empty")
     config = load_config(config_path)
@@ -269,4 +272,6 @@ def resolve(
         raise ConfigError(f"the database path {db} is a directory")
     if Path(db).exists() and not Path(db).is_file():  # a FIFO would block the first read for good
         raise ConfigError(f"the database path {db} is not a regular file")
+    if not Path(db).parent.is_dir():
+        raise ConfigError(f"the database path {db} is in a directory that does not exist")
     return validate(replace(config, db=str(Path(db)), api=api, enrich=enrich))

@@ -511,6 +511,45 @@ def test_bad_flag_values_are_one_line_and_exit_2(tmp_path: Path, flags: list[str
     assert not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.parametrize("variable, command, message", [
+    ("YTS_MIRROR_DB", ["stats"], "YTS_MIRROR_DB must not be empty"),
+    ("YTS_MIRROR_CONFIG", ["stats", "--db", "x.db"], "YTS_MIRROR_CONFIG must not be empty"),
+    ("YTS_MIRROR_BASE_URL", ["sync", "--db", "x.db"], "YTS_MIRROR_BASE_URL must not be empty"),
+])
+def test_a_blank_environment_variable_is_refused_like_a_blank_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   variable: str, command: list[str],
+                                                                   message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, " ")
+    result = run_cli(command)
+    assert result.exit_code == 2 and result.output == f"error: {message}\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_flag_makes_its_blank_environment_variable_irrelevant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YTS_MIRROR_DB", " ")
+    result = run_cli(["stats", "--db", "missing.db"])
+    assert result.exit_code == 1 and "no database at missing.db" in result.output
+
+
+@pytest.mark.parametrize("command", [["sync"], ["stats"], ["enrich"], ["search", "x"]])
+def test_a_database_in_a_missing_directory_is_a_config_error(tmp_path: Path, command: list[str]) -> None:
+    result = run_cli([*command, "--db", str(tmp_path / "nodir" / "x.db")])
+    assert result.exit_code == 2 and "is in a directory that does not exist" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_schedule_refuses_a_database_of_something_else_at_once(tmp_path: Path) -> None:
+    other = tmp_path / "notes.db"
+    other.write_text("not a database\n" * 100)
+    process = cli_subprocess(["schedule", "--db", str(other)])
+    try:
+        _, stderr = process.communicate(timeout=30)  # not a scheduler that fails every job
+    finally:
+        process.kill()
+    assert process.returncode == 2 and "is not a yts-mirror database" in stderr
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--churn", "add=3"], "add and remove need every=N"),
     (["--churn", "every=0,remove=1"], "add and remove need every=N"),
