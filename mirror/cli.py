@@ -470,7 +470,7 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     from dataclasses import replace
 
     config = resolve(None, db=db, base_url="http://127.0.0.1", rate=0, concurrency=4)
-    store.require_mirror(config.db, must_exist=False)  # refuse a bad --db before starting anything
+    claim_for_demo(config.db)
     with simulator_process(movies, faults="mix=0.03,retry_after=0") as url:
         click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
         api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
@@ -483,6 +483,17 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
             click.echo(f"{row['id']:>7}  {row['title']} ({row['year']})")
     click.echo(f"\nBrowse it:  yts-mirror serve --db {db}   (Datasette on http://127.0.0.1:8001)")
     click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
+
+
+def claim_for_demo(path: str) -> None:
+    """Mark the demo's database as simulated; refuse one holding a real mirror, or anything else."""
+    if store.require_mirror(path, must_exist=False):
+        with closing(store.open_reader(path)) as database:
+            if store.get_state(database, store.DEMO_STATE) is None:
+                fail(f"{path} holds a mirror the demo did not make; the demo writes simulated movies, "
+                     "so choose another --db", EXIT_USAGE)
+    with closing(store.open_db(path)) as database, database.atomic():
+        store.set_state(database, store.DEMO_STATE, {"made_at": store.now_iso()})
 
 
 def demo_query(database: Database) -> str:

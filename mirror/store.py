@@ -31,6 +31,7 @@ MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
 CRAWL_STATE = "crawl"  # the checkpoint of an unfinished crawl
 RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
 HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
+DEMO_STATE = "demo"  # set by `yts-mirror demo`: this mirror holds simulated movies
 
 
 def _compact_raw_json(db: sqlite_utils.Database) -> None:

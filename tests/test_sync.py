@@ -749,6 +749,21 @@ def test_demo_syncs_and_shows_the_result_quietly(tmp_path: Path) -> None:
     assert integrity_ok(db)
 
 
+def test_demo_never_writes_into_a_real_mirror(simulator: Callable[..., FakeYTS], db_path: Path,
+                                             config_file: Path, tmp_path: Path) -> None:
+    sync(db_path, simulator(movies=60), config_file)
+    before = db_path.read_bytes()
+    process = cli_subprocess(["demo", "--db", str(db_path), "--movies", "50", "--no-enrich"], cwd=tmp_path)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "holds a mirror the demo did not make" in err and "simulator" not in err, err
+    assert db_path.read_bytes() == before
+    again = tmp_path / "again.db"
+    for _ in range(2):  # the demo's own database may be demoed into again
+        process = cli_subprocess(["-q", "demo", "--db", str(again), "--movies", "50", "--no-enrich"], cwd=tmp_path)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+
+
 def test_python_dash_m_works() -> None:
     process = cli_subprocess(["--version"])
     stdout, _ = process.communicate(timeout=30)
