@@ -341,8 +341,9 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
 @click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--include-removed", is_flag=True, help="Also show movies removed upstream.")
+@click.pass_context
 @handle_errors
-def search(query: str, db: str | None, config_path: str | None, limit: int, as_json: bool,
+def search(ctx: click.Context, query: str, db: str | None, config_path: str | None, limit: int, as_json: bool,
            include_removed: bool) -> None:
     """Full-text search over titles, descriptions and cast (FTS5 syntax)."""
     config = resolve(config_path, db=db)
@@ -352,7 +353,8 @@ def search(query: str, db: str | None, config_path: str | None, limit: int, as_j
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if not rows:
-        click.echo("no matches", err=True)
+        if not ctx.obj["quiet"]:
+            click.echo("no matches", err=True)
         return
     for row in rows:
         removed = "  [removed]" if row["removed_at"] else ""
@@ -472,7 +474,8 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     config = resolve(None, db=db, base_url="http://127.0.0.1", rate=0, concurrency=4)
     claim_for_demo(config.db)
     with simulator_process(movies, faults="mix=0.03,retry_after=0") as url:
-        click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
+        if not ctx.obj["quiet"]:
+            click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
         api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
         run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
     with closing(store.open_reader(config.db)) as database:

@@ -761,7 +761,9 @@ def test_demo_never_writes_into_a_real_mirror(simulator: Callable[..., FakeYTS],
     for _ in range(2):  # the demo's own database may be demoed into again
         process = cli_subprocess(["-q", "demo", "--db", str(again), "--movies", "50", "--no-enrich"], cwd=tmp_path)
         _, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err
+        assert process.returncode == 0 and err == "", err  # -q: errors only
+    quiet, loud = (run_cli([*flag, "search", "zzzqqq", "--db", str(again)]) for flag in (["-q"], []))
+    assert (quiet.exit_code, quiet.output, loud.output) == (0, "", "no matches\n")
 
 
 def test_python_dash_m_works() -> None:
