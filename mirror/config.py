@@ -205,6 +205,10 @@ def check_base_url(url: str) -> None:
     host_ok = 0 < len(host) <= 253 and all(0 < len(label) <= 63 for label in host.split("."))  # DNS limits
     if parts.scheme not in ("http", "https") or not host_ok or any(c.isspace() for c in url) or port == 0:
         raise ConfigError(f"api.base_urls: {url!r} is not an http(s) URL with a host name")
+    if parts.query or parts.fragment or "?" in url or "#" in url:  # the API path and parameters follow the base
+        raise ConfigError(f"api.base_urls: {url!r} has a query or fragment; give the site's address only")
+    if parts.username is not None or parts.password is not None:  # it would be logged, and served by `serve`
+        raise ConfigError(f"api.base_urls: {url!r} holds credentials; put them in ~/.netrc, which requests reads")
 
 
 def parse_config(data: dict[str, Any]) -> Config:

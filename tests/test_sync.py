@@ -504,6 +504,9 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     (["--base-url", " "], "--base-url must not be empty"),
     (["--base-url", "http://exa mple.com"], "is not an http(s) URL"),
     (["--base-url", f"http://{'a' * 300}.com"], "is not an http(s) URL"),
+    (["--base-url", "http://127.0.0.1:9/?q=1"], "has a query or fragment"),
+    (["--base-url", "http://127.0.0.1:9/#top"], "has a query or fragment"),
+    (["--base-url", "http://user:secret@127.0.0.1:9"], "holds credentials; put them in ~/.netrc"),
 ])
 def test_bad_flag_values_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], message: str) -> None:
     result = run_cli(["sync", "--db", str(tmp_path / "x.db"), *flags])
