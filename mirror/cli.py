@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import math
 import signal
 import sqlite3
@@ -51,6 +52,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(error), EXIT_USAGE)
         except LockedError as error:
             fail(str(error), EXIT_LOCKED)
+        except BrokenPipeError:  # `yts-mirror search ... | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(EXIT_ERROR)
         except YTSError as error:  # FetchError and the rest
             fail(f"API request failed: {error}")
         except store.StoreError as error:

@@ -769,6 +769,20 @@ def test_demo_never_writes_into_a_real_mirror(simulator: Callable[..., FakeYTS],
     assert (quiet.exit_code, quiet.output, loud.output) == (0, "", "no matches\n")
 
 
+def test_a_reader_that_stops_early_gets_no_error(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                 config_file: Path) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    sync(db_path, simulator(movies=800), config_file)
+    command = shlex.join([sys.executable, "-m", "mirror", "search", "a* OR e* OR i* OR o* OR t*", "--db",
+                          str(db_path), "--limit", "1000"])
+    shell = subprocess.run(["bash", "-c", f'{command} | head -c 10 >/dev/null; echo "exit ${{PIPESTATUS[0]}}"'],
+                           capture_output=True, text=True, timeout=60)
+    assert (shell.stdout, shell.stderr) == ("exit 1\n", "")  # like `| head`: no error line for it
+
+
 def test_python_dash_m_works() -> None:
     process = cli_subprocess(["--version"])
     stdout, _ = process.communicate(timeout=30)
