@@ -296,13 +296,19 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 
 
 def open_reader(path: str) -> sqlite_utils.Database:
-    """Open an existing mirror to read it, writing nothing unless its schema needs a migration."""
+    """Open an existing mirror to read it, writing nothing unless its schema needs a migration (or a dropped table)."""
     version = require_mirror(path)
     db = connect(path)
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
         with closed_on_error(db):
             ensure_db_shape(db)
     return db
+
+
+@functools.cache
+def schema_tables() -> frozenset[str]:
+    """The tables schema.sql creates."""
+    return frozenset(re.findall(r"CREATE (?:VIRTUAL )?TABLE IF NOT EXISTS (\w+)", schema_sql()))
 
 
 def require_mirror(path: str, must_exist: bool = True) -> int:

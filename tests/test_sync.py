@@ -724,6 +724,20 @@ def test_a_symlink_to_the_database_shares_its_lock(tmp_path: Path, db_path: Path
     assert result.exit_code == 3, result.output
 
 
+def test_readers_restore_a_dropped_table(simulator: Callable[..., FakeYTS], db_path: Path,
+                                         config_file: Path) -> None:
+    sync(db_path, simulator(movies=60), config_file)
+    conn = sqlite3.connect(db_path)
+    for table in ("movie_cast", "enrich_state", "torrent_stats", "sync_state"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.commit()
+    conn.close()
+    result = run_cli(["stats", "--db", str(db_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["counts"]["movies"] == 60
+    assert run_cli(["search", "the", "--db", str(db_path)]).exit_code == 0
+
+
 def test_search_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli(["search", "x", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 1 and "no database at" in result.output
