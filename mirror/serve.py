@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import socket
 import sqlite3
 import sys
@@ -64,11 +65,19 @@ def run_serve(db: str | None, config_path: str | None, host: str, port: int, ope
     asyncio.run(datasette.invoke_startup())
     if open_browser:
         webbrowser.open(url)
-    server = uvicorn.Server(uvicorn.Config(datasette.app(), log_level="warning", lifespan="on"))
+    # Startup ran above, so no lifespan task: a second Ctrl-C would print its CancelledError.
+    server = uvicorn.Server(uvicorn.Config(datasette.app(), log_level="warning", lifespan="off"))
+    previous = signal.signal(signal.SIGTERM, _stop)  # uvicorn restores it and re-raises SIGTERM once shut down
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then raises it again
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then raises it again
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def prepare_database(path: str) -> str:

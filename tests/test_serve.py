@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+import requests
 from click.testing import CliRunner
 from markupsafe import escape as markup_escape
 
@@ -29,6 +31,7 @@ from mirror import datasette_render as render
 from mirror.cli import cli
 from mirror.fakeapi import Catalog, FakeYTS, FaultPlan
 from mirror.serve import make_datasette
+from support import cli_subprocess, free_port, wait_for
 
 
 def magnet_hash(magnet: str) -> str | None:
@@ -592,6 +595,29 @@ def test_serve_open_launches_the_catalog(mirror: Mirror, monkeypatch: pytest.Mon
     quiet = CliRunner().invoke(cli, ["-q", "serve", "--db", str(mirror.path), "--port", "0"])
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.output  # -q: errors only
     served[1][1][0].close()
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]])
+def test_serve_stops_cleanly_on_a_signal(mirror: Mirror, signals: list[int]) -> None:
+    port = free_port()
+    process = cli_subprocess(["serve", "--db", str(mirror.path), "--port", str(port)])
+    try:
+        wait_for(lambda: server_answers(f"http://127.0.0.1:{port}/{mirror.name}/movie_catalog.json"))
+        for sig in signals:
+            process.send_signal(sig)
+            time.sleep(0.01)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and stderr.count("\n") == 1 and stderr.startswith("serving "), stderr
+
+
+def server_answers(url: str) -> bool:
+    """True once `url` answers 200."""
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 # ---- reading while sync writes -----------------------------------------------------------------
