@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import math
+import os
 import signal
 import sqlite3
 import sys
@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -342,7 +343,8 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
 @click.argument("query")
 @db_option
 @config_option
-@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True,
+              help="Show at most N results, best first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--include-removed", is_flag=True, help="Also show movies removed upstream.")
 @click.pass_context
@@ -361,9 +363,14 @@ def search(ctx: click.Context, query: str, db: str | None, config_path: str | No
             click.echo("no matches", err=True)
         return
     for row in rows:
-        removed = "  [removed]" if row["removed_at"] else ""
-        rating = f"{row['rating']:.1f}" if row["rating"] is not None else "  - "
-        click.echo(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
+        click.echo(search_line(row))
+
+
+def search_line(row: dict[str, Any]) -> str:
+    """One search result as `search` prints it: id, rating, title (year), and whether it was removed."""
+    removed = "  [removed]" if row["removed_at"] else ""
+    rating = f"{row['rating']:.1f}" if row["rating"] is not None else "  - "
+    return f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}"
 
 
 @cli.command()
@@ -432,11 +439,14 @@ def format_stats(report: dict[str, Any]) -> str:
 
 
 @cli.command("fake-api")
-@click.option("--movies", type=click.IntRange(min=0, max=2_000_000), default=1000, show_default=True)
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--latency-ms", type=click.FloatRange(min=0, max=60_000), default=0, show_default=True, callback=finite)
+@click.option("--movies", type=click.IntRange(min=0, max=2_000_000), default=1000, show_default=True,
+              help="Movies in the simulated catalog.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same catalog.")
+@click.option("--latency-ms", type=click.FloatRange(min=0, max=60_000), default=0, show_default=True, callback=finite,
+              help="Delay before each answer, in milliseconds.")
 @click.option("--faults", default="", help='Fault spec, e.g. "mix=0.1,dead=movie_reviews,retry_after=0".')
 @click.option("--rate-limit", type=click.FloatRange(min=0), default=0, show_default=True, callback=finite,
               help="Refuse with 429 above this many requests per second (0 = no limit).")
@@ -466,8 +476,10 @@ def fake_api(ctx: click.Context, movies: int, port: int, host: str, seed: int, l
 
 
 @cli.command()
-@click.option("--db", "db", type=click.Path(dir_okay=False), default="demo.db", show_default=True)
-@click.option("--movies", type=click.IntRange(min=1, max=100000), default=3000, show_default=True)
+@click.option("--db", "db", type=click.Path(dir_okay=False), default="demo.db", show_default=True,
+              help="Database to create (or a demo's own to sync again).")
+@click.option("--movies", type=click.IntRange(min=1, max=100000), default=3000, show_default=True,
+              help="Movies in the simulated catalog.")
 @click.option("--no-enrich", is_flag=True, help="Skip the per-movie endpoints.")
 @click.pass_context
 @handle_errors
@@ -487,8 +499,11 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
         query = demo_query(database)
         click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
         for row in store.search(database, query, 5):
-            click.echo(f"{row['id']:>7}  {row['title']} ({row['year']})")
-    click.echo(f"\nBrowse it:  yts-mirror serve --db {db}   (Datasette on http://127.0.0.1:8001)")
+            click.echo(search_line(row))
+    from datasette.utils import tilde_encode
+
+    catalog = f"http://127.0.0.1:8001/{tilde_encode(Path(db).stem)}/movie_catalog"
+    click.echo(f"\nBrowse it:  yts-mirror serve --db {db}   (the catalog at {catalog})")
     click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
 
 

@@ -79,7 +79,7 @@ class ScheduleConfig:
     incremental_seconds: float = 3600.0
     full_cron: str = "0 4 * * 0"
     enrich_seconds: float = 1800.0
-    enrich_limit: int = 200
+    enrich_limit: int = 100
     misfire_grace_seconds: int = 600
 
 

@@ -761,6 +761,7 @@ def test_demo_syncs_and_shows_the_result_quietly(tmp_path: Path) -> None:
     assert process.returncode == 0, err
     text = out + err
     assert "movies: 200 present, 0 removed" in text and "Browse it:" in text
+    assert "(the catalog at http://127.0.0.1:8001/demo/movie_catalog)" in text
     assert "Traceback" not in text and "SIGTERM" not in text  # the simulator stops without a word
     assert connect(db).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL").fetchone()[0] == 200
     assert integrity_ok(db)
