@@ -1,5 +1,6 @@
--- yts-mirror schema. The single source of truth: applied idempotently whenever a writer opens the
--- database (a reader applies it only to migrate an older mirror).
+-- yts-mirror schema. The single source of truth: applied idempotently whenever a writer or
+-- `serve` opens the database (`stats` and `search` apply it only to migrate an older mirror or
+-- to recreate a dropped table).
 -- Column names are a contract: users' SQL depends on them (see README "Schema").
 -- Timestamps we write are UTC ISO-8601 strings ("2026-12-04T20:02:44.123456Z").
 

@@ -207,7 +207,7 @@ def check_base_url(url: str) -> None:
         raise ConfigError(f"api.base_urls: {url!r} is not an http(s) URL with a host name")
     if parts.query or parts.fragment or "?" in url or "#" in url:  # the API path and parameters follow the base
         raise ConfigError(f"api.base_urls: {url!r} has a query or fragment; give the site's address only")
-    if parts.username is not None or parts.password is not None:  # it would be logged, and served by `serve`
+    if parts.username or parts.password:  # it would be logged, and served by `serve`
         raise ConfigError(f"api.base_urls: {url!r} holds credentials; put them in ~/.netrc, which requests reads")
 
 
@@ -216,7 +216,7 @@ def parse_config(data: dict[str, Any]) -> Config:
     config = Config()
     for key, value in data.items():
         if key == "db":
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value.strip():
                 raise ConfigError("db must be a non-empty string")
             config = replace(config, db=value)
         elif key in SECTIONS:
@@ -277,5 +277,5 @@ def resolve(
     if Path(db).exists() and not Path(db).is_file():  # a FIFO would block the first read for good
         raise ConfigError(f"the database path {db} is not a regular file")
     if not Path(db).parent.is_dir():
-        raise ConfigError(f"the database path {db} is in a directory that does not exist")
+        raise ConfigError(f"the database path {db} is not in an existing directory")
     return validate(replace(config, db=str(Path(db)), api=api, enrich=enrich))

@@ -24,6 +24,7 @@ class Page:
     movie_count: int
     next_page: int
     reread: list[Mapping[str, Any]] = field(default_factory=list)  # after a shrink, committed with the page
+    covered: set[int] = field(default_factory=set)  # ids of the windows that extend the crawl's gap-free stretch
 
     @property
     def all_movies(self) -> list[Mapping[str, Any]]:
@@ -94,35 +95,71 @@ def crawl_full(
     the page, to be committed together: a kill between the two would resume past the drop and
     never re-read it. `seen` holds the ids this crawl has yielded and is updated in place.
     """
-    page = start_page
+    walk = Walk(seen, start_page, last_count)
     while True:
-        current, end = read_page(client, page, seen, last_count, limit)
+        current, end = walk.read(client, limit)
         yield current
-        seen.update(current.ids)
-        last_count = current.movie_count
-        if end or not current.movies or page * limit >= current.movie_count:
+        if walk.advance(current) and (end or not current.movies or current.number * limit >= current.movie_count):
             return
-        page += 1
 
 
-def read_page(client: YTSClient, page: int, seen: set[int], last_count: int | None,
-              limit: int = PAGE_LIMIT) -> tuple[Page, bool]:
+class Walk:
+    """Where a crawl is: the page to read next, the last movie_count, and the gap-free stretch read so far."""
+
+    def __init__(self, seen: set[int], page: int, last_count: int | None):
+        self.seen = seen
+        self.covered = set(seen)  # a resumed crawl trusts what it saw before the kill
+        self.page = page
+        self.last_count = last_count
+        self.rewinds: dict[int, int] = {}
+
+    def read(self, client: YTSClient, limit: int) -> tuple[Page, bool]:
+        """Read the next page (and whatever proves it leaves no gap)."""
+        may_rewind = self.rewinds.get(self.page, 0) < MAX_REWINDS
+        return read_page(client, self.page, self.covered, self.last_count, limit, may_rewind)
+
+    def advance(self, page: Page) -> bool:
+        """Take a yielded page into account; False if the walk went back to re-read earlier pages."""
+        self.seen.update(page.ids)
+        self.covered.update(page.covered)
+        self.last_count = page.movie_count
+        if page.next_page <= page.number:
+            self.rewinds[page.number] = self.rewinds.get(page.number, 0) + 1
+            self.page = page.next_page
+            return False
+        self.page = page.next_page
+        return True
+
+
+MAX_REWINDS = 3  # per page: a catalog moving faster than that is left to the next full crawl
+
+
+def read_page(client: YTSClient, page: int, covered: set[int], last_count: int | None,
+              limit: int = PAGE_LIMIT, may_rewind: bool = True) -> tuple[Page, bool]:
     """Fetch one page of a crawl, with what to re-read if movie_count fell; and whether the list ends.
 
-    A window that shares a movie with what the crawl has seen leaves no gap above it: every
-    movie between the two is in one or the other. So on a drop, unless the page itself
-    overlaps `seen`, one window straddling the page's top proves that nothing slid out of
-    sight if it overlaps both; failing that, earlier pages are re-read until one overlaps `seen`.
+    `covered` holds the ids of a gap-free stretch from the top of the list. A window sharing a
+    movie with it extends it: every movie between the two is in one or the other. Pages read
+    in order leave no gap unless removals above pull movies up, which shrinks movie_count. So
+    on a drop, unless the page itself overlaps `covered`, one window straddling the page's top
+    must overlap both. Failing that (the catalog moved again meanwhile), earlier pages are read
+    until one overlaps `covered`, and the walk goes on from there, reading those pages again
+    in order: their first reads came in the wrong order to prove anything.
     """
     movies, count, end = fetch_page(client, page, limit)
     ids = set(listed_ids(movies))
-    if last_count is None or count >= last_count or page == 1 or ids & seen:
-        return Page(page, movies, count, next_page=page + 1), end
+    if last_count is None or count >= last_count or page == 1 or ids & covered:
+        return Page(page, movies, count, next_page=page + 1, covered=ids), end
     bridge = _straddle(client, (page - 1) * limit)
     bridge_ids = set(listed_ids(bridge))
-    if not (bridge_ids & seen and bridge_ids & ids):
-        bridge += _reread(client, page - 1, seen, limit)
-    return Page(page, movies, count, next_page=page + 1, reread=bridge), end
+    if bridge_ids & covered and bridge_ids & ids:
+        return Page(page, movies, count, next_page=page + 1, reread=bridge, covered=ids | bridge_ids), end
+    probes, top, top_count, top_ids = _rewind(client, page - 1, covered, limit)
+    if not may_rewind:  # keep what the re-reads found, and go on
+        log.warning("catalog keeps moving at page %d: going on without proof that no movie slid past", page)
+        unproven = ids | bridge_ids | set(listed_ids(probes))
+        return Page(page, movies, count, next_page=page + 1, reread=bridge + probes, covered=unproven), end
+    return Page(page, movies, top_count, next_page=top + 1, reread=bridge + probes, covered=top_ids), False
 
 
 def straddling_window(boundary: int, limit: int = PAGE_LIMIT) -> tuple[int, int]:
@@ -145,19 +182,18 @@ def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> 
     return any(movie_id not in seen for movie_id in listed_ids(fetch_page(client, 1, limit).movies))
 
 
-def _reread(client: YTSClient, page: int, seen: set[int], limit: int) -> list[Mapping[str, Any]]:
-    """Re-read pages from `page` back until one holds a movie seen before them (or page 1 is read); return their movies."""
+def _rewind(client: YTSClient, page: int, covered: set[int],
+            limit: int) -> tuple[list[Mapping[str, Any]], int, int, set[int]]:
+    """Read pages from `page` up until one overlaps `covered` (or page 1): all their movies, and that page's number, count and ids."""
     movies: list[Mapping[str, Any]] = []
-    while page >= 1:
-        found = fetch_page(client, page, limit).movies
+    while True:
+        found, count, _ = fetch_page(client, page, limit)
         movies.extend(found)
-        # Only a movie from before proves the top: overlapping another re-read page proves nothing.
-        overlaps = not seen.isdisjoint(listed_ids(found))
-        log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if overlaps else "all unseen")
-        if overlaps:
-            break
+        ids = set(listed_ids(found))
+        log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if ids & covered else "all unseen")
+        if ids & covered or page == 1:
+            return movies, page, count, ids
         page -= 1
-    return movies
 
 
 def crawl_new(
@@ -177,18 +213,17 @@ def crawl_new(
     known movie alone is not proof enough. A shrinking
     catalog is handled as in `crawl_full`, whose `seen` and `last_count` these are.
     """
-    page = start_page
+    walk = Walk(seen, start_page, last_count)
     while True:
-        current, end = read_page(client, page, seen, last_count, limit)
+        current, end = walk.read(client, limit)
         old = known(listed_ids(current.movies))
         yield current
-        seen.update(current.ids)
-        last_count = current.movie_count
-        if end or len(current.movies) < limit or page * limit >= current.movie_count:
+        if not walk.advance(current):
+            continue
+        if end or len(current.movies) < limit or current.number * limit >= current.movie_count:
             return
         if len(old) >= min(overlap, len(current.movies)):
             return
-        page += 1
 
 
 class CatalogMoved(Exception):

@@ -340,8 +340,8 @@ def mirror_version(path: str | os.PathLike[str]) -> int:
             raise NotAMirrorError(f"{path} is not a yts-mirror database (not SQLite at all); choose another --db") from None
         raise StoreError(f"cannot open database {path}: {error}") from None
     if tables and not set(MIRROR_TABLES) <= tables:
-        raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks the {', '.join(MIRROR_TABLES)} "
-                              "tables); choose another --db")
+        missing = ", ".join(name for name in MIRROR_TABLES if name not in tables)
+        raise NotAMirrorError(f"{path} is not a yts-mirror database (it lacks {missing}); choose another --db")
     return version if tables else 0
 
 

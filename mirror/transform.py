@@ -69,7 +69,7 @@ def to_int(value: Any) -> int | None:
 
 def _loose_int(value: Any) -> int | None:
     if type(value) is str and value.isdigit() and value.isascii():
-        return int(value)
+        return int(value) if len(value) < 20 else None  # beyond SQLite's range anyway; int() refuses 4,300 digits
     if value is None or isinstance(value, bool):
         return None if value is None else int(value)
     if isinstance(value, int):

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from mirror import store, transform
-from mirror.fakeapi import FAULT_KINDS, FakeYTS, FaultPlan
+from mirror.fakeapi import FAULT_KINDS, Catalog, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port, integrity_ok,
                      last_run, mirror_movies, query, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
@@ -180,6 +180,36 @@ def test_a_catalog_changing_at_every_request_loses_no_movie(simulator: Callable[
     throughout = before & set(sim.catalog.ids())
     missed = throughout - set(mirror_movies(db_path))
     assert not missed, f"{len(missed)} movies listed all along were missed, e.g. {sorted(missed)[:5]}"
+
+
+class ScriptedChurn(FakeYTS):
+    """A simulator whose catalog changes at chosen list requests, to place a change between two reads."""
+
+    def __init__(self, catalog: Catalog, script: dict[int, Callable[[Catalog], Any]]):
+        super().__init__(catalog)
+        self.script = script
+
+    def _maybe_churn(self) -> None:
+        with self.count_lock:
+            self.list_requests += 1
+            change = self.script.get(self.list_requests)
+        if change:
+            change(self.catalog)
+
+
+@pytest.mark.parametrize("script", [
+    # 10 movies of page 1 go, so 10 slide up out of page 3's sight; then 40 arrive before the straddling read
+    {3: lambda c: c.remove(ids=c.ids()[0:10]), 4: lambda c: c.add(40)},
+    # 90 go, so pages are re-read upwards; 5 arrive between two of those re-reads
+    {3: lambda c: c.remove(ids=c.ids()[10:100]), 6: lambda c: c.add(5)},
+], ids=["additions-before-the-straddle", "additions-between-re-reads"])
+def test_a_change_between_the_reads_of_a_drop_loses_no_movie(db_path: Path, config_file: Path,
+                                                             script: dict[int, Callable[[Catalog], Any]]) -> None:
+    with ScriptedChurn(Catalog(1000, 3), script) as sim:
+        before = set(sim.catalog.ids())
+        sync(db_path, sim, config_file, "--full")
+        missed = (before & set(sim.catalog.ids())) - set(mirror_movies(db_path))
+    assert not missed, f"movies listed all along were missed: {sorted(missed)}"
 
 
 @pytest.mark.parametrize("boundary", [50, 100, 450, 2450, 38_700, 77_500, 1_000_000])
@@ -482,6 +512,7 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     ("[schedule]\nmisfire_grace_seconds = 0\n", "schedule.misfire_grace_seconds must be between"),
     (b"\x00\xff\xfe", "not UTF-8"),
     ("[api]\nrate = 1" + "0" * 400 + "\n", "api.rate is out of range"),  # too big for a float
+    ("db = \"  \"\n", "db must be a non-empty string"),
     ("[api]\nburst = 9223372036854775807\n", "api.burst is out of range"),  # whole, just huge
     ("[api]\nburst = 2.5\n", "api.burst must be a whole number"),
     ("[enrich.ttl_days]\nmovie_details = 1" + "0" * 400 + "\n", "enrich.ttl_days.movie_details is out of range"),
@@ -538,7 +569,7 @@ def test_a_flag_makes_its_blank_environment_variable_irrelevant(monkeypatch: pyt
 @pytest.mark.parametrize("command", [["sync"], ["stats"], ["enrich"], ["search", "x"]])
 def test_a_database_in_a_missing_directory_is_a_config_error(tmp_path: Path, command: list[str]) -> None:
     result = run_cli([*command, "--db", str(tmp_path / "nodir" / "x.db")])
-    assert result.exit_code == 2 and "is in a directory that does not exist" in result.output
+    assert result.exit_code == 2 and "is not in an existing directory" in result.output
     assert result.output.count("\n") == 1
 
 

@@ -14,6 +14,7 @@ from mirror import transform
 @pytest.mark.parametrize("value, expected", [
     ("0", 0), ("1", 1), ("", None), (None, None), (8, 8), ("8", 8), (7.0, 7), ("7.9", 7), ("x", None), (True, 1),
     ("inf", None), ("1e999", None), ("nan", None), (float("inf"), None), (float("-inf"), None), (float("nan"), None),
+    ("9" * 5000, None), ("9" * 19, None), ("9" * 18, 999_999_999_999_999_999),
 ])
 def test_to_int(value: object, expected: int | None) -> None:
     assert transform.to_int(value) == expected
