@@ -741,7 +741,10 @@ def test_a_database_path_that_is_no_regular_file_is_refused(tmp_path: Path, conf
     for command in (["stats", *config], ["search", "x", *config], ["enrich", *config], ["demo"],
                     ["sync", "--base-url", "http://127.0.0.1:9", *config]):
         process = cli_subprocess([*command, "--db", str(path)])
-        out, err = process.communicate(timeout=30)
+        try:
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()  # a hang on the FIFO must not outlive the test
         assert process.returncode == 2 and err == f"error: the database path {path} is not a regular file\n", (command, err)
 
 
