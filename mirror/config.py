@@ -272,10 +272,11 @@ def resolve(
     enrich = config.enrich
     if concurrency is not None:
         enrich = replace(enrich, concurrency=concurrency)
-    if Path(db).is_dir():
+    path = Path(db)
+    if path.is_dir():
         raise ConfigError(f"the database path {db} is a directory")
-    if Path(db).exists() and not Path(db).is_file():  # a FIFO would block the first read for good
+    if path.exists() and not path.is_file():  # a FIFO would block the first read for good
         raise ConfigError(f"the database path {db} is not a regular file")
-    if not Path(db).parent.is_dir():
+    if not path.parent.is_dir():
         raise ConfigError(f"the database path {db} is not in an existing directory")
-    return validate(replace(config, db=str(Path(db)), api=api, enrich=enrich))
+    return validate(replace(config, db=str(path), api=api, enrich=enrich))

@@ -103,6 +103,9 @@ def crawl_full(
             return
 
 
+MAX_REWINDS = 3  # per page: a catalog moving faster than that is left to the next full crawl
+
+
 class Walk:
     """Where a crawl is: the page to read next, the last movie_count, and the gap-free stretch read so far."""
 
@@ -123,15 +126,11 @@ class Walk:
         self.seen.update(page.ids)
         self.covered.update(page.covered)
         self.last_count = page.movie_count
-        if page.next_page <= page.number:
-            self.rewinds[page.number] = self.rewinds.get(page.number, 0) + 1
-            self.page = page.next_page
-            return False
         self.page = page.next_page
-        return True
-
-
-MAX_REWINDS = 3  # per page: a catalog moving faster than that is left to the next full crawl
+        rewound = page.next_page <= page.number
+        if rewound:
+            self.rewinds[page.number] = self.rewinds.get(page.number, 0) + 1
+        return not rewound
 
 
 def read_page(client: YTSClient, page: int, covered: set[int], last_count: int | None,
@@ -190,8 +189,9 @@ def _rewind(client: YTSClient, page: int, covered: set[int],
         found, count, _ = fetch_page(client, page, limit)
         movies.extend(found)
         ids = set(listed_ids(found))
-        log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if ids & covered else "all unseen")
-        if ids & covered or page == 1:
+        overlaps = not ids.isdisjoint(covered)
+        log.info("catalog shrank: re-read page %d (%s)", page, "overlaps" if overlaps else "all unseen")
+        if overlaps or page == 1:
             return movies, page, count, ids
         page -= 1
 

@@ -88,10 +88,10 @@ def to_id(value: Any) -> int | None:
     """A movie id as the API means it: a positive whole number (8 or "8"), else None; never True or 1.5."""
     if type(value) is str:
         value = value.strip()
-        return to_id(int(value)) if value.isascii() and value.isdigit() and len(value) < 20 else None
-    if type(value) is float and value.is_integer():
+        value = int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
+    elif type(value) is float and value.is_integer():
         value = int(value)
-    return value if type(value) is int and 0 < value < 2**63 else None
+    return value if type(value) is int and value > 0 and value in SQLITE_INT_RANGE else None
 
 
 def to_float(value: Any) -> float | None:
