@@ -292,6 +292,7 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
     db = connect(path)
     with closed_on_error(db):
         ensure_db_shape(db)
+        db.execute("PRAGMA temp_store = MEMORY")  # statement journals and index sorts: no temp-file writes
     return db
 
 
@@ -353,8 +354,13 @@ _MOVIE_UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in transform.MOVIE_COLUMNS if c != "id")
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
 )
+_TORRENT_COLUMNS_SQL = f"torrents ({', '.join(transform.TORRENT_COLUMNS)}, first_seen_at, last_seen_at, removed_at)"
+# OR FAIL: a multi-row statement that may ABORT keeps a copy of every existing page it changes
+# (a statement journal), here one per random leaf of the hash key; the page's transaction rolls
+# back on any error anyway. An upsert's DO UPDATE always may abort, so new torrents skip it.
+_TORRENT_INSERT = f"INSERT OR FAIL INTO {_TORRENT_COLUMNS_SQL} VALUES {{}}"
 _TORRENT_UPSERT = (
-    f"INSERT INTO torrents ({', '.join(transform.TORRENT_COLUMNS)}, first_seen_at, last_seen_at, removed_at) "
+    f"INSERT INTO {_TORRENT_COLUMNS_SQL} "
     "VALUES {} ON CONFLICT(hash) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in transform.TORRENT_COLUMNS if c != "hash")
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
@@ -465,19 +471,19 @@ def _write_torrents(db: sqlite_utils.Database, torrents: Sequence[Mapping[str, A
                     seen_at: str) -> tuple[int, int]:
     """Upsert a page's torrents and mark its movies' unlisted ones removed; return (new, removed)."""
     hashes = [t["hash"] for t in torrents]
-    known_hashes = {
-        h for (h,) in db.execute(
-            f"SELECT hash FROM torrents WHERE hash IN ({placeholders(len(hashes))}) AND removed_at IS NULL", hashes
-        ).fetchall()
-    } if hashes else set()
+    stored = dict(db.execute(
+        f"SELECT hash, removed_at IS NULL FROM torrents WHERE hash IN ({placeholders(len(hashes))})", hashes
+    ).fetchall()) if hashes else {}
+    fresh = {t["hash"]: t for t in torrents if t["hash"] not in stored}  # a repeated hash: the last wins, as upserted
     bookkeeping = _bookkeeping(seen_at)
-    insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in torrents])
+    insert_rows(db, _TORRENT_INSERT, [_torrent_values(t) + bookkeeping for t in fresh.values()])
+    insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in torrents if t["hash"] in stored])
     removed = db.execute(
         f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({placeholders(len(movie_ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",
         [seen_at, *movie_ids, seen_at],
     ).rowcount
-    return len(set(hashes) - known_hashes), removed
+    return len(set(hashes) - {h for h, present in stored.items() if present}), removed
 
 
 def _bookkeeping(seen_at: str) -> tuple[str, str, None]:
@@ -511,7 +517,8 @@ def record_swarm(db: sqlite_utils.Database, observed_at: str, seen_since: str) -
     with db.atomic():
         return db.execute(
             "INSERT OR REPLACE INTO torrent_stats (hash, observed_at, seeds, peers) "
-            "SELECT hash, ?, seeds, peers FROM torrents WHERE removed_at IS NULL AND last_seen_at >= ?",
+            "SELECT hash, ?, seeds, peers FROM torrents WHERE removed_at IS NULL AND last_seen_at >= ? "
+            "ORDER BY hash",  # in key order: each leaf of torrent_stats is written once
             [observed_at, seen_since],
         ).rowcount
 

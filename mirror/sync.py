@@ -271,24 +271,29 @@ class Syncer:
         checkpoint, seen = self._begin("full", checkpoint)
         self.progress.advance(len(seen))
         pages = crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count"))
-        with store.indexes_deferred(self.db, enabled=self._mirror_empty()):
+        first = self._mirror_empty()  # then every movie the mirror will hold comes from this run
+        with store.indexes_deferred(self.db, enabled=first):
             complete = self._commit_pages(summary, pages, checkpoint)
         if not complete:
             return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
-        self._finish_full(summary, checkpoint["started_at"], moved)
+        self._finish_full(summary, checkpoint["started_at"], moved, removals_possible=not first)
 
-    def _finish_full(self, summary: RunSummary, started_at: str, moved: bool) -> None:
+    def _finish_full(self, summary: RunSummary, started_at: str, moved: bool, removals_possible: bool) -> None:
         """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl."""
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
-        unseen, present = store.count_unseen_since(self.db, started_at)
-        removed = (0, 0)
-        if self._removals_allowed(summary, unseen, present):
-            removed = store.mark_removed(self.db, started_at, store.now_iso())
-        summary.counts["movies_removed"] += removed[0]
-        summary.counts["torrents_removed"] += removed[1]
+        if removals_possible:
+            self._mark_unseen_removed(summary, started_at)
         self._end_crawl(started_at, moved, complete=True)
+
+    def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> None:
+        """Mark what a complete crawl did not see as removed, unless implausibly many."""
+        unseen, present = store.count_unseen_since(self.db, started_at)
+        if self._removals_allowed(summary, unseen, present):
+            movies, torrents = store.mark_removed(self.db, started_at, store.now_iso())
+            summary.counts["movies_removed"] += movies
+            summary.counts["torrents_removed"] += torrents
 
     def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Walk newest-first pages until reaching movies mirrored before this crawl began."""

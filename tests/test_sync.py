@@ -140,6 +140,40 @@ def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> No
     assert [(r["kind"], r["warning"]) for r in store.last_runs(db)] == [("full", None)]
 
 
+def torrent_state(db: Any) -> dict[str, tuple[Any, ...]]:
+    """hash -> (movie_id, quality, seeds, first_seen_at, removed_at) of every stored torrent."""
+    rows = db.execute("SELECT hash, movie_id, quality, seeds, first_seen_at, removed_at FROM torrents").fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_a_hash_listed_twice_on_one_page_is_stored_once_as_last_listed(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "twice.db")
+    movies = [{"id": 1, "title": "A", "torrents": [{"hash": "ab" * 20, "quality": "720p", "seeds": 1}]},
+              {"id": 2, "title": "B", "torrents": [{"hash": "AB" * 20, "quality": "1080p", "seeds": 2}]}]
+    with db.atomic():
+        result = store.upsert_movies(db, movies, "2026-12-05T00:00:00.000000Z")
+    assert result.torrents_new == 1
+    assert torrent_state(db) == {"AB" * 20: (2, "1080p", 2, "2026-12-05T00:00:00.000000Z", None)}
+
+
+def test_listed_again_torrents_update_in_place_and_reappearing_ones_count_as_new(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "again.db")
+    kept, dropped = "11" * 20, "22" * 20
+
+    def page(seen_at: str, *torrents: dict[str, Any]) -> store.PageResult:
+        with db.atomic():
+            return store.upsert_movies(db, [{"id": 1, "title": "A", "torrents": list(torrents)}], seen_at)
+
+    first, second, third = "2026-12-01T00:00:00.000000Z", "2026-12-02T00:00:00.000000Z", "2026-12-03T00:00:00.000000Z"
+    assert page(first, {"hash": kept, "seeds": 1}, {"hash": dropped, "seeds": 1}).torrents_new == 2
+    result = page(second, {"hash": kept, "seeds": 5})
+    assert (result.torrents_new, result.torrents_removed) == (0, 1)
+    assert torrent_state(db)[kept] == (1, None, 5, first, None)
+    assert torrent_state(db)[dropped][4] == second
+    assert page(third, {"hash": kept, "seeds": 6}, {"hash": dropped, "seeds": 7}).torrents_new == 1
+    assert torrent_state(db) == {kept: (1, None, 6, first, None), dropped: (1, None, 7, first, None)}
+
+
 def test_upgrade_leaves_unreadable_raw_json_alone(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = store.open_db(path)
