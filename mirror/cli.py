@@ -230,6 +230,8 @@ concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, ma
 def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None, rate: float | None,
          concurrency: int | None, no_enrich: bool, full: bool, enrich_limit: int | None, wait: bool) -> None:
     """Copy the catalog into the database: incremental, or --full."""
+    if no_enrich and enrich_limit is not None:
+        raise click.UsageError("--enrich-limit has no effect with --no-enrich; drop one of them", ctx)
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
     summary = run_sync(config, full=full, enrich=not no_enrich, wait=wait, quiet=ctx.obj["quiet"],
                        enrich_limit=enrich_limit)

@@ -349,3 +349,12 @@ def test_sync_enrich_limit_takes_the_newest_new_movies(simulator: Callable[..., 
     assert fetched == set(sorted(sim.catalog.ids())[-5:])
     result = run_cli(sync_args(db_path, sim, config_file, "--enrich-limit", "0"))
     assert result.exit_code == 2 and "--enrich-limit" in result.output
+
+
+def test_sync_refuses_an_enrich_limit_with_no_enrich(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                     config_file: Path) -> None:
+    sim = simulator(movies=10)
+    result = run_cli(sync_args(db_path, sim, config_file, "--no-enrich", "--enrich-limit", "5"))
+    assert result.exit_code == 2
+    assert "--enrich-limit has no effect with --no-enrich" in result.output and "Traceback" not in result.output
+    assert not sim.counts.get("list_movies") and not db_path.exists()
