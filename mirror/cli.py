@@ -262,19 +262,25 @@ def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool
     """Run one sync under the writer lock, with progress output and signal handling."""
     with writer_session(config, "sync", "movies", wait, quiet, stop) as (db, client, progress, event):
         syncer = Syncer(db, client, config, progress.callbacks(), event)
-        after = enrich_after_crawl(db, client, config, event, quiet, enrich_limit) if enrich else None
+        after = enrich_after_crawl(syncer, quiet, enrich_limit) if enrich else None
         return syncer.run(full=full, after_crawl=after)
 
 
-def enrich_after_crawl(db: Database, client: YTSClient, config: Config, stop: threading.Event,
-                       quiet: bool, limit: int | None = None) -> Callable[[RunSummary], None]:
+def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None) -> Callable[[RunSummary], None]:
     """The enrichment step a sync runs after its crawl: movies never enriched and changed ones, newest first."""
 
     def step(summary: RunSummary) -> None:
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
+        before = summary.counts["enriched"]
+
+        def log_counts(report: EnrichReport) -> None:
+            requests, retries = syncer.request_counts()
+            store.update_run(syncer.db, summary.run_id, enriched=before + report.movies_done, requests=requests,
+                             retries=retries)
+
         try:
-            report = enrich_backlog(db, client, config, only_new=True, limit=limit, stop=stop,
-                                    progress=progress.callbacks())
+            report = enrich_backlog(syncer.db, syncer.client, syncer.config, only_new=True, limit=limit,
+                                    stop=syncer.stop, progress=progress.callbacks(), on_written=log_counts)
         finally:
             progress.close()
         summary.counts["enriched"] += report.movies_done

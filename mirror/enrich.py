@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -360,8 +360,12 @@ class Pool:
 
 def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                    endpoints: Sequence[str] | None = None, limit: int | None = None, only_new: bool = False,
-                   stop: threading.Event | None = None, progress: Progress | None = None) -> EnrichReport:
-    """Fetch the backlog of enabled endpoints, newest movies first; resumable at any point."""
+                   stop: threading.Event | None = None, progress: Progress | None = None,
+                   on_written: Callable[[EnrichReport], None] | None = None) -> EnrichReport:
+    """Fetch the backlog of enabled endpoints, newest movies first; resumable at any point.
+
+    `on_written(report)` runs inside each movie's transaction (to keep a run log current).
+    """
     endpoints = list(endpoints or config.enrich.endpoints)
     stop = stop or threading.Event()
     progress = progress or Progress()
@@ -383,10 +387,13 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                     if isinstance(done.crash, Stopped):
                         continue  # asked to stop while it waited: this movie is fetched again next run
                     raise done.crash
-                fetched, not_found = write_movie(db, done.item, done.outcomes)
+                with db.atomic():
+                    fetched, not_found = write_movie(db, done.item, done.outcomes)
+                    report.tally(done.outcomes, fetched, not_found)
+                    if on_written:
+                        on_written(report)
             finally:
                 done.written.set()
-            report.tally(done.outcomes, fetched, not_found)
             progress.advance(len(done.item.endpoints))
     finally:
         unanswered = client.stats.requests > sent and client.stats.answered == answered

@@ -145,13 +145,15 @@ def logged_enrichment(db: sqlite_utils.Database, client: YTSClient, config: Conf
     """Work through the enrichment backlog as one `enrich` run in `sync_runs`."""
     report: EnrichReport | None = None
 
-    def counts() -> dict[str, int]:
+    def counts(done: EnrichReport | None = None) -> dict[str, int]:
+        done = done or report
         return {"requests": client.stats.requests, "retries": client.stats.retries,
-                "enriched": report.movies_done if report else 0}
+                "enriched": done.movies_done if done else 0}
 
     with logged_run(db, "enrich", lambda: client.base_url, stop.is_set, counts) as outcome:
         report = enrich_backlog(db, client, config, endpoints=endpoints or None, limit=limit, stop=stop,
-                                progress=progress)
+                                progress=progress, on_written=lambda done: store.update_run(db, outcome.run_id,
+                                                                                             **counts(done)))
     return outcome, report
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 
 from mirror import store
 from mirror.fakeapi import FakeYTS
@@ -197,6 +199,29 @@ def test_kill_during_enrichment_resumes_to_the_same_database(simulator: Callable
     endpoints = ("movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides")
     repeated = [sim.ok_counts[e] - before.get(e, 0) - 400 for e in endpoints]
     assert all(0 <= r <= 4 for r in repeated), repeated  # at most one movie per worker
+
+
+@pytest.mark.parametrize("command", ["enrich", "sync"])
+def test_a_run_killed_during_enrichment_has_counted_what_it_enriched(
+        command: str, simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=300, latency_ms=15)
+    if command == "enrich":
+        run_cli(sync_args(db_path, sim, config_file, "--no-enrich"))
+    process = cli_subprocess([*sync_args(db_path, sim, config_file), "--concurrency", "4"] if command == "sync" else
+                             ["enrich", *sync_args(db_path, sim, config_file)[1:], "--concurrency", "4"])
+
+    def movies_enriched() -> int:
+        try:
+            return query(db_path, "SELECT COUNT(DISTINCT movie_id) AS n FROM enrich_state")[0]["n"]
+        except sqlite3.OperationalError:  # a sync has not created the schema yet
+            return 0
+
+    wait_for(lambda: movies_enriched() >= 40)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = last_run(db_path)
+    assert run["kind"] == ("enrich" if command == "enrich" else "full") and run["finished_at"] is None
+    assert run["enriched"] == movies_enriched() and run["requests"] >= 4 * run["enriched"]
 
 
 def test_reenrichment_replaces_rows_and_follows_list_changes(simulator: Callable[..., FakeYTS], db_path: Path,
