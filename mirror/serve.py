@@ -268,8 +268,6 @@ async def refuse_bad_parameters(datasette: Any, request: Any, database: str, tab
     if any("\x00" in key or any("\x00" in value for value in args.getlist(key)) for key in args):
         raise BadRequest("a URL parameter holds a NUL character")
     db = datasette.get_database(database)
-    if args.get("_timelimit") and not (args["_timelimit"].isdigit() and is_integer(args["_timelimit"])):
-        raise BadRequest(f"_timelimit must be a number of milliseconds, not {args['_timelimit']!r}")
     if args.get("_next") and not is_integer(args["_next"]) and table in await db.view_names():
         raise BadRequest(f"_next must be a row offset here, not {args['_next']!r}")  # a view pages by offset
     for through in args.getlist("_through"):
@@ -306,6 +304,77 @@ async def through_problem(db: Any, table: str, text: str) -> str | None:
     if not any(key["other_table"] == table for key in await db.foreign_keys_for_table(other)):
         return f"table {other!r} has no foreign key to {table}"
     return None
+
+
+NUMERIC_LOOKUPS = ("gt", "gte", "lt", "lte")  # Datasette binds their all-digit values as integers
+
+
+def filter_problem(key: str, value: str) -> str | None:
+    """What is wrong with one ?column__lookup=value filter that Datasette would answer with a 500, or None."""
+    lookup = key.rsplit("__", 1)[1] if "__" in key else "exact"
+    if lookup in ("in", "notin") and value.startswith("["):
+        try:
+            values = json.loads(value)
+        except ValueError:
+            values = None
+        if not (isinstance(values, list) and all(bindable(item) for item in values)):
+            return f"{key} takes a comma-separated list or a JSON list of scalars, not {value!r}"
+    if lookup in NUMERIC_LOOKUPS and value.isdigit() and not is_integer(value):
+        return f"{key} takes a 64-bit integer, not {value!r}"
+    return None
+
+
+def timelimit_problem(value: str) -> str | None:
+    """What is wrong with a ?_timelimit= value (Datasette's int() of it fails with a 500), or None."""
+    if value and not (value.isdigit() and is_integer(value)):
+        return f"_timelimit must be a number of milliseconds, not {value!r}"
+    return None
+
+
+async def page_of(datasette: Any, path: str) -> tuple[Any, str, list[str]] | None:
+    """The database, table (or view) and row key of a table, view or row page's path, if it is one."""
+    from datasette.utils import tilde_decode
+
+    base = datasette.setting("base_url")
+    parts = path[len(base):].split("/") if path.startswith(base) else []
+    if len(parts) not in (2, 3) or not all(parts):
+        return None
+    route, table = tilde_decode(parts[0]), tilde_decode(parts[1].split(".")[0] if len(parts) == 2 else parts[1])
+    db = next((db for db in datasette.databases.values() if db.route == route), None)
+    if db is None or not (await db.table_exists(table) or table in await db.view_names()):
+        return None
+    return db, table, parts[2].split(".")[0].split(",") if len(parts) == 3 else []
+
+
+async def early_error(datasette: Any, scope: dict[str, Any]) -> Exception | None:
+    """A 4xx for what Datasette answers with a 500 before any table hook runs."""
+    from datasette.utils.asgi import BadRequest, NotFound
+
+    args = parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True)
+    for key, value in args:
+        if key == "_timelimit" and (problem := timelimit_problem(value)):
+            return BadRequest(problem)
+    problem = next((problem for name, value in args if (not name.startswith("_") or "__" in name)
+                    and (problem := filter_problem(name, value))), None)  # column filters, read before any hook
+    path = scope.get("path", "")
+    if problem is None and path.count("/") != datasette.setting("base_url").count("/") + 2:
+        return None  # not a row page: nothing more to check
+    page = await page_of(datasette, path)
+    if page is None:
+        return None
+    db, table, key = page
+    if key and len(key) != len(await db.primary_keys(table) or ["rowid"]):
+        return NotFound("Record not found")  # Datasette fails on a key with too few values
+    return BadRequest(problem) if problem and not key else None
+
+
+async def send_error(datasette: Any, scope: dict[str, Any], receive: Any, send: Any, error: Exception) -> None:
+    """Answer with Datasette's own error page (or JSON) for a 4xx `error`."""
+    from datasette.handle_exception import handle_exception as datasette_default
+    from datasette.utils.asgi import Request
+
+    response = await datasette_default(datasette, Request(scope, receive), error)()
+    await response.asgi_send(send)
 
 
 def bindable(value: object) -> bool:
@@ -396,10 +465,14 @@ def handle_exception(datasette: Any, request: Any, exception: Exception) -> Any:
 
 @hookimpl
 def asgi_wrapper(datasette: Any) -> Callable[[Any], Any]:
-    """Send HTML searches to the ranked movie_search view, and bare visits to the catalog."""
+    """Refuse what Datasette would answer with a 500; send HTML searches to movie_search, bare visits to the catalog."""
 
     def wrap(app: Any) -> Any:
         async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            error = await early_error(datasette, scope) if scope.get("type") == "http" else None
+            if error is not None:
+                await send_error(datasette, scope, receive, send, error)
+                return
             target = redirect_target(datasette, scope) if scope.get("type") == "http" else None
             if target is None:
                 await app(scope, receive, send)

@@ -242,18 +242,40 @@ BAD_PARAMETERS = ["_sort=nosuch", "_sort_desc=nosuch", "_sort=title&_sort_desc=y
 @pytest.mark.parametrize("table, column", [("movies", "title"), ("movie_catalog", "year"), ("torrents", "quality")])
 def test_bad_page_parameters_are_a_400_not_a_500(mirror: Mirror, table: str, column: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    bad = [f"/mirror/{table}{suffix}?{query}" for query in BAD_PARAMETERS for suffix in ("", ".json")]
+    filters = [f"{column}__in=%5B", f"{column}__notin=" + quote("[1, [2]]"), f"{column}__in=" + quote(f"[{2**64}]"),
+               f"{column}__lt={2**64}", f"{column}__gte=%C2%B2"]  # Datasette reads these before any hook
+    bad = [f"/mirror/{table}{suffix}?{query}" for query in [*BAD_PARAMETERS, *filters] for suffix in ("", ".json")]
     if table == "movie_catalog":  # a view's ?_next= is a row offset; a table's, a key
         bad += [f"/mirror/movie_catalog?_next={offset}" for offset in ("a", 2**63)]
         bad.append("/mirror/movie_catalog?_through=" + quote(json.dumps(GENRE_THROUGH)))  # a view has no foreign keys
     for path, response in zip(bad, get(mirror, *bad)):
         assert response.status_code == 400, (path, response.status_code, response.text[:300])
     assert "Traceback" not in capsys.readouterr().err
-    good = [f"/mirror/{table}.json?{query}" for query in (f"_sort={column}", f"_sort_desc={column}", "_timelimit=500")]
+    good = [f"/mirror/{table}.json?{query}" for query in (f"_sort={column}", f"_sort_desc={column}", "_timelimit=500",
+                                                         f"{column}__in=" + quote('["a", 1, null]'),
+                                                         f"{column}__in=a,b", f"{column}__lt=%D9%A3")]
     good.append(f"/mirror/{table}.json?_next=" + get_json(mirror, f"/mirror/{table}.json?_size=2")["next"])
     for through in (GENRE_THROUGH, {**GENRE_THROUGH, "value": None}, {**GENRE_THROUGH, "value": True}):
         good.append("/mirror/movies.json?_through=" + quote(json.dumps(through)))
     good.append("/mirror/movies_fts.json?_sort=rowid")  # a table without a primary key sorts by rowid
+    for path, response in zip(good, get(mirror, *good)):
+        assert response.status_code == 200, (path, response.text[:300])
+
+
+def test_row_urls_with_a_wrong_key_and_bad_time_limits_on_query_pages_are_not_a_500(
+        mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> None:
+    genre = query(mirror, "SELECT movie_id, genre FROM movie_genres LIMIT 1")[0]
+    row = f"/mirror/movie_genres/{genre['movie_id']},{quote(genre['genre'])}"
+    missing = [f"/mirror/movie_genres/{genre['movie_id']}{suffix}" for suffix in ("", ".json")]
+    missing.append(f"{row},extra")
+    for path, response in zip(missing, get(mirror, *missing)):
+        assert response.status_code == 404, (path, response.status_code, response.text[:300])
+    bad = [f"/mirror/movies_with_actor{suffix}?actor=a&_timelimit=abc" for suffix in ("", ".json")]
+    bad.append("/mirror?sql=select+1&_timelimit=-5")
+    for path, response in zip(bad, get(mirror, *bad)):
+        assert response.status_code == 400 and "_timelimit" in response.text, (path, response.status_code)
+    assert "Traceback" not in capsys.readouterr().err
+    good = [row, f"/mirror/movies/{genre['movie_id']}.json", "/mirror/movies_with_actor.json?actor=a&_timelimit=100"]
     for path, response in zip(good, get(mirror, *good)):
         assert response.status_code == 200, (path, response.text[:300])
 
