@@ -324,6 +324,14 @@ def filter_problem(key: str, value: str) -> str | None:
     return None
 
 
+def filters_problem(args: list[tuple[str, str]]) -> str | None:
+    """The first column filter (what Datasette reads before any hook) it would fail on, or None."""
+    for key, value in args:
+        if (not key.startswith("_") or "__" in key) and (problem := filter_problem(key, value)):
+            return problem
+    return None
+
+
 def timelimit_problem(value: str) -> str | None:
     """What is wrong with a ?_timelimit= value (Datasette's int() of it fails with a 500), or None."""
     if value and not (value.isdigit() and is_integer(value)):
@@ -354,8 +362,7 @@ async def early_error(datasette: Any, scope: dict[str, Any]) -> Exception | None
     for key, value in args:
         if key == "_timelimit" and (problem := timelimit_problem(value)):
             return BadRequest(problem)
-    problem = next((problem for name, value in args if (not name.startswith("_") or "__" in name)
-                    and (problem := filter_problem(name, value))), None)  # column filters, read before any hook
+    problem = filters_problem(args)
     path = scope.get("path", "")
     if problem is None and path.count("/") != datasette.setting("base_url").count("/") + 2:
         return None  # not a row page: nothing more to check
