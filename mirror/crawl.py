@@ -230,8 +230,11 @@ class CatalogMoved(Exception):
     """The catalog changed (or its order disagrees with ours) while we compared it."""
 
 
+PIVOT_MARGIN = 3  # places a movie may stray from the mirror's order (one, in the samples) and still be compared
+
+
 class RankedPages:
-    """Upstream list pages read on demand, each as the mirror ranks of its movies."""
+    """Upstream list pages read on demand, each as the sorted mirror ranks of its movies."""
 
     def __init__(self, client: YTSClient, present: list[int], limit: int):
         self.client, self.limit = client, limit
@@ -240,7 +243,7 @@ class RankedPages:
         self.count: int | None = None  # movie_count, which must not change while we compare
 
     def ranks(self, number: int) -> list[int]:
-        """Our ranks of page `number`'s movies; CatalogMoved if the page disagrees with the mirror."""
+        """Our ranks of page `number`'s movies, sorted; CatalogMoved if the page disagrees with the mirror."""
         if number not in self.pages:
             movies, count, short = fetch_page(self.client, number, self.limit)
             if short:  # offsets mean nothing once movie_count and the pages disagree
@@ -251,52 +254,81 @@ class RankedPages:
             ids = listed_ids(movies)
             if any(i not in self.rank for i in ids):
                 raise CatalogMoved(f"page {number} holds a movie the mirror lacks")
-            self.pages[number] = [self.rank[i] for i in ids]
-            if self.pages[number] != sorted(self.pages[number]):
-                raise CatalogMoved(f"page {number} is not in the mirror's order")
+            if len(set(ids)) != len(ids):
+                raise CatalogMoved(f"page {number} lists a movie twice")
+            # Movies added together can swap places (22838 above 22839 in
+            # list_movies__gitTobby-cloneCodding.json), so a page is a set of ranks.
+            ranks = sorted(self.rank[i] for i in ids)
+            holes = ranks[-1] - ranks[0] + 1 - len(ranks) if ranks else 0  # removals, or movies strayed out
+            if holes > len(self.rank) - count + 2 * PIVOT_MARGIN:
+                raise CatalogMoved(f"page {number} holds movies far apart in the mirror's order")
+            self.pages[number] = ranks
         return self.pages[number]
 
-    def offsets(self) -> dict[int, int]:
-        """Upstream offset by mirror rank, for every movie of the pages read."""
-        return {r: (number - 1) * self.limit + index for number, ranks in self.pages.items()
-                for index, r in enumerate(ranks)}
+    def pivots(self, number: int) -> tuple[Pivot, Pivot]:
+        """Two ranks of page `number`, near its top and bottom, with how many mirror movies ranked above each upstream lacks.
+
+        Upstream holds exactly `offset` movies ranked above the movie at a page's `offset`,
+        provided no movie strays more than PIVOT_MARGIN places from its place in our order.
+        """
+        ranks = self.ranks(number)
+        margin = min(PIVOT_MARGIN, (len(ranks) - 1) // 2)
+        first = (number - 1) * self.limit
+        top, bottom = margin, len(ranks) - 1 - margin
+        return (Pivot(ranks[top], ranks[top] - (first + top), number),
+                Pivot(ranks[bottom], ranks[bottom] - (first + bottom), number))
+
+
+class Pivot(NamedTuple):
+    """A mirror rank, how many present movies ranked above it upstream lacks, and the page it comes from (0: none)."""
+
+    rank: int
+    missing: int
+    page: int
 
 
 def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT) -> list[int]:
     """Return the ids of `present` (mirror order, newest first) that the upstream list lacks.
 
-    Compares the upstream list with ours by binary search over pages: for an upstream movie at
-    offset o and our rank r, r - o counts our movies missing upstream before it. Where that
-    count does not change between two pages, nothing between them is missing, so only pages
-    around removals are read: about log2(pages) requests per removal, never more than every
-    page once. Raises CatalogMoved if the catalog changes meanwhile or its order is not ours.
+    Compares the upstream list with ours by binary search over pages. Each page read tells how
+    many of our movies upstream lacks above a movie near its top and one near its bottom; where
+    that number does not change between two pages, nothing between them is missing, so only
+    pages around removals are read: about log2(pages) requests per removal, never more than
+    every page once. Raises CatalogMoved if the catalog changes meanwhile, or if its order
+    strays from ours by more than the swaps of movies added together.
     """
     pages = RankedPages(client, present, limit)
-    first = pages.ranks(1)
-    upstream_count = pages.count or 0  # known once page 1 is read
-    if not first or upstream_count >= len(present):
+    if not pages.ranks(1) or (pages.count or 0) >= len(present):
         return []
+    upstream_count = pages.count or 0
     last_page = (upstream_count - 1) // limit + 1
-    if last_page > 1:
-        _search(pages, 1, last_page)
-    return [present[r] for r in _missing_ranks(pages.offsets(), len(present))]
+    _search(pages, 1, last_page)
+    pivots = [Pivot(0, 0, 0), *(p for n in sorted(pages.pages) for p in pages.pivots(n)),
+              Pivot(len(present), len(present) - upstream_count, 0)]
+    missing: list[int] = []
+    for above, below in zip(pivots, pivots[1:]):
+        missing.extend(_missing_between(pages, above, below))
+    return [present[r] for r in missing]
 
 
 def _search(pages: RankedPages, a: int, b: int) -> None:
     """Read the pages between a and b that hold removals, halving the span while it hides any."""
-    last_of_a = (a - 1) * pages.limit + len(pages.ranks(a)) - 1  # upstream offset of page a's last movie
-    gap = (pages.ranks(b)[0] - pages.ranks(a)[-1]) - ((b - 1) * pages.limit - last_of_a)
-    if gap and b > a + 1:
+    if b > a + 1 and pages.pivots(b)[0].missing != pages.pivots(a)[1].missing:
         middle = (a + b) // 2
+        pages.ranks(middle)  # read even where the halves end up adjacent: it bounds both
         _search(pages, a, middle)
         _search(pages, middle, b)
 
 
-def _missing_ranks(offset: dict[int, int], present: int) -> list[int]:
-    """Our ranks missing upstream: before and after the movies read, and between upstream neighbours."""
-    upstream = sorted(offset)
-    missing = list(range(upstream[0])) + list(range(upstream[-1] + 1, present))
-    for before, after in zip(upstream, upstream[1:]):
-        if after - before > 1 and offset[after] - offset[before] == 1:  # neighbours upstream, not here
-            missing.extend(range(before + 1, after))
-    return missing
+def _missing_between(pages: RankedPages, above: Pivot, below: Pivot) -> list[int]:
+    """Our ranks from `above` up to `below` that upstream lacks; CatalogMoved if they are not what the counts say."""
+    expected = below.missing - above.missing
+    if expected == 0:
+        return []
+    if expected < 0 or (above.page and below.page and below.page - above.page > 1):
+        raise CatalogMoved("the upstream order strays from the mirror's too far to compare")
+    listed = {r for page in (above.page, below.page) if page for r in pages.ranks(page)}
+    found = [r for r in range(above.rank, below.rank) if r not in listed]
+    if len(found) != expected:
+        raise CatalogMoved("the upstream order strays from the mirror's too far to compare")
+    return found

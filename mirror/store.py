@@ -573,7 +573,7 @@ def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: 
 
 
 def present_ids(db: sqlite_utils.Database) -> list[int]:
-    """Ids of present movies, newest first (YTS ids grow with date_added)."""
+    """Ids of present movies, newest first (YTS ids grow with date_added, but for swaps of movies added together)."""
     return [row[0] for row in db.execute("SELECT id FROM movies WHERE removed_at IS NULL ORDER BY id DESC")]
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import sqlite3
 import threading
@@ -190,6 +191,7 @@ def test_upgrade_leaves_unreadable_raw_json_alone(tmp_path: Path) -> None:
 def test_catalog_growing_and_shrinking_during_the_crawl(simulator: Callable[..., FakeYTS], db_path: Path,
                                                          config_file: Path) -> None:
     sim = simulator(movies=1500, churn="every=2,add=9,remove=6")
+    swap_neighbours(sim.catalog, 0, 49, 700)  # as real pages have them: the removal check must cope
     sync(db_path, sim, config_file, "--full")
     sim.churn.every = 0  # the catalog holds still from here on
     assert len(sim.catalog.removed) > 50 and sim.catalog._next_id > 1700
@@ -917,6 +919,66 @@ def test_find_missing_reads_few_pages(simulator: Callable[..., FakeYTS]) -> None
     assert client.stats.requests <= 4 * 7 + 2  # about log2(100 pages) per removal, far below 100
     assert find_missing(client, [i for i in present if i not in gone]) == []
     sim.catalog.add(1)
+    with pytest.raises(CatalogMoved):
+        find_missing(client, present)
+
+
+def swap_neighbours(catalog: Catalog, *positions: int) -> None:
+    """Swap the movies at each position and the next in the upstream order, as movies added together do."""
+    for i in positions:
+        catalog.order[i], catalog.order[i + 1] = catalog.order[i + 1], catalog.order[i]
+
+
+def test_find_missing_takes_movies_added_together_swapping_places(simulator: Callable[..., FakeYTS]) -> None:
+    from mirror.client import YTSClient
+    from mirror.crawl import find_missing
+
+    sim = simulator(movies=3000)
+    present = sorted(sim.catalog.movies, reverse=True)
+    # 22838 above 22839 in list_movies__gitTobby-cloneCodding.json: at the top, across a page
+    # boundary (49/50), next to removals, and at the very end.
+    swap_neighbours(sim.catalog, 0, 3, 49, 610, 1202, 2998)
+    gone = sorted(sim.catalog.remove(ids=[present[2], present[51], present[609], present[612], present[1200],
+                                          present[1203], present[2999]]))
+    client = YTSClient([sim.url], rate=0)
+    assert sorted(find_missing(client, present)) == gone
+    assert client.stats.requests < 60
+    assert find_missing(client, [i for i in present if i not in gone]) == []
+
+
+def test_find_missing_is_exact_while_movies_stray_a_few_places(simulator: Callable[..., FakeYTS]) -> None:
+    from mirror.client import YTSClient
+    from mirror.crawl import PIVOT_MARGIN, find_missing
+
+    rng = random.Random(7)
+    sim = simulator(movies=1500)
+    present = list(sim.catalog.order)
+    client = YTSClient([sim.url], rate=0)
+    for _ in range(40):
+        gone = set(rng.sample(present, rng.choice([1, 2, 5])))
+        order = [i for i in present if i not in gone]
+        for _ in range(rng.choice([1, 4, 10])):
+            i = rng.randrange(len(order) - 1)
+            order.insert(min(len(order) - 1, i + rng.randint(1, PIVOT_MARGIN)), order.pop(i))
+        sim.catalog.order[:] = order
+        assert set(find_missing(client, present)) == gone
+
+
+def test_find_missing_refuses_an_order_it_cannot_compare(simulator: Callable[..., FakeYTS]) -> None:
+    from mirror.client import YTSClient
+    from mirror.crawl import CatalogMoved, find_missing
+
+    sim = simulator(movies=1000)
+    present = list(sim.catalog.order)
+    client = YTSClient([sim.url], rate=0)
+    order = [i for i in present if i != present[500]]
+    order.insert(0, order.pop(700))  # an old movie back at the top
+    sim.catalog.order[:] = order
+    with pytest.raises(CatalogMoved):
+        find_missing(client, present)
+    order = [i for i in present if i != 462]
+    order.insert(752, order.pop(746))  # six places: beyond PIVOT_MARGIN, where the counts stop adding up
+    sim.catalog.order[:] = order
     with pytest.raises(CatalogMoved):
         find_missing(client, present)
 
