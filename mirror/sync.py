@@ -224,7 +224,9 @@ class Syncer:
     def _commit_page(self, summary: RunSummary, page: Page, checkpoint: dict[str, Any]) -> store.PageResult:
         """Upsert one page and move the checkpoint, in one transaction."""
         with self.db.atomic():
-            result = store.upsert_movies(self.db, page.all_movies, store.now_iso(), self.config.sync.trackers)
+            # Never before the crawl began, even if the clock was set back: "seen by this crawl" means since then.
+            seen_at = max(store.now_iso(), checkpoint["started_at"])
+            result = store.upsert_movies(self.db, page.all_movies, seen_at, self.config.sync.trackers)
             checkpoint.update(next_page=page.next_page, movie_count=page.movie_count)
             store.set_state(self.db, CHECKPOINT, checkpoint)
             summary.counts["pages"] += 1

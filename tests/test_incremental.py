@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from mirror import store
 from mirror.fakeapi import Churn, FakeYTS, FaultPlan
 from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
                      mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
@@ -105,6 +108,22 @@ def test_nothing_is_marked_removed_after_an_incomplete_crawl(simulator: Callable
     assert conn.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
     sync(db_path, sim, config_file, "--no-enrich")  # resumes the full crawl and finishes it
     assert conn.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 20
+
+
+def test_a_clock_set_back_before_a_crawl_resumes_marks_nothing_removed(
+        simulator: Callable[..., FakeYTS], db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file = write_config(tmp_path, "[sync]\nmax_removed_fraction = 0.9\n")
+    sim = simulator(movies=500, latency_ms=30)
+    sync(db_path, sim, config_file, "--no-enrich")
+    process = cli_subprocess(sync_args(db_path, sim.url, config_file, "--full"))
+    wait_for_page(db_path, 3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    real_now = store.now_iso
+    monkeypatch.setattr(store, "now_iso", lambda days_ago=0: real_now(days_ago + 1 / 24))  # an hour behind
+    run = sync(db_path, sim, config_file, "--no-enrich")  # resumes the full crawl and finishes it
+    assert (run["kind"], run["status"], run["movies_removed"]) == ("full", "ok", 0)
+    assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
 
 
 def test_implausible_mass_removal_is_refused(simulator: Callable[..., FakeYTS], db_path: Path,
