@@ -207,22 +207,22 @@ def crawl_new(
 ) -> Iterator[Page]:
     """Yield newest-first pages until one reaches movies mirrored before this run.
 
-    `known(ids)` says which ids were mirrored before the run. A page holding at least
-    `overlap` of them (or all its movies, if fewer) ends the walk: movies added close together
+    `known(ids)` says which ids were mirrored before the run. A page whose last `overlap`
+    movies (or all its movies, if fewer) are known ends the walk: movies added close together
     can swap places (22838 above 22839 in list_movies__gitTobby-cloneCodding.json), so one
-    known movie alone is not proof enough. A shrinking
-    catalog is handled as in `crawl_full`, whose `seen` and `last_count` these are.
+    known movie alone is not proof enough, and known movies above new ones (an old movie
+    listed again) do not end it. A shrinking catalog is handled as in `crawl_full`, whose
+    `seen` and `last_count` these are.
     """
     walk = Walk(seen, start_page, last_count)
     while True:
         current, end = walk.read(client, limit)
-        old = known(listed_ids(current.movies))
+        tail = listed_ids(current.movies)[-overlap:]
+        reached_known = bool(tail) and len(known(tail)) == len(set(tail))
         yield current
         if not walk.advance(current):
             continue
-        if end or len(current.movies) < limit or current.number * limit >= current.movie_count:
-            return
-        if len(old) >= min(overlap, len(current.movies)):
+        if end or len(current.movies) < limit or current.number * limit >= current.movie_count or reached_known:
             return
 
 

@@ -95,6 +95,18 @@ def test_incremental_enriches_only_new_movies(simulator: Callable[..., FakeYTS],
         assert sim.ok_counts[endpoint] - before[endpoint] == 20, endpoint
 
 
+def test_old_movies_listed_above_new_ones_do_not_end_the_walk(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                config_file: Path) -> None:
+    sim = simulator(movies=500)
+    sync(db_path, sim, config_file, "--no-enrich")
+    added = sim.catalog.add(60)
+    old = [i for i in sim.catalog.order if i not in added][100:112]
+    sim.catalog.order[:] = old + [i for i in sim.catalog.order if i not in old]  # listed again, at the top
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert (run["kind"], run["movies_new"]) == ("incremental", 60)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
 def test_nothing_is_marked_removed_after_an_incomplete_crawl(simulator: Callable[..., FakeYTS], db_path: Path,
                                                              config_file: Path) -> None:
     sim = simulator(movies=500, latency_ms=30)
