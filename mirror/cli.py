@@ -25,7 +25,7 @@ from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .progress import Progress
-from .sync import LockedError, RunSummary, Syncer, logged_enrichment, writer_alive, writing
+from .sync import JobReport, LockedError, RunSummary, Syncer, logged_enrichment, scheduler_lock, writer_alive, writing
 
 log = logging.getLogger("mirror")
 
@@ -73,7 +73,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Log to stderr at the level -v/-q ask for."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime  # UTC, as every time yts-mirror stores or schedules
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 class TerminalProgress:
@@ -236,11 +240,7 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
     summary = run_sync(config, full=full, enrich=not no_enrich, wait=wait, quiet=ctx.obj["quiet"],
                        enrich_limit=enrich_limit)
     if not ctx.obj["quiet"]:
-        c = summary.counts
-        click.echo(
-            f"{summary.kind} sync {summary.status}: {c['pages']} pages, {c['requests']} requests "
-            f"({c['retries']} retries), {c['movies_new']} new, {c['movies_updated']} updated, "
-            f"{c['movies_removed']} removed, {c['enriched']} enriched", err=True)
+        click.echo(summary.line(), err=True)
 
 
 @contextmanager
@@ -286,6 +286,7 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None) ->
         summary.counts["enriched"] += report.movies_done
         for message in report.messages():
             progress.message(message)
+            summary.messages.append(message)
 
     return step
 
@@ -311,17 +312,18 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
 
 
 def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,
-               quiet: bool = False, stop: threading.Event | None = None) -> EnrichReport:
+               quiet: bool = False, stop: threading.Event | None = None) -> JobReport:
     """Work through the enrichment backlog under the writer lock, logging a sync_runs row."""
     with writer_session(config, "enrich", "requests", wait, quiet, stop, must_exist=True) as session:
         database, client, progress, event = session
         outcome, report = logged_enrichment(database, client, config, event, progress.callbacks(), endpoints, limit)
     for message in report.messages():
         progress.message(message)
+    line = (f"enrich {outcome.status}: {report.movies_done} movies, {client.stats.requests} requests "
+            f"({client.stats.retries} retries), backlog was {report.backlog} requests")
     if not quiet:
-        click.echo(f"enrich {outcome.status}: {report.movies_done} movies, {client.stats.requests} requests "
-                   f"({client.stats.retries} retries), backlog was {report.backlog} requests", err=True)
-    return report
+        click.echo(line, err=True)
+    return JobReport(line, report.messages())
 
 
 @cli.command()
@@ -338,13 +340,24 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
     from .schedule import run_forever
 
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
-    store.require_mirror(config.db, must_exist=False)  # a file holding something else: exit 2 now, not every job
+    syncs = config.schedule.incremental_seconds > 0 or bool(config.schedule.full_cron)
+    # A file holding something else is exit 2 now, not an error every job; so is a missing
+    # database that no job would create.
+    store.require_mirror(config.db, must_exist=not syncs)
     if not ctx.obj["quiet"] and logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)  # a daemon should say what it does
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what each job did
     limit = config.schedule.enrich_limit or None
-    run_forever(config,
-                run_sync=lambda cfg, full, stop: run_sync(cfg, full=full, quiet=True, stop=stop, enrich_limit=limit),
-                run_enrich=lambda cfg, stop: run_enrich(cfg, limit=limit, quiet=True, stop=stop))
+
+    def scheduled_sync(cfg: Config, full: bool, stop: threading.Event) -> JobReport:
+        summary = run_sync(cfg, full=full, quiet=True, stop=stop, enrich_limit=limit)
+        return JobReport(summary.line(), summary.messages)
+
+    with scheduler_lock(config.db):
+        run_forever(config, run_sync=scheduled_sync,
+                    run_enrich=lambda cfg, stop: run_enrich(cfg, limit=limit, quiet=True, stop=stop),
+                    last_full=store.last_full_refresh(config.db))
 
 
 @cli.command()

@@ -80,7 +80,7 @@ class ScheduleConfig:
     full_cron: str = "0 4 * * 0"
     enrich_seconds: float = 1800.0
     enrich_limit: int = 100
-    misfire_grace_seconds: int = 600
+    misfire_grace_seconds: int = 0  # 0: a late run still runs, however late
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,9 @@ LIMITS: dict[tuple[str, str], tuple[float, float]] = {
     ("schedule", "incremental_seconds"): (0, YEAR),
     ("schedule", "enrich_seconds"): (0, YEAR),
     ("schedule", "enrich_limit"): (0, 10_000_000),
-    ("schedule", "misfire_grace_seconds"): (1, YEAR),
+    ("schedule", "misfire_grace_seconds"): (0, YEAR),
 }
+MIN_INTERVAL = 1.0  # seconds between scheduled runs of a job, unless 0 (off)
 MIN_RATE = 1 / DAY  # below one request a day, a rate is surely a typo for 0 (no limit)
 
 
@@ -180,6 +181,9 @@ def validate(config: Config) -> Config:
         value = getattr(getattr(config, section), key)
         if not (math.isfinite(value) and low <= value <= high):
             raise ConfigError(f"{section}.{key} must be between {low:g} and {high:g}, not {value!r}")
+    for key in ("incremental_seconds", "enrich_seconds"):
+        if 0 < getattr(config.schedule, key) < MIN_INTERVAL:
+            raise ConfigError(f"schedule.{key} must be 0 (off) or at least {MIN_INTERVAL:g} second")
     if 0 < config.api.rate < MIN_RATE:
         raise ConfigError(f"api.rate must be 0 (no limit) or at least one request a day ({MIN_RATE:.2g}/s)")
     for endpoint, days in config.enrich.ttl_days.items():

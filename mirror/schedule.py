@@ -13,7 +13,7 @@ from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -22,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .client import YTSError
 from .config import Config, ConfigError
 from .store import StoreError, database_error_line
-from .sync import LockedError
+from .sync import JobReport, LockedError
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ def weekday_number(text: str, field: str) -> int:
 class Jobs:
     """The scheduled work; one job runs at a time, and a stop request ends it after its page."""
 
-    def __init__(self, config: Config, run_sync: SyncFn, run_enrich: SyncFn):
+    def __init__(self, config: Config, run_sync: SyncFn, run_enrich: SyncFn, lock_poll_seconds: float = 5.0):
         self.config = config
         self.run_sync = run_sync
         self.run_enrich = run_enrich
+        self.lock_poll_seconds = lock_poll_seconds
         self.stop = threading.Event()
         self.busy = threading.Lock()
 
@@ -96,16 +97,40 @@ class Jobs:
         with self.busy:
             log.info("%s: starting", name)
             try:
-                work()
-            except (YTSError, StoreError, LockedError) as error:  # expected: one line, as the CLI says it
+                report = self._when_unlocked(name, work)
+            except (YTSError, StoreError) as error:  # expected: one line, as the CLI says it
                 log.error("%s failed: %s", name, error)
+            except OSError as error:  # the lock file or the disk: the operator's to fix, not a bug
+                log.error("%s failed: %s", name, f"{error.strerror}: {error.filename}" if error.filename else error)
             except Exception as error:  # noqa: BLE001 - one failed run must not end the scheduler
                 if line := database_error_line(error):
                     log.error("%s failed: %s", name, line)
                 else:
                     log.exception("%s failed unexpectedly", name)
             else:
-                log.info("%s: %s", name, "interrupted" if self.stop.is_set() else "done")
+                self._log_report(name, report)
+
+    def _when_unlocked(self, name: str, work: Callable[[], Any]) -> Any:
+        """Run `work`; while another process writes to the database, wait for it (or for a stop request)."""
+        waiting = False
+        while True:
+            try:
+                return work()
+            except LockedError:
+                if not waiting:
+                    log.info("%s: another process is writing to the database; waiting for it", name)
+                    waiting = True
+                if self.stop.wait(self.lock_poll_seconds):
+                    return None
+
+    def _log_report(self, name: str, report: Any) -> None:
+        """Log what a finished job did."""
+        if not isinstance(report, JobReport):
+            log.info("%s: %s", name, "interrupted" if self.stop.is_set() else "done")
+            return
+        log.info("%s: %s", name, report.line)
+        for warning in report.warnings:
+            log.warning("%s: %s", name, warning)
 
     def incremental(self) -> None:
         """Run an incremental sync, unless stopping."""
@@ -131,53 +156,81 @@ def full_refresh_trigger(expr: str, now: datetime) -> BaseTrigger:
     return trigger
 
 
-def build_scheduler(config: Config, jobs: Jobs) -> BlockingScheduler:
-    """An APScheduler with the jobs the config asks for."""
+def build_scheduler(config: Config, jobs: Jobs, last_full: datetime | None = None) -> BackgroundScheduler:
+    """An APScheduler with the jobs the config asks for; a full refresh missed since `last_full` runs first."""
     settings = config.schedule
-    scheduler = BlockingScheduler(
+    scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(1)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.misfire_grace_seconds},
+        # A run held up by another job (or a suspended process) runs when it can, once, unless
+        # misfire_grace_seconds says how late is too late.
+        job_defaults={"coalesce": True, "max_instances": 1,
+                      "misfire_grace_time": settings.misfire_grace_seconds or None},
         timezone=UTC,
     )
     now = datetime.now(UTC)
     full_trigger = full_refresh_trigger(settings.full_cron, now) if settings.full_cron else None
+    if full_trigger:
+        missed = missed_full_refresh(full_trigger, last_full, now)
+        if missed:
+            log.info("a full refresh was due at %s and has not run since: running it now",
+                     missed.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        scheduler.add_job(jobs.full, full_trigger, id="full", name="full refresh",
+                          **({"next_run_time": now} if missed else {}))
     if settings.incremental_seconds > 0:
         scheduler.add_job(jobs.incremental, IntervalTrigger(seconds=settings.incremental_seconds, timezone=UTC),
                           id="incremental", name="incremental sync", next_run_time=now)
-    if full_trigger:
-        scheduler.add_job(jobs.full, full_trigger, id="full", name="full refresh")
     if settings.enrich_seconds > 0:
         scheduler.add_job(jobs.enrich, IntervalTrigger(seconds=settings.enrich_seconds, timezone=UTC),
                           id="enrich", name="enrichment")
     if not scheduler.get_jobs():
         raise ConfigError("the [schedule] section enables no job")
 
-    def log_next_runs(event: JobExecutionEvent | None = None) -> None:
-        if event is not None and event.code == EVENT_JOB_MISSED:
-            log.warning("missed a run of %s (coalesced)", event.job_id)
-        for job in scheduler.get_jobs():
-            log.info("next %s at %s", job.name, job.next_run_time)
+    def log_next_runs(event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_MISSED and (job := scheduler.get_job(event.job_id)):
+            log.warning("%s: skipped a run more than schedule.misfire_grace_seconds late", job.name)
+        if not jobs.stop.is_set():
+            log_next_run_times(scheduler)
 
     scheduler.add_listener(log_next_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     return scheduler
 
 
-def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn) -> None:
-    """Run the scheduler until SIGTERM or SIGINT; the job in progress finishes its page first."""
-    jobs = Jobs(config, run_sync, run_enrich)
-    scheduler = build_scheduler(config, jobs)
+def missed_full_refresh(trigger: BaseTrigger, last_full: datetime | None, now: datetime) -> datetime | None:
+    """When a full refresh fell due after the last one (`last_full`) without running, or None."""
+    if last_full is None:  # none yet: the first sync of an empty mirror is a full crawl anyway
+        return None
+    due = trigger.get_next_fire_time(None, last_full)
+    return due if due is not None and due <= now else None
 
-    def shutdown(signum: int, frame: Any) -> None:
+
+def log_next_run_times(scheduler: BackgroundScheduler) -> None:
+    """Log when each job runs next."""
+    for job in scheduler.get_jobs():
+        next_run = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(None, datetime.now(UTC))
+        log.info("next %s at %s", job.name, next_run.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn, last_full: datetime | None = None) -> None:
+    """Run the scheduler until SIGTERM, SIGINT or SIGHUP; the job in progress finishes its page first."""
+    jobs = Jobs(config, run_sync, run_enrich)
+    scheduler = build_scheduler(config, jobs, last_full)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        # Only set a flag: the scheduler runs in its own thread, and shutting it down from a
+        # handler that interrupted it mid-step broke it.
         if jobs.stop.is_set():  # a second signal: stop at once, as after kill -9 (the next run resumes)
             sys.stderr.write("error: aborted\n")
             sys.stderr.flush()
             os._exit(1)
         log.warning("%s: stopping after the current page", signal.Signals(signum).name)
         jobs.stop.set()
-        scheduler.shutdown(wait=False)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, shutdown)
-    scheduler.start()  # returns once shut down
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, request_stop)
+    scheduler.start()
+    log_next_run_times(scheduler)
+    while not jobs.stop.wait(1.0):
+        pass
+    scheduler.shutdown(wait=False)
     with jobs.busy:  # wait for the running job to commit its page and return
         pass

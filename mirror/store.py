@@ -12,7 +12,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -712,6 +712,19 @@ def freshness(db: sqlite_utils.Database) -> dict[str, Any]:
         "last_ok_incremental": last.get("incremental"),
         "crawl_in_progress": checkpoint,
     }
+
+
+def last_full_refresh(path: str | os.PathLike[str]) -> datetime | None:
+    """When the mirror at `path` last finished a full sync (None: never, or no database)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with closing(connect_read_only(path)) as conn:
+            (finished,) = conn.execute(
+                "SELECT MAX(finished_at) FROM sync_runs WHERE kind = 'full' AND status = 'ok'").fetchone()
+    except sqlite3.OperationalError:  # no sync_runs yet: nothing synced
+        return None
+    return datetime.strptime(finished, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) if finished else None
 
 
 def database_size(path: str | os.PathLike[str]) -> int:

@@ -41,21 +41,39 @@ def lock_path(db_path: str) -> str:
 @contextmanager
 def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
     """Hold the one-writer lock of a database file (released by the OS if we are killed)."""
-    handle = open(lock_path(db_path), "a+")
+    with file_lock(lock_path(db_path), wait) as holder:
+        if holder:
+            raise LockedError(f"{db_path} is being written by {holder}; use --wait to queue behind it")
+        yield
+
+
+@contextmanager
+def scheduler_lock(db_path: str) -> Iterator[None]:
+    """Hold the lock that keeps a second `yts-mirror schedule` off the same database."""
+    with file_lock(f"{os.path.realpath(db_path)}.schedule.lock", wait=False) as holder:
+        if holder:
+            raise LockedError(f"another yts-mirror schedule runs on {db_path} ({holder})")
+        yield
+
+
+@contextmanager
+def file_lock(path: str, wait: bool) -> Iterator[str | None]:
+    """flock `path` and write our pid in it; yields None, or who holds it if taken and not `wait`."""
+    handle = open(path, "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as error:
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise LockedError(f"{db_path} is being written by {holder}; use --wait to queue behind it") from None
-            raise
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            yield handle.read().strip() or "another process"
+            return
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        yield
+        yield None
     finally:
         handle.close()
 
@@ -158,6 +176,14 @@ def logged_enrichment(db: sqlite_utils.Database, client: YTSClient, config: Conf
 
 
 @dataclass
+class JobReport:
+    """What a scheduled job did, for the log: one line, and its warnings and notes."""
+
+    line: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunSummary:
     """What a sync run did."""
 
@@ -166,6 +192,14 @@ class RunSummary:
     status: str = "running"
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(store.RUN_COUNTERS, 0))
     error: str | None = None
+    messages: list[str] = field(default_factory=list)  # warnings and notes, which a quiet run does not show
+
+    def line(self) -> str:
+        """One line on what the run did."""
+        c = self.counts
+        return (f"{self.kind} sync {self.status}: {c['pages']} pages, {c['requests']} requests ({c['retries']} "
+                f"retries), {c['movies_new']} new, {c['movies_updated']} updated, {c['movies_removed']} removed, "
+                f"{c['enriched']} enriched")
 
 
 class Syncer:
@@ -328,6 +362,7 @@ class Syncer:
     def _warn(self, summary: RunSummary, text: str) -> None:
         """Show a warning, and keep it in the run log for runs nobody watches (cron, -q)."""
         self.progress.message(text)
+        summary.messages.append(text)
         with self.db.atomic():
             store.update_run(self.db, summary.run_id, warning=text)
 

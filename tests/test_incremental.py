@@ -229,6 +229,50 @@ def test_a_second_signal_stops_the_scheduler_at_once(simulator: Callable[..., Fa
     assert integrity_ok(db)
 
 
+def schedule_config(tmp_path: Path, body: str) -> Path:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "\n[schedule]\n" + body)
+    return config
+
+
+def test_the_scheduler_stops_cleanly_whenever_the_signal_comes(simulator: Callable[..., FakeYTS],
+                                                               tmp_path: Path) -> None:
+    sim = simulator(movies=120)
+    config = schedule_config(tmp_path, "incremental_seconds = 1\nenrich_seconds = 1\nenrich_limit = 5\n")
+    rng = random.Random(3)
+    for attempt, sig in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGHUP] * 3):
+        process = cli_subprocess(["schedule", "--db", str(tmp_path / "s.db"), "--base-url", sim.url, "--rate", "0",
+                                  "--config", str(config)])
+        time.sleep(rng.uniform(0.5, 3.0))  # mid-job or between jobs, as it comes
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0 and "Traceback" not in stderr, (attempt, sig, stderr[-2000:])
+    assert integrity_ok(tmp_path / "s.db")
+
+
+def test_one_scheduler_per_database(simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    sim = simulator(movies=50)
+    config = schedule_config(tmp_path, "enrich_seconds = 0\n")
+    args = ["schedule", "--db", str(tmp_path / "s.db"), "--base-url", sim.url, "--rate", "0", "--config", str(config)]
+    first = cli_subprocess(args)
+    try:
+        wait_for(lambda: (tmp_path / "s.db.schedule.lock").exists() and (tmp_path / "s.db").exists())
+        second = cli_subprocess(args)
+        _, stderr = second.communicate(timeout=30)
+        assert second.returncode == 3 and stderr.startswith("error: another yts-mirror schedule runs on"), stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+
+
+def test_an_enrichment_only_schedule_needs_the_database(tmp_path: Path) -> None:
+    config = schedule_config(tmp_path, 'incremental_seconds = 0\nfull_cron = ""\n')
+    result = run_cli(["schedule", "--db", str(tmp_path / "none.db"), "--config", str(config)])
+    assert result.exit_code == 1 and result.output.startswith("error: no database at"), result.output
+    assert not (tmp_path / "none.db").exists()
+
+
 def test_scheduler_rejects_a_bad_cron(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "61 * * * *"\n')

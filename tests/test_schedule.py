@@ -1,17 +1,20 @@
-"""The scheduler's crontab translation: cron's weekday numbers and day matching, not APScheduler 3's."""
+"""The scheduler: cron's weekday numbers and day matching (not APScheduler 3's), and how jobs run, wait and log."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from datetime import UTC, datetime
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mirror.config import Config
-from mirror.schedule import Jobs, crontab_trigger, weekday_names
+from mirror.config import Config, ScheduleConfig
+from mirror.schedule import Jobs, build_scheduler, crontab_trigger, missed_full_refresh, weekday_names
+from mirror.sync import JobReport, LockedError
 
 SATURDAY = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
@@ -107,3 +110,95 @@ def test_a_job_stopped_midway_is_logged_interrupted(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.INFO, logger="mirror.schedule"):
         jobs.enrich()
     assert [r.getMessage() for r in caplog.records] == ["enrichment: starting", "enrichment: interrupted"]
+
+
+def test_a_job_says_what_its_run_did_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    def run_sync(config: Config, **kwargs: object) -> JobReport:
+        return JobReport("full sync ok: 3 pages", ["not marking 90 of 100 movies removed"])
+
+    jobs = Jobs(Config(), run_sync, run_sync)
+    with caplog.at_level(logging.INFO, logger="mirror.schedule"):
+        jobs.full()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "full refresh: starting"), ("INFO", "full refresh: full sync ok: 3 pages"),
+        ("WARNING", "full refresh: not marking 90 of 100 movies removed")]
+
+
+def test_a_job_waits_for_another_writer_then_runs(caplog: pytest.LogCaptureFixture) -> None:
+    attempts: list[int] = []
+
+    def run_sync(config: Config, **kwargs: object) -> JobReport:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise LockedError("x.db is being written by pid 1; use --wait to queue behind it")
+        return JobReport("incremental sync ok")
+
+    jobs = Jobs(Config(), run_sync, run_sync, lock_poll_seconds=0.01)
+    with caplog.at_level(logging.INFO, logger="mirror.schedule"):
+        jobs.incremental()
+    assert [r.getMessage() for r in caplog.records] == [
+        "incremental sync: starting", "incremental sync: another process is writing to the database; waiting for it",
+        "incremental sync: incremental sync ok"]
+    assert len(attempts) == 3
+
+
+def test_a_lock_file_it_cannot_open_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    def run_sync(config: Config, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/yts.db.lock")
+
+    jobs = Jobs(Config(), run_sync, run_sync)
+    with caplog.at_level(logging.INFO, logger="mirror.schedule"):
+        jobs.incremental()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == "incremental sync failed: Permission denied: /srv/yts.db.lock"
+    assert record.exc_info is None
+
+
+def test_a_full_refresh_missed_while_stopped_is_due_at_start() -> None:
+    trigger = crontab_trigger("0 4 * * 0")  # Sundays 04:00; SATURDAY is Saturday 5 December, noon
+    assert missed_full_refresh(trigger, SATURDAY - timedelta(days=2), SATURDAY) is None  # ran Thursday
+    assert missed_full_refresh(trigger, SATURDAY - timedelta(days=8), SATURDAY) == datetime(2026, 11, 29, 4, tzinfo=UTC)
+    assert missed_full_refresh(trigger, None, SATURDAY) is None  # never: the first sync is a full crawl anyway
+    ran: list[str] = []
+    jobs = Jobs(Config(), lambda config, full, **kwargs: ran.append("full" if full else "incremental"),
+                lambda *args, **kwargs: None)
+    for last_full, expected in ((datetime.now(UTC) - timedelta(days=8), ["full", "incremental"]),
+                                (datetime.now(UTC) - timedelta(hours=1), ["incremental"])):
+        ran.clear()
+        scheduler = build_scheduler(Config(), jobs, last_full=last_full)
+        scheduler.start()
+        time.sleep(0.5)
+        scheduler.shutdown(wait=True)
+        assert sorted(ran) == sorted(expected), last_full
+
+
+def test_a_run_held_up_by_another_job_still_runs_later(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+
+    def slow_sync(config: Config, **kwargs: object) -> None:
+        ran.append("sync")
+        time.sleep(2.5)
+
+    def run(grace: int) -> list[str]:
+        ran.clear()
+        config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=60, full_cron="", enrich_seconds=1,
+                                                           misfire_grace_seconds=grace))
+        jobs = Jobs(config, slow_sync, lambda *args, **kwargs: ran.append("enrich"))
+        scheduler = build_scheduler(config, jobs)
+        scheduler.start()
+        time.sleep(3.2)
+        scheduler.shutdown(wait=True)
+        return list(ran)
+
+    def skipped() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mirror.schedule" and "skipped" in r.getMessage()]
+
+    scheduler = build_scheduler(Config(), Jobs(Config(), slow_sync, slow_sync))
+    scheduler.start(paused=True)
+    assert all(job.misfire_grace_time is None for job in scheduler.get_jobs())  # by default, no limit
+    scheduler.shutdown()
+    with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
+        assert run(grace=0)[:2] == ["sync", "enrich"]  # the enrichment due meanwhile runs next (once)
+        assert skipped() == []
+        assert run(grace=1)[0] == "sync"
+        assert skipped() == ["enrichment: skipped a run more than schedule.misfire_grace_seconds late"]

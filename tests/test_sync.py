@@ -545,7 +545,9 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     ("[api]\nrate = 1e-300\n", "api.rate must be 0 (no limit) or at least"),
     ("[enrich]\nconcurrency = 100000\n", "enrich.concurrency must be between 1 and 64"),
     ("[schedule]\nincremental_seconds = inf\n", "schedule.incremental_seconds must be a number"),
-    ("[schedule]\nmisfire_grace_seconds = 0\n", "schedule.misfire_grace_seconds must be between"),
+    ("[schedule]\nmisfire_grace_seconds = 1e9\n", "schedule.misfire_grace_seconds must be between"),
+    ("[schedule]\nincremental_seconds = 0.0001\n", "schedule.incremental_seconds must be 0 (off) or at least 1"),
+    ("[schedule]\nenrich_seconds = 1e-7\n", "schedule.enrich_seconds must be 0 (off) or at least 1"),
     (b"\x00\xff\xfe", "not UTF-8"),
     ("[api]\nrate = 1" + "0" * 400 + "\n", "api.rate is out of range"),  # too big for a float
     ("db = \"  \"\n", "db must be a non-empty string"),
