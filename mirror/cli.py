@@ -350,8 +350,13 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
         logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what each job did
     limit = config.schedule.enrich_limit or None
 
+    mirrored = [os.path.exists(config.db)]
+
     def scheduled_sync(cfg: Config, full: bool, stop: threading.Event) -> JobReport:
+        if mirrored[0] and not os.path.exists(cfg.db):  # deleted, or its disk unmounted: no new mirror unasked
+            raise store.StoreError(f"the database {cfg.db} is gone; restart `yts-mirror schedule` to start a new one")
         summary = run_sync(cfg, full=full, quiet=True, stop=stop, enrich_limit=limit)
+        mirrored[0] = True
         return JobReport(summary.line(), summary.messages)
 
     with scheduler_lock(config.db):

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -264,6 +265,33 @@ def test_one_scheduler_per_database(simulator: Callable[..., FakeYTS], tmp_path:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
     assert first.returncode == 0
+
+
+def test_the_scheduler_starts_no_new_mirror_when_its_database_vanishes(simulator: Callable[..., FakeYTS],
+                                                                        tmp_path: Path) -> None:
+    sim = simulator(movies=50)
+    db = tmp_path / "s.db"
+    config = schedule_config(tmp_path, "incremental_seconds = 1\nenrich_seconds = 0\n")
+    process = cli_subprocess(["schedule", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
+                              str(config)])
+    try:
+        def synced() -> bool:
+            try:
+                return last_run(db)["status"] == "ok"
+            except (sqlite3.Error, IndexError):  # no database, or no finished run, yet
+                return False
+
+        wait_for(synced)
+        for path in tmp_path.glob("s.db*"):
+            if not path.name.endswith(".lock"):
+                path.unlink()
+        time.sleep(2.5)
+        assert not db.exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert f"incremental sync failed: the database {db} is gone" in stderr
 
 
 def test_an_enrichment_only_schedule_needs_the_database(tmp_path: Path) -> None:
