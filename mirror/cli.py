@@ -337,9 +337,10 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
 def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None,
              rate: float | None, concurrency: int | None) -> None:
     """Run incremental syncs, full refreshes and enrichment on the [schedule] from the config."""
-    from .schedule import run_forever
+    from .schedule import require_jobs, run_forever
 
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
+    require_jobs(config)
     syncs = config.schedule.incremental_seconds > 0 or bool(config.schedule.full_cron)
     # A file holding something else is exit 2 now, not an error every job; so is a missing
     # database that no job would create.
@@ -347,22 +348,27 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
     if not ctx.obj["quiet"] and logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)  # a daemon should say what it does
     if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what each job did
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own lines say what each job did
     limit = config.schedule.enrich_limit or None
-
     mirrored = [os.path.exists(config.db)]
 
-    def scheduled_sync(cfg: Config, full: bool, stop: threading.Event) -> JobReport:
+    def still_there(cfg: Config) -> None:
         if mirrored[0] and not os.path.exists(cfg.db):  # deleted, or its disk unmounted: no new mirror unasked
             raise store.StoreError(f"the database {cfg.db} is gone; restart `yts-mirror schedule` to start a new one")
+
+    def scheduled_sync(cfg: Config, full: bool, stop: threading.Event) -> JobReport:
+        still_there(cfg)
         summary = run_sync(cfg, full=full, quiet=True, stop=stop, enrich_limit=limit)
         mirrored[0] = True
         return JobReport(summary.line(), summary.messages)
 
+    def scheduled_enrichment(cfg: Config, stop: threading.Event) -> JobReport:
+        still_there(cfg)
+        return run_enrich(cfg, limit=limit, quiet=True, stop=stop)
+
     with scheduler_lock(config.db):
-        run_forever(config, run_sync=scheduled_sync,
-                    run_enrich=lambda cfg, stop: run_enrich(cfg, limit=limit, quiet=True, stop=stop),
-                    last_full=store.last_full_refresh(config.db))
+        run_forever(config, run_sync=scheduled_sync, run_enrich=scheduled_enrichment,
+                    last_full=lambda: store.last_full_refresh(config.db))
 
 
 @cli.command()

@@ -83,11 +83,13 @@ def weekday_number(text: str, field: str) -> int:
 class Jobs:
     """The scheduled work; one job runs at a time, and a stop request ends it after its page."""
 
-    def __init__(self, config: Config, run_sync: SyncFn, run_enrich: SyncFn, lock_poll_seconds: float = 5.0):
+    def __init__(self, config: Config, run_sync: SyncFn, run_enrich: SyncFn, lock_poll_seconds: float = 5.0,
+                 last_full: Callable[[], datetime | None] = lambda: None):
         self.config = config
         self.run_sync = run_sync
         self.run_enrich = run_enrich
         self.lock_poll_seconds = lock_poll_seconds
+        self.last_full = last_full  # when the mirror last completed a full crawl
         self.stop = threading.Event()
         self.busy = threading.Lock()
 
@@ -95,6 +97,8 @@ class Jobs:
         if self.stop.is_set():
             return
         with self.busy:
+            if self.stop.is_set():  # asked to stop while it waited for the last job
+                return
             log.info("%s: starting", name)
             try:
                 report = self._when_unlocked(name, work)
@@ -137,8 +141,16 @@ class Jobs:
         self._guarded("incremental sync", lambda: self.run_sync(self.config, full=False, stop=self.stop))
 
     def full(self) -> None:
-        """Run a full refresh, unless stopping."""
-        self._guarded("full refresh", lambda: self.run_sync(self.config, full=True, stop=self.stop))
+        """Run a full refresh, unless stopping or another process completed one while this one waited."""
+        due = datetime.now(UTC)
+
+        def work() -> Any:
+            completed = self.last_full()
+            if completed is not None and completed >= due:
+                return JobReport("not needed: another process completed a full crawl meanwhile")
+            return self.run_sync(self.config, full=True, stop=self.stop)
+
+        self._guarded("full refresh", work)
 
     def enrich(self) -> None:
         """Work through a slice of the enrichment backlog, unless stopping."""
@@ -159,6 +171,7 @@ def full_refresh_trigger(expr: str, now: datetime) -> BaseTrigger:
 def build_scheduler(config: Config, jobs: Jobs, last_full: datetime | None = None) -> BackgroundScheduler:
     """An APScheduler with the jobs the config asks for; a full refresh missed since `last_full` runs first."""
     settings = config.schedule
+    require_jobs(config)
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(1)},
         # A run held up by another job (or a suspended process) runs when it can, once, unless
@@ -182,8 +195,6 @@ def build_scheduler(config: Config, jobs: Jobs, last_full: datetime | None = Non
     if settings.enrich_seconds > 0:
         scheduler.add_job(jobs.enrich, IntervalTrigger(seconds=settings.enrich_seconds, timezone=UTC),
                           id="enrich", name="enrichment")
-    if not scheduler.get_jobs():
-        raise ConfigError("the [schedule] section enables no job")
 
     def log_next_runs(event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MISSED and (job := scheduler.get_job(event.job_id)):
@@ -193,6 +204,13 @@ def build_scheduler(config: Config, jobs: Jobs, last_full: datetime | None = Non
 
     scheduler.add_listener(log_next_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     return scheduler
+
+
+def require_jobs(config: Config) -> None:
+    """ConfigError unless the [schedule] section enables a job."""
+    settings = config.schedule
+    if not (settings.incremental_seconds > 0 or settings.full_cron or settings.enrich_seconds > 0):
+        raise ConfigError("the [schedule] section enables no job")
 
 
 def missed_full_refresh(trigger: BaseTrigger, last_full: datetime | None, now: datetime) -> datetime | None:
@@ -210,10 +228,10 @@ def log_next_run_times(scheduler: BackgroundScheduler) -> None:
         log.info("next %s at %s", job.name, next_run.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn, last_full: datetime | None = None) -> None:
+def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn,
+                last_full: Callable[[], datetime | None] = lambda: None) -> None:
     """Run the scheduler until SIGTERM, SIGINT or SIGHUP; the job in progress finishes its page first."""
-    jobs = Jobs(config, run_sync, run_enrich)
-    scheduler = build_scheduler(config, jobs, last_full)
+    jobs = Jobs(config, run_sync, run_enrich, last_full=last_full)
 
     def request_stop(signum: int, frame: Any) -> None:
         # Only set a flag: the scheduler runs in its own thread, and shutting it down from a
@@ -227,8 +245,9 @@ def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn, last_full:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, request_stop)
+    scheduler = build_scheduler(config, jobs, last_full())
+    log_next_run_times(scheduler)  # before the first runs are dispatched, which moves them on
     scheduler.start()
-    log_next_run_times(scheduler)
     while not jobs.stop.wait(1.0):
         pass
     scheduler.shutdown(wait=False)

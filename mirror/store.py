@@ -29,6 +29,7 @@ SCHEMA_VERSION = 3
 MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
 # sync_state keys
 CRAWL_STATE = "crawl"  # the checkpoint of an unfinished crawl
+FULL_CRAWL_STATE = "full_crawl"  # when the last full crawl completed (its enrichment may have been cut short)
 RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
 HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
 DEMO_STATE = "demo"  # set by `yts-mirror demo`: this mirror holds simulated movies
@@ -715,14 +716,16 @@ def freshness(db: sqlite_utils.Database) -> dict[str, Any]:
 
 
 def last_full_refresh(path: str | os.PathLike[str]) -> datetime | None:
-    """When the mirror at `path` last finished a full sync (None: never, or no database)."""
+    """When the mirror at `path` last completed a full crawl (None: never, or no database)."""
     if not os.path.exists(path):
         return None
     try:
         with closing(connect_read_only(path)) as conn:
             (finished,) = conn.execute(
-                "SELECT MAX(finished_at) FROM sync_runs WHERE kind = 'full' AND status = 'ok'").fetchone()
-    except sqlite3.OperationalError:  # no sync_runs yet: nothing synced
+                "SELECT COALESCE((SELECT json_extract(value, '$.completed_at') FROM sync_state WHERE key = ?), "
+                "(SELECT MAX(finished_at) FROM sync_runs WHERE kind = 'full' AND status = 'ok'))",  # before the key
+                [FULL_CRAWL_STATE]).fetchone()
+    except sqlite3.OperationalError:  # no tables yet: nothing synced
         return None
     return datetime.strptime(finished, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) if finished else None
 

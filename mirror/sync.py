@@ -303,6 +303,8 @@ class Syncer:
                 store.set_state(self.db, RECONCILE, {"since": started_at})
             elif complete:  # a full crawl of a quiet catalog has marked every removal itself
                 store.clear_state(self.db, RECONCILE)
+            if complete:  # the scheduler's next full refresh counts from here
+                store.set_state(self.db, store.FULL_CRAWL_STATE, {"completed_at": store.now_iso()})
 
     def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Crawl every page; mark what the complete crawl did not see as removed."""

@@ -275,13 +275,7 @@ def test_the_scheduler_starts_no_new_mirror_when_its_database_vanishes(simulator
     process = cli_subprocess(["schedule", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
                               str(config)])
     try:
-        def synced() -> bool:
-            try:
-                return last_run(db)["status"] == "ok"
-            except (sqlite3.Error, IndexError):  # no database, or no finished run, yet
-                return False
-
-        wait_for(synced)
+        wait_for(lambda: synced_ok(db))
         for path in tmp_path.glob("s.db*"):
             if not path.name.endswith(".lock"):
                 path.unlink()
@@ -292,6 +286,54 @@ def test_the_scheduler_starts_no_new_mirror_when_its_database_vanishes(simulator
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0
     assert f"incremental sync failed: the database {db} is gone" in stderr
+
+
+def test_a_full_crawl_stopped_while_it_enriches_still_counts_as_the_last_full_refresh(
+        simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    sim = simulator(movies=100, latency_ms=40)
+    db = tmp_path / "f.db"
+    process = cli_subprocess(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
+                              str(write_config(tmp_path)), "--full"])  # with its enrichment
+
+    def enriching() -> bool:
+        try:
+            return connect(db).execute("SELECT COUNT(*) FROM enrich_state").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+
+    wait_for(enriching)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert last_run(db)["status"] == "interrupted"
+    completed = store.last_full_refresh(db)
+    assert completed is not None and completed.isoformat() >= last_run(db)["started_at"][:19]
+
+
+def test_a_schedule_with_no_job_is_a_config_error_before_anything_else(tmp_path: Path) -> None:
+    config = schedule_config(tmp_path, 'incremental_seconds = 0\nfull_cron = ""\nenrich_seconds = 0\n')
+    result = run_cli(["schedule", "--db", str(tmp_path / "none.db"), "--config", str(config)])
+    assert result.exit_code == 2 and result.output == "error: the [schedule] section enables no job\n"
+
+
+def test_the_scheduler_says_at_start_that_its_first_sync_runs_now(simulator: Callable[..., FakeYTS],
+                                                                   tmp_path: Path) -> None:
+    sim = simulator(movies=30)
+    config = schedule_config(tmp_path, 'full_cron = ""\nenrich_seconds = 0\n')
+    process = cli_subprocess(["schedule", "--db", str(tmp_path / "s.db"), "--base-url", sim.url, "--rate", "0",
+                              "--config", str(config)])
+    wait_for(lambda: (tmp_path / "s.db").exists() and synced_ok(tmp_path / "s.db"))
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    first = next(line for line in stderr.splitlines() if "next incremental sync at" in line)
+    logged_at, next_at = first.split()[0], first.rsplit(" ", 1)[1]
+    assert next_at[:16] == logged_at[:16], first  # this minute, not an hour on
+
+
+def synced_ok(db: Path) -> bool:
+    try:
+        return last_run(db)["status"] == "ok"
+    except (sqlite3.Error, IndexError):
+        return False
 
 
 def test_an_enrichment_only_schedule_needs_the_database(tmp_path: Path) -> None:

@@ -202,3 +202,22 @@ def test_a_run_held_up_by_another_job_still_runs_later(caplog: pytest.LogCapture
         assert skipped() == []
         assert run(grace=1)[0] == "sync"
         assert skipped() == ["enrichment: skipped a run more than schedule.misfire_grace_seconds late"]
+
+
+def test_a_full_refresh_another_process_completed_while_it_waited_is_not_repeated(
+        caplog: pytest.LogCaptureFixture) -> None:
+    completed: list[datetime] = []
+    calls: list[bool] = []
+
+    def run_sync(config: Config, full: bool, **kwargs: object) -> JobReport:
+        calls.append(full)
+        if len(calls) > 1:
+            return JobReport("full sync ok: a second full crawl")
+        completed.append(datetime.now(UTC))  # the other writer finishes its full crawl, then frees the lock
+        raise LockedError("x.db is being written by pid 1")
+
+    jobs = Jobs(Config(), run_sync, run_sync, lock_poll_seconds=0.01, last_full=lambda: max(completed, default=None))
+    with caplog.at_level(logging.INFO, logger="mirror.schedule"):
+        jobs.full()
+    assert calls == [True]
+    assert caplog.records[-1].getMessage() == "full refresh: not needed: another process completed a full crawl meanwhile"
