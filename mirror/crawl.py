@@ -266,10 +266,10 @@ class RankedPages:
         return self.pages[number]
 
     def pivots(self, number: int) -> tuple[Pivot, Pivot]:
-        """Two ranks of page `number`, near its top and bottom, with how many mirror movies ranked above each upstream lacks.
+        """Page `number`'s ranks near its top and bottom, each with how many movies ranked above it upstream lacks.
 
-        Upstream holds exactly `offset` movies ranked above the movie at a page's `offset`,
-        provided no movie strays more than PIVOT_MARGIN places from its place in our order.
+        Upstream lists exactly `offset` movies ranked above the one `offset` places into the
+        sorted page, provided no movie strays more than PIVOT_MARGIN places from our order.
         """
         ranks = self.ranks(number)
         margin = min(PIVOT_MARGIN, (len(ranks) - 1) // 2)

@@ -220,4 +220,5 @@ def test_a_full_refresh_another_process_completed_while_it_waited_is_not_repeate
     with caplog.at_level(logging.INFO, logger="mirror.schedule"):
         jobs.full()
     assert calls == [True]
-    assert caplog.records[-1].getMessage() == "full refresh: not needed: another process completed a full crawl meanwhile"
+    last = caplog.records[-1].getMessage()
+    assert last == "full refresh: not needed: another process completed a full crawl meanwhile"
