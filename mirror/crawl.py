@@ -325,10 +325,9 @@ def _missing_between(pages: RankedPages, above: Pivot, below: Pivot) -> list[int
     expected = below.missing - above.missing
     if expected == 0:
         return []
-    if expected < 0 or (above.page and below.page and below.page - above.page > 1):
-        raise CatalogMoved("the upstream order strays from the mirror's too far to compare")
+    adjacent = not (above.page and below.page) or below.page - above.page <= 1  # else pages between went unread
     listed = {r for page in (above.page, below.page) if page for r in pages.ranks(page)}
     found = [r for r in range(above.rank, below.rank) if r not in listed]
-    if len(found) != expected:
+    if expected < 0 or not adjacent or len(found) != expected:
         raise CatalogMoved("the upstream order strays from the mirror's too far to compare")
     return found

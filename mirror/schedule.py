@@ -168,8 +168,8 @@ def full_refresh_trigger(expr: str, now: datetime) -> BaseTrigger:
     return trigger
 
 
-def build_scheduler(config: Config, jobs: Jobs, last_full: datetime | None = None) -> BackgroundScheduler:
-    """An APScheduler with the jobs the config asks for; a full refresh missed since `last_full` runs first."""
+def build_scheduler(config: Config, jobs: Jobs) -> BackgroundScheduler:
+    """An APScheduler with the jobs the config asks for; a full refresh missed since the last one runs first."""
     settings = config.schedule
     require_jobs(config)
     scheduler = BackgroundScheduler(
@@ -183,10 +183,9 @@ def build_scheduler(config: Config, jobs: Jobs, last_full: datetime | None = Non
     now = datetime.now(UTC)
     full_trigger = full_refresh_trigger(settings.full_cron, now) if settings.full_cron else None
     if full_trigger:
-        missed = missed_full_refresh(full_trigger, last_full, now)
+        missed = missed_full_refresh(full_trigger, jobs.last_full(), now)
         if missed:
-            log.info("a full refresh was due at %s and has not run since: running it now",
-                     missed.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            log.info("a full refresh was due at %s and has not run since: running it now", utc_text(missed))
         scheduler.add_job(jobs.full, full_trigger, id="full", name="full refresh",
                           **({"next_run_time": now} if missed else {}))
     if settings.incremental_seconds > 0:
@@ -225,7 +224,12 @@ def log_next_run_times(scheduler: BackgroundScheduler) -> None:
     """Log when each job runs next."""
     for job in scheduler.get_jobs():
         next_run = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(None, datetime.now(UTC))
-        log.info("next %s at %s", job.name, next_run.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        log.info("next %s at %s", job.name, utc_text(next_run))
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as the log shows it: UTC, to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn,
@@ -245,7 +249,7 @@ def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn,
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, request_stop)
-    scheduler = build_scheduler(config, jobs, last_full())
+    scheduler = build_scheduler(config, jobs)
     log_next_run_times(scheduler)  # before the first runs are dispatched, which moves them on
     scheduler.start()
     while not jobs.stop.wait(1.0):

@@ -476,11 +476,14 @@ def asgi_wrapper(datasette: Any) -> Callable[[Any], Any]:
 
     def wrap(app: Any) -> Any:
         async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            error = await early_error(datasette, scope) if scope.get("type") == "http" else None
+            if scope.get("type") != "http":
+                await app(scope, receive, send)
+                return
+            error = await early_error(datasette, scope)
             if error is not None:
                 await send_error(datasette, scope, receive, send, error)
                 return
-            target = redirect_target(datasette, scope) if scope.get("type") == "http" else None
+            target = redirect_target(datasette, scope)
             if target is None:
                 await app(scope, receive, send)
                 return

@@ -81,9 +81,12 @@ class SearchSyntaxError(StoreError):
     """The full-text query is not valid FTS5 syntax."""
 
 
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every time stored: UTC, and sorts as text
+
+
 def now_iso(days_ago: float = 0) -> str:
     """The current UTC time (or `days_ago` days before it) as an ISO-8601 string that sorts correctly."""
-    return (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (datetime.now(UTC) - timedelta(days=days_ago)).strftime(ISO_FORMAT)
 
 
 def schema_sql() -> str:
@@ -727,7 +730,7 @@ def last_full_refresh(path: str | os.PathLike[str]) -> datetime | None:
                 [FULL_CRAWL_STATE]).fetchone()
     except sqlite3.OperationalError:  # no tables yet: nothing synced
         return None
-    return datetime.strptime(finished, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) if finished else None
+    return datetime.strptime(finished, ISO_FORMAT).replace(tzinfo=UTC) if finished else None
 
 
 def database_size(path: str | os.PathLike[str]) -> int:

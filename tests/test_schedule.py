@@ -165,7 +165,8 @@ def test_a_full_refresh_missed_while_stopped_is_due_at_start() -> None:
     for last_full, expected in ((datetime.now(UTC) - timedelta(days=8), ["full", "incremental"]),
                                 (datetime.now(UTC) - timedelta(hours=1), ["incremental"])):
         ran.clear()
-        scheduler = build_scheduler(Config(), jobs, last_full=last_full)
+        jobs.last_full = lambda: last_full  # read once, by build_scheduler
+        scheduler = build_scheduler(Config(), jobs)
         scheduler.start()
         time.sleep(0.5)
         scheduler.shutdown(wait=True)
