@@ -11,8 +11,10 @@ running in its own process (so it does not share a GIL with what is measured), i
   ours       `yts-mirror sync --no-enrich --rate 0 --db <tmp>`
 
 Every variant runs as a fresh child process; wall time is measured from spawn to exit (so
-each pays its own interpreter start-up and imports) and peak RSS / CPU time come from
-os.wait4's rusage of that child. The variants are interleaved over --rounds rounds, in a
+each pays its own interpreter start-up and imports); CPU time comes from os.wait4's rusage
+of that child (its page reader process included), and peak RSS is the larger of that rusage's
+and the peak sum of the RSS of the child and its own children, sampled every 20 ms (ours
+reads pages ahead in a second process). The variants are interleaved over --rounds rounds, in a
 rotating order, and the medians are reported, because the machine is shared and noisy.
 Then our sync's peak RSS is measured again against a simulator of each --rss-sizes size.
 
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,7 +118,8 @@ def run_measured(argv: list[str], workdir: Path, label: str) -> dict[str, Any]:
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=workdir, env=clean_env())
-        _, status, usage = os.wait4(proc.pid, 0)
+        with TreeRss(proc.pid) as tree:
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out_path.read_text(), err_path.read_text()
@@ -123,11 +127,57 @@ def run_measured(argv: list[str], workdir: Path, label: str) -> dict[str, Any]:
         raise SystemExit(f"{label} failed with exit code {proc.returncode}:\n{stderr[-3000:]}")
     return {
         "wall": wall,
-        "rss_mb": usage.ru_maxrss / 1024,  # Linux: KiB
+        "rss_mb": max(usage.ru_maxrss, tree.peak_kib) / 1024,  # Linux: KiB
         "cpu": usage.ru_utime + usage.ru_stime,
         "stdout": stdout,
         "stderr": stderr,
     }
+
+
+class TreeRss:
+    """Samples the summed RSS of a process and its descendants in a thread; `peak_kib` is the largest sum."""
+
+    def __init__(self, pid: int, interval: float = 0.02):
+        self.pid, self.interval, self.peak_kib = pid, interval, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, sum(rss_kib(pid) for pid in descendants(self.pid)))
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it, from /proc's children lists."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                pass
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """A live process's resident set size in KiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 # ---- the baselines (run as `bench_sync.py --worker NAME ...` child processes) ------------------
