@@ -25,6 +25,7 @@ from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .progress import Progress
+from .readahead import ReaderError
 from .sync import JobReport, LockedError, RunSummary, Syncer, logged_enrichment, scheduler_lock, writer_alive, writing
 
 log = logging.getLogger("mirror")
@@ -58,6 +59,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_ERROR)
         except YTSError as error:  # FetchError and the rest
             fail(f"API request failed: {error}")
+        except ReaderError as error:
+            fail(str(error))
         except store.StoreError as error:
             fail(str(error))
         except sqlite3.Error as error:

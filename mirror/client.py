@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import orjson
@@ -20,6 +20,9 @@ import requests
 import tenacity
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +209,13 @@ class ClientStats:
         with self.lock:
             self.retries += 1
 
+    def add(self, requests: int, retries: int, answered: int) -> None:
+        """Count what another client (a page reader process) spent for this one."""
+        with self.lock:
+            self.requests += requests
+            self.retries += retries
+            self.answered += answered
+
 
 Validator = Callable[[Mapping[str, Any]], None]
 
@@ -281,6 +291,14 @@ class YTSClient:
         if url in self.base_urls and url != self.base_url:
             self._host_index = self._answering_index = self.base_urls.index(url)
             log.info("starting with %s, the API host that answered last time", url)
+
+    def adopt(self, url: str) -> None:
+        """Go on with `url`, a host of ours that another client (a page reader process) found answering."""
+        if url in self.base_urls:
+            with self._host_lock:
+                self._host_index = self._answering_index = self.base_urls.index(url)
+                self._answered.add(self._host_index)
+                self._strikes = 0
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -410,6 +428,17 @@ class YTSClient:
         if status >= 400:
             _raise_for_status(full_url, status, response.headers.get("Retry-After"), text)
         return _envelope_data(full_url, body, text)
+
+
+def make_client(config: Config) -> YTSClient:
+    """Build the API client the config describes."""
+    api = config.api
+    return YTSClient(
+        api.base_urls, rate=api.rate, burst=api.burst, max_attempts=api.max_attempts,
+        backoff_initial=api.backoff_initial, backoff_max=api.backoff_max,
+        connect_timeout=api.connect_timeout, read_timeout=api.read_timeout,
+        pool_size=max(4, config.enrich.concurrency + 2),
+    )
 
 
 def _raise_for_status(url: str, status: int, retry_after: str | None, text: Callable[[], str]) -> NoReturn:

@@ -36,6 +36,11 @@ class Page:
         """The ids of all_movies."""
         return listed_ids(self.all_movies)
 
+    @property
+    def rewound(self) -> bool:
+        """Whether the crawl goes back to re-read earlier pages next."""
+        return self.next_page <= self.number
+
 
 class ShortPageError(TransientError):
     """A page with fewer movies than movie_count promises; retried, then believed only at the list's end."""
@@ -79,13 +84,7 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
     return Listing(list_page_movies(data), movie_count(data))
 
 
-def crawl_full(
-    client: YTSClient,
-    seen: set[int],
-    start_page: int = 1,
-    last_count: int | None = None,
-    limit: int = PAGE_LIMIT,
-) -> Iterator[Page]:
+def crawl_full(client: YTSClient, walk: Walk) -> Iterator[Page]:
     """Yield every list page newest-first, re-reading earlier pages when the catalog shrinks.
 
     Offset paging over a moving catalog: movies added at the top push the rest down (we see
@@ -93,44 +92,46 @@ def crawl_full(
     window slides into the page we already read. A shrinking movie_count is the only sign of
     that, so on a drop we read the boundary again (`read_page`) and yield what we read with
     the page, to be committed together: a kill between the two would resume past the drop and
-    never re-read it. `seen` holds the ids this crawl has yielded and is updated in place.
+    never re-read it.
     """
-    walk = Walk(seen, start_page, last_count)
-    while True:
-        current, end = walk.read(client, limit)
-        yield current
-        if walk.advance(current) and (end or not current.movies or current.number * limit >= current.movie_count):
-            return
+    while not walk.finished:
+        yield walk.step(client)
 
 
 MAX_REWINDS = 3  # per page: a catalog moving faster than that is left to the next full crawl
 
 
 class Walk:
-    """Where a crawl is: the page to read next, the last movie_count, and the gap-free stretch read so far."""
+    """Where a crawl is: the page to read next, the last movie_count, and the gap-free stretch read so far.
 
-    def __init__(self, seen: set[int], page: int, last_count: int | None):
-        self.seen = seen
-        self.covered = set(seen)  # a resumed crawl trusts what it saw before the kill
+    A Walk is plain data, so a crawl can move to another process between two pages (`readahead`).
+    """
+
+    def __init__(self, seen: set[int], page: int = 1, last_count: int | None = None, limit: int = PAGE_LIMIT):
+        self.covered = set(seen)  # a resumed crawl trusts what it committed before the kill
         self.page = page
         self.last_count = last_count
+        self.limit = limit
         self.rewinds: dict[int, int] = {}
+        self.finished = False  # the list ended at the last page stepped over
 
-    def read(self, client: YTSClient, limit: int) -> tuple[Page, bool]:
-        """Read the next page (and whatever proves it leaves no gap)."""
+    def step(self, client: YTSClient) -> Page:
+        """Read the next page (and whatever proves it leaves no gap), and move past it."""
         may_rewind = self.rewinds.get(self.page, 0) < MAX_REWINDS
-        return read_page(client, self.page, self.covered, self.last_count, limit, may_rewind)
-
-    def advance(self, page: Page) -> bool:
-        """Take a yielded page into account; False if the walk went back to re-read earlier pages."""
-        self.seen.update(page.ids)
+        page, end = read_page(client, self.page, self.covered, self.last_count, self.limit, may_rewind)
         self.covered.update(page.covered)
         self.last_count = page.movie_count
         self.page = page.next_page
-        rewound = page.next_page <= page.number
-        if rewound:
+        if page.rewound:
             self.rewinds[page.number] = self.rewinds.get(page.number, 0) + 1
-        return not rewound
+        else:
+            self.finished = end or not page.movies or page.number * self.limit >= page.movie_count
+        return page
+
+    @property
+    def pages_to_read(self) -> int:
+        """How many pages the last movie_count says are left, the next one included."""
+        return 0 if self.finished else max(0, -(-(self.last_count or 0) // self.limit) - self.page + 1)
 
 
 def read_page(client: YTSClient, page: int, covered: set[int], last_count: int | None,
@@ -200,10 +201,7 @@ def crawl_new(
     client: YTSClient,
     known: Callable[[list[int]], set[int]],
     overlap: int,
-    seen: set[int],
-    start_page: int = 1,
-    last_count: int | None = None,
-    limit: int = PAGE_LIMIT,
+    walk: Walk,
 ) -> Iterator[Page]:
     """Yield newest-first pages until one reaches movies mirrored before this run.
 
@@ -211,18 +209,14 @@ def crawl_new(
     movies (or all its movies, if fewer) are known ends the walk: movies added close together
     can swap places (22838 above 22839 in list_movies__gitTobby-cloneCodding.json), so one
     known movie alone is not proof enough, and known movies above new ones (an old movie
-    listed again) do not end it. A shrinking catalog is handled as in `crawl_full`, whose
-    `seen` and `last_count` these are.
+    listed again) do not end it. A shrinking catalog is handled as in `crawl_full`.
     """
-    walk = Walk(seen, start_page, last_count)
-    while True:
-        current, end = walk.read(client, limit)
+    while not walk.finished:
+        current = walk.step(client)
         tail = listed_ids(current.movies)[-overlap:]
         reached_known = bool(tail) and len(known(tail)) == len(set(tail))
         yield current
-        if not walk.advance(current):
-            continue
-        if end or len(current.movies) < limit or current.number * limit >= current.movie_count or reached_known:
+        if not current.rewound and (len(current.movies) < walk.limit or reached_known):
             return
 
 

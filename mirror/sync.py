@@ -8,19 +8,20 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
 
-from . import store, transform
-from .client import FetchError, Stopped, YTSClient
+from . import readahead, store, transform
+from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
-from .crawl import CatalogMoved, Page, catalog_grew, crawl_full, crawl_new, find_missing
+from .crawl import CatalogMoved, Walk, catalog_grew, crawl_new, find_missing
 from .enrich import EnrichReport, enrich_backlog
 from .progress import Progress
+from .readahead import ReadyPage
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +119,6 @@ def writer_alive(db_path: str) -> bool:
     except PermissionError:
         return True  # alive, under another user
     return True
-
-
-def make_client(config: Config) -> YTSClient:
-    """Build the API client the config describes."""
-    api = config.api
-    return YTSClient(
-        api.base_urls, rate=api.rate, burst=api.burst, max_attempts=api.max_attempts,
-        backoff_initial=api.backoff_initial, backoff_max=api.backoff_max,
-        connect_timeout=api.connect_timeout, read_timeout=api.read_timeout,
-        pool_size=max(4, config.enrich.concurrency + 2),
-    )
 
 
 @dataclass
@@ -255,12 +245,12 @@ class Syncer:
         """Requests and retries this run has spent so far."""
         return self.client.stats.requests - self._base[0], self.client.stats.retries - self._base[1]
 
-    def _commit_page(self, summary: RunSummary, page: Page, checkpoint: dict[str, Any]) -> store.PageResult:
+    def _commit_page(self, summary: RunSummary, page: ReadyPage, checkpoint: dict[str, Any]) -> store.PageResult:
         """Upsert one page and move the checkpoint, in one transaction."""
         with self.db.atomic():
             # Never before the crawl began, even if the clock was set back: "seen by this crawl" means since then.
             seen_at = max(store.now_iso(), checkpoint["started_at"])
-            result = store.upsert_movies(self.db, page.all_movies, seen_at, self.config.sync.trackers)
+            result = store.write_page(self.db, page.rows, seen_at)
             checkpoint.update(next_page=page.next_page, movie_count=page.movie_count)
             store.set_state(self.db, CHECKPOINT, checkpoint)
             summary.counts["pages"] += 1
@@ -272,7 +262,7 @@ class Syncer:
                 "pages", "movies_new", "movies_updated", "torrents_new", "torrents_removed")},
                 **dict(zip(("requests", "retries"), self.request_counts())))
         self.progress.total(page.movie_count)
-        self.progress.advance(len(page.movies))
+        self.progress.advance(page.listed)
         return result
 
     def _begin(self, kind: str, checkpoint: dict[str, Any] | None) -> tuple[dict[str, Any], set[int]]:
@@ -281,16 +271,17 @@ class Syncer:
         resumed = checkpoint["next_page"] > 1
         return checkpoint, store.ids_seen_since(self.db, checkpoint["started_at"]) if resumed else set()
 
-    def _commit_pages(self, summary: RunSummary, pages: Iterable[Page], checkpoint: dict[str, Any]) -> bool:
-        """Commit each page with the checkpoint, noting whether movie_count moved; False if asked to stop."""
-        # No read-ahead: a page fetched but not committed is a request a kill wastes, and a
-        # fetching thread gains nothing here (SQLite gives up the GIL per row, then waits for it).
-        for page in pages:
-            if checkpoint.get("movie_count") not in (None, page.movie_count):
-                checkpoint["moved"] = True  # kept in the checkpoint, so a resumed crawl still knows
-            self._commit_page(summary, page, checkpoint)
-            if self.stop.is_set():
-                return False
+    def _commit_pages(self, summary: RunSummary, pages: Generator[ReadyPage, None, None], checkpoint: dict[str, Any],
+                      seen: set[int]) -> bool:
+        """Commit each page with the checkpoint, noting whether movie_count moved and the ids seen; False if asked to stop."""
+        with closing(pages):  # a page reader process ends with its pages
+            for page in pages:
+                if checkpoint.get("movie_count") not in (None, page.movie_count):
+                    checkpoint["moved"] = True  # kept in the checkpoint, so a resumed crawl still knows
+                self._commit_page(summary, page, checkpoint)
+                seen.update(page.ids)
+                if self.stop.is_set():
+                    return False
         return True
 
     def _end_crawl(self, started_at: str, moved: bool, complete: bool) -> None:
@@ -310,10 +301,11 @@ class Syncer:
         """Crawl every page; mark what the complete crawl did not see as removed."""
         checkpoint, seen = self._begin("full", checkpoint)
         self.progress.advance(len(seen))
-        pages = crawl_full(self.client, seen, checkpoint["next_page"], checkpoint.get("movie_count"))
+        walk = Walk(seen, checkpoint["next_page"], checkpoint.get("movie_count"))
+        pages = readahead.full_crawl(self.client, walk, self.config, self.stop)
         first = self._mirror_empty()  # then every movie the mirror will hold comes from this run
         with store.indexes_deferred(self.db, enabled=first):
-            complete = self._commit_pages(summary, pages, checkpoint)
+            complete = self._commit_pages(summary, pages, checkpoint, seen)
         if not complete:
             return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
@@ -343,9 +335,10 @@ class Syncer:
         def known_before(ids: list[int]) -> set[int]:
             return store.known_ids(self.db, ids, started_at)
 
-        pages = crawl_new(self.client, known_before, self.config.sync.overlap, seen, checkpoint["next_page"],
-                          checkpoint.get("movie_count"))
-        if not self._commit_pages(summary, pages, checkpoint):
+        walk = Walk(seen, checkpoint["next_page"], checkpoint.get("movie_count"))
+        pages = readahead.ready_pages(crawl_new(self.client, known_before, self.config.sync.overlap, walk),
+                                      self.config.sync.trackers)
+        if not self._commit_pages(summary, pages, checkpoint, seen):
             return
         moved = checkpoint.get("moved", False)
         self._end_crawl(started_at, moved, complete=False)

@@ -1,0 +1,294 @@
+"""Crawled pages ready to write, and a process that reads them ahead of the writer on long unthrottled crawls.
+
+Without a rate limit, fetching, decoding and building the rows of the next page could overlap
+the writer's SQLite work, but not in a thread: the writer holds the GIL most of its time. So a
+long full crawl at `--rate 0` hands its walk to a child process, which reads and transforms one
+page ahead of the writer and sends the rows over a pipe. At any real rate each request waits
+seconds for its token while a page is written in milliseconds, so the crawl stays in one
+process and a kill wastes no page read ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Generator, Iterable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .client import FetchError, Stopped, YTSClient, make_client
+from .config import Config
+from .crawl import Page, Walk, crawl_full
+from .transform import PageRows, page_rows
+
+READ_AHEAD_MIN_PAGES = 40  # the child takes about 0.1 s to start; reading ahead saves about 3 ms a page
+POLL_SECONDS = 0.2  # how often a writer waiting for a page looks at its stop event
+NEXT = b"next"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the child imports `mirror` from
+
+log = logging.getLogger(__name__)
+
+
+class ReadyPage(NamedTuple):
+    """A crawled page ready to write: where the crawl goes after it, and its rows."""
+
+    number: int
+    movie_count: int
+    next_page: int
+    listed: int  # movies on the page itself, re-read ones aside (for progress)
+    ids: list[int]  # every movie read with the page
+    rows: PageRows
+
+
+class ReaderError(Exception):
+    """The page reader process ended without an answer, or failed in a way that is not an API error."""
+
+
+def ready(page: Page, trackers: Iterable[str]) -> ReadyPage:
+    """Build a crawled page's rows."""
+    return ReadyPage(page.number, page.movie_count, page.next_page, len(page.movies), page.ids,
+                     page_rows(page.all_movies, trackers))
+
+
+def ready_pages(pages: Iterable[Page], trackers: Iterable[str]) -> Generator[ReadyPage, None, None]:
+    """Build each crawled page's rows as it comes."""
+    for page in pages:
+        yield ready(page, trackers)
+
+
+def full_crawl(client: YTSClient, walk: Walk, config: Config,
+               stop: threading.Event) -> Generator[ReadyPage, None, None]:
+    """A full crawl's pages, ready to write; a long one without a rate limit is read ahead by a child process.
+
+    The child starts once the crawl looks long enough, and takes the walk over at the first page
+    boundary after it is up; meanwhile this process reads on itself.
+    """
+    may_read_ahead = client.limiter.rate <= 0
+    reader: PageReader | None = None
+    try:
+        while not walk.finished:
+            if reader is not None and reader.up():
+                yield from reader.pages(walk, stop)
+                return
+            page = ready(walk.step(client), config.sync.trackers)
+            if may_read_ahead and walk.pages_to_read >= READ_AHEAD_MIN_PAGES:
+                may_read_ahead = False
+                reader = start_reader(config, client)
+            yield page
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def start_reader(config: Config, client: YTSClient) -> PageReader | None:
+    """Start a page reader process, or say why not (then this process reads on)."""
+    try:
+        return PageReader(config, client)
+    except OSError as error:  # out of processes or file descriptors
+        log.warning("cannot start a page reader process, reading on in this one: %s", error)
+        return None
+
+
+class PageReader:
+    """A child process that takes a walk over and reads one page ahead of the writer, which asks for each page."""
+
+    def __init__(self, config: Config, client: YTSClient):
+        self.config, self.client = config, client
+        self.counted = (0, 0, 0)  # the child's requests, retries and answers already added to `client`
+        self.working = False  # whether it has the walk (and may be mid-request)
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
+        try:
+            self.process = _start_child(child_reads, child_writes)
+        except OSError:
+            os.close(parent_reads)
+            os.close(parent_writes)
+            raise
+        finally:
+            os.close(child_reads)
+            os.close(child_writes)
+        self.requests = Connection(parent_writes, readable=False)
+        self.replies = Connection(parent_reads, writable=False)
+
+    def up(self) -> bool:
+        """Whether the child has started and waits for a walk (or has died: `pages` then says so)."""
+        return self.replies.poll()
+
+    def close(self) -> None:
+        """End the child: at once if it has no walk yet, else once its request in flight is answered (up to 1 s)."""
+        if not self.working:
+            self.process.terminate()
+        self.requests.close()  # a child waiting to be asked for a page sees the pipe end, and exits
+        self.replies.close()
+        try:
+            self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:  # mid-request
+            self.process.terminate()
+            self.process.wait()
+
+    def pages(self, walk: Walk, stop: threading.Event) -> Iterator[ReadyPage]:
+        """Hand the child the walk, then ask for each page in turn until the walk ends."""
+        self._receive(stop)  # "up"
+        level = logging.getLogger("mirror").getEffectiveLevel()
+        try:
+            self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level)))
+        except OSError:
+            raise self._died() from None
+        self.working = True
+        log.info("reading pages ahead in a second process (pid %s) from page %d", self.process.pid, walk.page)
+        while True:
+            try:
+                self.requests.send_bytes(NEXT)
+            except OSError:
+                raise self._died() from None
+            kind, payload = self._receive(stop)
+            if kind == "end":
+                return
+            number, movie_count, next_page, listed, ids, movies, genres, torrents = payload
+            yield ReadyPage(number, movie_count, next_page, listed, ids, PageRows(movies, genres, torrents))
+
+    def _receive(self, stop: threading.Event) -> tuple[str, Any]:
+        """The child's next page or end, after replaying its log lines; raise its errors here."""
+        while True:
+            while not self.replies.poll(POLL_SECONDS):
+                if stop.is_set():
+                    raise Stopped("stopped while waiting for the next page")
+            try:
+                kind, stats, payload = marshal.loads(self.replies.recv_bytes())
+            except (EOFError, OSError):
+                raise self._died() from None
+            self._count(stats)
+            if kind == "log":
+                replay_log(*payload)
+            elif kind == "fetch error":
+                raise FetchError(*payload)
+            elif kind == "crash":
+                raise ReaderError(f"the page reader process failed: {payload}")
+            else:
+                return kind, payload
+
+    def _died(self) -> ReaderError:
+        """The error for a child that ended without a word."""
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        return ReaderError(f"the page reader process ended unexpectedly ({how})")
+
+    def _count(self, stats: tuple[int, int, int, str | None]) -> None:
+        """Add what the child spent since its last message to our client's counts; follow its host."""
+        *totals, answering_url = stats
+        self.client.stats.add(*(now - before for now, before in zip(totals, self.counted)))
+        self.counted = tuple(totals)  # type: ignore[assignment]
+        if answering_url and answering_url != self.client.answering_url:
+            self.client.adopt(answering_url)
+
+
+# The child imports this package from where the writer did, even where only the writer's own sys.path finds it.
+_CHILD_MAIN = """
+import os, sys
+if sys.argv[3] not in {os.path.realpath(entry or os.curdir) for entry in sys.path}:
+    sys.path.insert(0, sys.argv[3])
+from mirror.readahead import main
+main()
+"""
+
+
+def _start_child(reads: int, writes: int) -> subprocess.Popen[bytes]:
+    """Start `main` in a fresh interpreter, on the pipes `reads` and `writes`."""
+    # close_fds (the default) keeps the SQLite handle and the writer lock from the child, and a
+    # process group of its own keeps a terminal's Ctrl-C from it: the writer decides when to stop.
+    return subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(reads), str(writes), str(PACKAGE_ROOT)],
+                            pass_fds=(reads, writes), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            process_group=0)
+
+
+def replay_log(name: str, level: int, message: str, created: float) -> None:
+    """Log a record the child made, under its logger and time."""
+    record = logging.makeLogRecord({"name": name, "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message, "created": created, "msecs": created % 1 * 1000})
+    logging.getLogger(name).handle(record)
+
+
+# ---- in the child process -------------------------------------------------------------------
+
+def main() -> None:
+    """The child's entry point: say it is up on the pipes named on the command line, take the walk, read ahead."""
+    requests, replies = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    try:
+        replies.send_bytes(marshal.dumps(("up", (0, 0, 0, None), ())))
+        config, host, walk, log_level = pickle.loads(requests.recv_bytes())
+    except (EOFError, OSError):
+        return  # the writer is gone already
+    read_ahead(requests, replies, config, host, walk, log_level)
+
+
+def read_ahead(requests: Connection, replies: Connection, config: Config, host: str, walk: Walk,
+               log_level: int) -> None:
+    """Step the walk, sending each page's rows when asked; send errors and log lines as they come."""
+    client = make_client(config)
+    client.adopt(host)
+    _send_logs(replies, client, log_level)
+    try:
+        for page in crawl_full(client, walk):
+            message = ("page", _page_payload(ready(page, config.sync.trackers)))
+            requests.recv_bytes()  # NEXT: the writer wants it
+            _send(replies, client, *message)
+        requests.recv_bytes()
+        _send(replies, client, "end", ())
+    except (EOFError, BrokenPipeError):
+        pass  # the writer is gone, or done with us
+    except FetchError as error:
+        _send_quietly(replies, client, "fetch error", (error.url, error.reason, error.attempts, error.status))
+    except Exception:
+        _send_quietly(replies, client, "crash", traceback.format_exc().strip().splitlines()[-1])
+    finally:
+        client.close()
+
+
+def _page_payload(page: ReadyPage) -> tuple[Any, ...]:
+    """A ready page as plain values marshal can send (much faster to load than pickled dataclasses)."""
+    return (*page[:-1], page.rows.movies, page.rows.genres, page.rows.torrents)
+
+
+def _send(conn: Connection, client: YTSClient, kind: str, payload: Any) -> None:
+    """Send one message with the client's counts so far."""
+    stats = client.stats
+    conn.send_bytes(marshal.dumps((kind, (stats.requests, stats.retries, stats.answered, client.answering_url),
+                                   payload)))
+
+
+def _send_quietly(conn: Connection, client: YTSClient, kind: str, payload: Any) -> None:
+    """Send a last message, unless the writer is already gone."""
+    try:
+        _send(conn, client, kind, payload)
+    except OSError:
+        pass
+
+
+def _send_logs(conn: Connection, client: YTSClient, level: int) -> None:
+    """Send this process's log records to the writer, which logs them as its own."""
+    root = logging.getLogger()
+    root.handlers[:] = [PipeHandler(conn, client)]
+    root.setLevel(level)
+
+
+class PipeHandler(logging.Handler):
+    """Sends each log record to the writer process."""
+
+    def __init__(self, conn: Connection, client: YTSClient):
+        super().__init__()
+        self.conn, self.client = conn, client
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Send the record's logger, level, message and time."""
+        _send_quietly(self.conn, self.client, "log", (record.name, record.levelno, record.getMessage(), record.created))

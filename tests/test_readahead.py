@@ -1,0 +1,263 @@
+"""A long full crawl without a rate limit: a page reader process reads ahead of the writer."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mirror import readahead
+from mirror.fakeapi import Catalog, FakeYTS
+from support import (FAST_CONFIG, assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
+                     mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
+
+READER_STARTS = "reading pages ahead in a second process"
+
+
+@pytest.fixture
+def always_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read ahead from the second page of any crawl, however short."""
+    monkeypatch.setattr(readahead, "READ_AHEAD_MIN_PAGES", 1)
+
+
+def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
+    result = run_cli(sync_args(db, sim.url, config, *extra))
+    assert result.exit_code == 0, result.output
+    return last_run(db)
+
+
+def reader_used(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(READER_STARTS in record.getMessage() for record in caplog.records)
+
+
+def test_a_long_unthrottled_crawl_is_read_ahead_and_equals_the_catalog(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    movies = 50 * (readahead.READ_AHEAD_MIN_PAGES + 1)  # the reader starts after the first page
+    sim = simulator(movies=movies, faults="mix=0.1,empty=0.02,stray=0.02,retry_after=0")
+    run = sync(db_path, sim, config_file)
+    assert reader_used(caplog)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    assert sim.ok_counts["list_movies"] <= math.ceil(movies / 50) + 2
+    # The reader's requests, retries and log lines are the run's, as if one process had made them.
+    assert run["requests"] == sum(sim.counts.values()) and run["retries"] == sum(sim.fault_counts.values()) > 0
+    assert run["pages"] == movies // 50 and run["movies_new"] == movies
+    assert any(record.name == "mirror.client" and record.getMessage().startswith("retry")
+               for record in caplog.records), "the reader's log lines should reach the writer's log"
+    assert integrity_ok(db_path)
+
+
+def test_a_short_or_throttled_crawl_stays_in_one_process(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                         config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    pages = readahead.READ_AHEAD_MIN_PAGES
+    sync(db_path, simulator(movies=50 * pages), config_file)  # the first page leaves one page too few
+    assert not reader_used(caplog)
+    sim = simulator(movies=50 * (pages + 1), seed=2)
+    sync(db_path.with_name("throttled.db"), sim, config_file, "--rate", "1000")
+    assert not reader_used(caplog)
+    assert_mirror_equals_catalog(db_path.with_name("throttled.db"), sim.catalog)
+
+
+@pytest.mark.usefixtures("always_read_ahead")
+@pytest.mark.parametrize("churn", ["every=2,add=9,remove=6", "every=1,add=5,remove=10"])
+def test_a_moving_catalog_read_ahead_loses_no_movie(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    churn: str) -> None:
+    caplog.set_level(logging.INFO)
+    config = write_config(tmp_path, "[sync]\nmax_removed_fraction = 1\n")  # churn removes a third of it
+    sim = simulator(movies=1500, churn=churn)
+    before = set(sim.catalog.ids())
+    sync(db_path, sim, config, "--full")
+    assert reader_used(caplog)
+    missed = (before & set(sim.catalog.ids())) - set(mirror_movies(db_path))
+    assert not missed, f"{len(missed)} movies listed all along were missed, e.g. {sorted(missed)[:5]}"
+    sim.churn.every = 0
+    sync(db_path, sim, config, "--full")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+class DiesAfter(FakeYTS):
+    """A simulator whose list endpoint answers only its first `good` requests, then 503 for good."""
+
+    def __init__(self, catalog: Catalog, good: int):
+        super().__init__(catalog)
+        self.good = good
+
+    def _maybe_churn(self) -> None:
+        with self.count_lock:
+            self.list_requests += 1
+            if self.list_requests > self.good:
+                self.faults.dead.add("list_movies")
+
+
+@pytest.mark.usefixtures("always_read_ahead")
+def test_a_failure_in_the_reader_is_the_usual_one_line_and_the_crawl_resumes(db_path: Path,
+                                                                             config_file: Path) -> None:
+    with DiesAfter(Catalog(500, 4), good=4) as sim:
+        result = run_cli(sync_args(db_path, sim.url, config_file))
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            f"error: API request failed: {sim.url}/api/v2/list_movies.json?limit=50&page=5&sort_by=date_added"
+            "&order_by=desc: HTTP 503 (after 6 attempts)"]
+        assert last_run(db_path)["status"] == "failed" and checkpoint(db_path)["next_page"] == 5
+        sim.faults.dead.clear()
+        sim.good = 10**6
+        run = sync(db_path, sim, config_file)
+        assert run["status"] == "ok" and run["pages"] == 6
+        assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (its page reader), from /proc."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids.extend(int(child) for child in task.read_text().split())
+        except OSError:
+            pass
+    return pids
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def slow_long_catalog(simulator: Callable[..., FakeYTS]) -> FakeYTS:
+    """A catalog long enough to read ahead, answering slowly enough to act in the middle of a crawl."""
+    return simulator(movies=50 * (readahead.READ_AHEAD_MIN_PAGES + 20), latency_ms=40)
+
+
+@pytest.fixture
+def crawling(slow_long_catalog: FakeYTS, db_path: Path, config_file: Path) -> Iterator[tuple[object, int]]:
+    """A `yts-mirror sync` process (in its own session) that has started its page reader; and the reader's pid."""
+    process = cli_subprocess(sync_args(db_path, slow_long_catalog.url, config_file), start_new_session=True)
+    try:
+        wait_for_page(db_path, 4)
+        [reader] = wait_for(lambda: child_pids(process.pid))
+        yield process, reader
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stopped_crawl_ends_its_reader_and_resumes(crawling: tuple, slow_long_catalog: FakeYTS, db_path: Path,
+                                                     config_file: Path, how: str) -> None:
+    process, reader = crawling
+    if how == "SIGTERM":
+        process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # a terminal sends it to the whole process group
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert not alive(reader)
+    assert last_run(db_path)["status"] == "interrupted"
+    run = sync(db_path, slow_long_catalog, config_file)
+    assert run["status"] == "ok" and run["kind"] == "full"
+    assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)
+
+
+def test_a_killed_writer_leaves_no_reader_behind(crawling: tuple, slow_long_catalog: FakeYTS, db_path: Path,
+                                                 config_file: Path) -> None:
+    process, reader = crawling
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    wait_for(lambda: not alive(reader), timeout=10)  # it sees the pipe close once its request is answered
+    committed = connect(db_path).execute("SELECT COUNT(*) FROM movies").fetchone()[0]
+    assert committed == (checkpoint(db_path)["next_page"] - 1) * 50
+    time.sleep(0.1)
+    requests_before = slow_long_catalog.ok_counts["list_movies"]
+    run = sync(db_path, slow_long_catalog, config_file)
+    pages_left = readahead.READ_AHEAD_MIN_PAGES + 20 - committed // 50
+    assert run["pages"] == pages_left
+    assert slow_long_catalog.ok_counts["list_movies"] - requests_before == pages_left + 1  # + page 1 again
+    assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)
+
+
+def test_a_killed_reader_is_one_line_and_the_crawl_resumes(crawling: tuple, slow_long_catalog: FakeYTS,
+                                                           db_path: Path, config_file: Path) -> None:
+    process, reader = crawling
+    os.kill(reader, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert stderr.strip().splitlines()[-1] == "error: the page reader process ended unexpectedly (killed by SIGKILL)"
+    assert "Traceback" not in stderr
+    assert last_run(db_path)["status"] == "failed"
+    sync(db_path, slow_long_catalog, config_file)
+    assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)
+
+
+def test_a_stop_while_the_reader_waits_to_retry_ends_at_once(slow_long_catalog: FakeYTS, db_path: Path,
+                                                             tmp_path: Path) -> None:
+    config = tmp_path / "slow-retries.toml"
+    config.write_text(FAST_CONFIG.replace("backoff_initial = 0.005\nbackoff_max = 0.05", "backoff_initial = 60\nbackoff_max = 60"))
+    assert "backoff_initial = 60" in config.read_text()
+    process = cli_subprocess(sync_args(db_path, slow_long_catalog.url, config), start_new_session=True)
+    try:
+        wait_for_page(db_path, 4)
+        [reader] = wait_for(lambda: child_pids(process.pid))
+        slow_long_catalog.faults.dead.add("list_movies")  # the reader now waits a minute between attempts
+        failed_before = slow_long_catalog.fault_counts.get("list_movies", 0)
+        wait_for(lambda: slow_long_catalog.fault_counts.get("list_movies", 0) > failed_before)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert time.monotonic() - started < 5, "the writer should not wait for the reader's backoff"
+    assert process.returncode == 0, stderr
+    assert not alive(reader)
+    assert last_run(db_path)["status"] == "interrupted"
+
+
+@pytest.mark.usefixtures("always_read_ahead")
+def test_a_reader_that_cannot_start_leaves_the_crawl_to_the_writer(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(readahead.sys, "executable", str(tmp_path / "no-such-python"))
+    sim = simulator(movies=600)
+    run = sync(db_path, sim, config_file)
+    assert run["status"] == "ok"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"cannot start a page reader process, reading on in this one: [Errno 2] No such file or directory: "
+        f"'{tmp_path / 'no-such-python'}'"]
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_the_reader_runs_the_writers_copy_of_the_package(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                         config_file: Path, tmp_path: Path) -> None:
+    """A writer that found the package on a sys.path of its own (a script, a checkout) starts a reader of the same code."""
+    copy = tmp_path / "elsewhere"
+    package = Path(readahead.__file__).parent
+    shutil.copytree(package, copy / "mirror")
+    if (package.parent / "schema.sql").exists():  # where a checkout keeps it
+        shutil.copy(package.parent / "schema.sql", copy)
+    reader_code = copy / "mirror" / "readahead.py"
+    marked = reader_code.read_text().replace(
+        '    client = make_client(config)\n', '    client = make_client(config)\n    log.warning("reader from the copy")\n', 1)
+    reader_code.write_text(marked.replace("READ_AHEAD_MIN_PAGES = 40", "READ_AHEAD_MIN_PAGES = 1"))
+    sim = simulator(movies=500, latency_ms=40)  # slow enough for the reader to be up before the end
+    script = (f"import sys; sys.path.insert(0, {str(copy)!r}); from mirror.cli import main; "
+              f"sys.argv[1:] = {sync_args(db_path, sim.url, config_file)!r}; main()")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "reader from the copy" in done.stderr
+    assert_mirror_equals_catalog(db_path, sim.catalog)
