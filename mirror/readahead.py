@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
 from .crawl import Page, Walk, crawl_full
-from .transform import PageRows, page_rows
+from .transform import PageValues, page_rows, page_values
 
 READ_AHEAD_MIN_PAGES = 40  # the child takes about 0.1 s to start; reading ahead saves about 3 ms a page
 POLL_SECONDS = 0.2  # how often a writer waiting for a page looks at its stop event
@@ -45,7 +45,7 @@ class ReadyPage(NamedTuple):
     next_page: int
     listed: int  # movies on the page itself, re-read ones aside (for progress)
     ids: list[int]  # every movie read with the page
-    rows: PageRows
+    rows: PageValues
 
 
 class ReaderError(Exception):
@@ -55,7 +55,7 @@ class ReaderError(Exception):
 def ready(page: Page, trackers: Iterable[str]) -> ReadyPage:
     """Build a crawled page's rows."""
     return ReadyPage(page.number, page.movie_count, page.next_page, len(page.movies), page.ids,
-                     page_rows(page.all_movies, trackers))
+                     page_values(page_rows(page.all_movies, trackers)))
 
 
 def ready_pages(pages: Iterable[Page], trackers: Iterable[str]) -> Generator[ReadyPage, None, None]:
@@ -153,7 +153,7 @@ class PageReader:
             if kind == "end":
                 return
             number, movie_count, next_page, listed, ids, movies, genres, torrents = payload
-            yield ReadyPage(number, movie_count, next_page, listed, ids, PageRows(movies, genres, torrents))
+            yield ReadyPage(number, movie_count, next_page, listed, ids, PageValues(movies, genres, torrents))
 
     def _receive(self, stop: threading.Event) -> tuple[str, Any]:
         """The child's next page or end, after replaying its log lines; raise its errors here."""
@@ -256,8 +256,8 @@ def read_ahead(requests: Connection, replies: Connection, config: Config, host: 
 
 
 def _page_payload(page: ReadyPage) -> tuple[Any, ...]:
-    """A ready page as plain values marshal can send (much faster to load than pickled dataclasses)."""
-    return (*page[:-1], page.rows.movies, page.rows.genres, page.rows.torrents)
+    """A ready page as plain tuples, dicts and lists, which marshal sends (and loads much faster than pickle)."""
+    return (*page[:-1], *page.rows)
 
 
 def _send(conn: Connection, client: YTSClient, kind: str, payload: Any) -> None:

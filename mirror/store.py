@@ -6,7 +6,6 @@ import functools
 import itertools
 import json
 import logging
-import operator
 import os
 import re
 import sqlite3
@@ -369,8 +368,6 @@ _TORRENT_UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in transform.TORRENT_COLUMNS if c != "hash")
     + ", last_seen_at = excluded.last_seen_at, removed_at = NULL"
 )
-_movie_values = operator.itemgetter(*transform.MOVIE_COLUMNS)
-_torrent_values = operator.itemgetter(*transform.TORRENT_COLUMNS)
 _GENRE_INSERT = "INSERT OR IGNORE INTO movie_genres (movie_id, genre) VALUES {}"
 _FTS_INSERT = (
     "INSERT INTO movies_fts (rowid, title, title_english, description_full, cast_names) "
@@ -439,10 +436,10 @@ def upsert_movies(
     trackers: Iterable[str] = transform.DEFAULT_TRACKERS,
 ) -> PageResult:
     """Upsert list_movies movies with their torrents and genres. Call inside a transaction."""
-    return write_page(db, transform.page_rows(movies, trackers), seen_at)
+    return write_page(db, transform.page_values(transform.page_rows(movies, trackers)), seen_at)
 
 
-def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str) -> PageResult:
+def write_page(db: sqlite_utils.Database, rows: transform.PageValues, seen_at: str) -> PageResult:
     """Upsert one list page's rows. Call inside a transaction."""
     if not rows.movies:
         return PageResult([], [])
@@ -451,37 +448,38 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str
     return PageResult(new_ids, changed_ids, torrents_new, torrents_removed)
 
 
-def _write_movies(db: sqlite_utils.Database, rows: transform.PageRows, seen_at: str) -> tuple[list[int], list[int]]:
+def _write_movies(db: sqlite_utils.Database, rows: transform.PageValues, seen_at: str) -> tuple[list[int], list[int]]:
     """Insert new movies, rewrite changed ones (by list_hash), touch the rest; return (new ids, changed ids)."""
     ids = list(rows.movies)
+    at = transform.LIST_HASH_AT
     existing = dict(db.execute(
         f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({placeholders(len(ids))})",
         ids,
     ).fetchall())
     new_ids = [i for i in ids if i not in existing]
-    changed_ids = [i for i in ids if i in existing and existing[i] != rows.movies[i]["list_hash"]]
-    unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i]["list_hash"]]
+    changed_ids = [i for i in ids if i in existing and existing[i] != rows.movies[i][at]]
+    unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i][at]]
     write_ids, bookkeeping = new_ids + changed_ids, _bookkeeping(seen_at)
     with fts_batch(db, new_ids):  # changed movies are reindexed by the update trigger
-        insert_rows(db, _MOVIE_UPSERT, [_movie_values(rows.movies[i]) + bookkeeping for i in write_ids])
+        insert_rows(db, _MOVIE_UPSERT, [rows.movies[i] + bookkeeping for i in write_ids])
     db.conn.executemany("UPDATE movies SET last_seen_at = ? WHERE id = ?", [(seen_at, i) for i in unchanged_ids])
     if changed_ids:
         db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({placeholders(len(changed_ids))})", changed_ids)
-    insert_rows(db, _GENRE_INSERT, [(g["movie_id"], g["genre"]) for i in write_ids for g in rows.genres[i]])
+    insert_rows(db, _GENRE_INSERT, [genre for i in write_ids for genre in rows.genres[i]])
     return new_ids, changed_ids
 
 
-def _write_torrents(db: sqlite_utils.Database, torrents: Sequence[Mapping[str, Any]], movie_ids: Sequence[int],
+def _write_torrents(db: sqlite_utils.Database, torrents: Sequence[tuple[Any, ...]], movie_ids: Sequence[int],
                     seen_at: str) -> tuple[int, int]:
     """Upsert a page's torrents and mark its movies' unlisted ones removed; return (new, removed)."""
-    hashes = [t["hash"] for t in torrents]
+    hashes = [t[transform.HASH_AT] for t in torrents]
     stored = dict(db.execute(
         f"SELECT hash, removed_at IS NULL FROM torrents WHERE hash IN ({placeholders(len(hashes))})", hashes
     ).fetchall()) if hashes else {}
-    fresh = {t["hash"]: t for t in torrents if t["hash"] not in stored}  # a repeated hash: the last wins, as upserted
+    fresh = {h: t for h, t in zip(hashes, torrents) if h not in stored}  # a repeated hash: the last wins, as upserted
     bookkeeping = _bookkeeping(seen_at)
-    insert_rows(db, _TORRENT_INSERT, [_torrent_values(t) + bookkeeping for t in fresh.values()])
-    insert_rows(db, _TORRENT_UPSERT, [_torrent_values(t) + bookkeeping for t in torrents if t["hash"] in stored])
+    insert_rows(db, _TORRENT_INSERT, [t + bookkeeping for t in fresh.values()])
+    insert_rows(db, _TORRENT_UPSERT, [t + bookkeeping for h, t in zip(hashes, torrents) if h in stored])
     removed = db.execute(
         f"UPDATE torrents SET removed_at = ? WHERE movie_id IN ({placeholders(len(movie_ids))}) "
         "AND removed_at IS NULL AND last_seen_at < ?",

@@ -6,10 +6,11 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote_plus
 
 import orjson
@@ -226,6 +227,29 @@ def page_rows(movies: Sequence[Mapping[str, Any]], trackers: Iterable[str] = DEF
         movies={movie_id: row for movie_id, (row, _) in by_id.items()},
         genres={movie_id: genre_rows(movie) for movie_id, (_, movie) in by_id.items()},
         torrents=[t for _, movie in by_id.values() for t in torrent_rows(movie, tracker_list)],
+    )
+
+
+class PageValues(NamedTuple):
+    """A page's rows as tuples in MOVIE_COLUMNS and TORRENT_COLUMNS order, as the store binds them."""
+
+    movies: dict[int, tuple[Any, ...]]
+    genres: dict[int, list[tuple[int, str]]]  # (movie_id, genre)
+    torrents: list[tuple[Any, ...]]
+
+
+LIST_HASH_AT = MOVIE_COLUMNS.index("list_hash")
+HASH_AT = TORRENT_COLUMNS.index("hash")
+_movie_values = operator.itemgetter(*MOVIE_COLUMNS)
+_torrent_values = operator.itemgetter(*TORRENT_COLUMNS)
+
+
+def page_values(rows: PageRows) -> PageValues:
+    """A page's rows as the column-ordered tuples the store writes (and a page reader process sends)."""
+    return PageValues(
+        movies={movie_id: _movie_values(row) for movie_id, row in rows.movies.items()},
+        genres={movie_id: [(g["movie_id"], g["genre"]) for g in genres] for movie_id, genres in rows.genres.items()},
+        torrents=[_torrent_values(t) for t in rows.torrents],
     )
 
 

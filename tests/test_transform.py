@@ -163,3 +163,14 @@ def test_genres_of_odd_shapes(genres: object, expected: list[str]) -> None:
 def test_a_movie_without_a_usable_id_still_fills_its_place_on_the_page() -> None:
     data = {"movie_count": 3, "movies": [{"id": 1}, {"id": True}, {"id": "x"}]}
     assert transform.listed_count(data) == 3 and [m["id"] for m in transform.list_page_movies(data)] == [1]
+
+
+def test_page_values_are_the_rows_in_column_order() -> None:
+    rows = transform.page_rows([MOVIE])
+    values = transform.page_values(rows)
+    [movie] = rows.movies.values()
+    assert values.movies == {42: tuple(movie[c] for c in transform.MOVIE_COLUMNS)}
+    assert values.movies[42][transform.LIST_HASH_AT] == movie["list_hash"]
+    assert values.genres == {42: [(42, "Drama"), (42, "Comedy")]}
+    assert values.torrents == [tuple(t[c] for c in transform.TORRENT_COLUMNS) for t in rows.torrents]
+    assert [t[transform.HASH_AT] for t in values.torrents] == ["ABCDEF0123456789ABCDEF0123456789ABCDEF01"]
