@@ -103,7 +103,7 @@ class PageReader:
     def __init__(self, config: Config, client: YTSClient):
         self.config, self.client = config, client
         self.counted = (0, 0, 0)  # the child's requests, retries and answers already added to `client`
-        self.working = False  # whether it has the walk (and may be mid-request)
+        self.finished = False  # whether it has sent its last page and is exiting by itself
         child_reads, parent_writes = os.pipe()
         parent_reads, child_writes = os.pipe()
         try:
@@ -123,16 +123,12 @@ class PageReader:
         return self.replies.poll()
 
     def close(self) -> None:
-        """End the child: at once if it has no walk yet, else once its request in flight is answered (up to 1 s)."""
-        if not self.working:
-            self.process.terminate()
-        self.requests.close()  # a child waiting to be asked for a page sees the pipe end, and exits
+        """End the child, unless it is ending by itself; wait for it."""
+        self.requests.close()
         self.replies.close()
-        try:
-            self.process.wait(timeout=1)
-        except subprocess.TimeoutExpired:  # mid-request
+        if not self.finished:  # what it would still read is not wanted (a stop, an error, the writer's own end)
             self.process.terminate()
-            self.process.wait()
+        self.process.wait()
 
     def pages(self, walk: Walk, stop: threading.Event) -> Iterator[ReadyPage]:
         """Hand the child the walk, then ask for each page in turn until the walk ends."""
@@ -142,7 +138,6 @@ class PageReader:
             self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level)))
         except OSError:
             raise self._died() from None
-        self.working = True
         log.info("reading pages ahead in a second process (pid %s) from page %d", self.process.pid, walk.page)
         while True:
             try:
@@ -151,6 +146,7 @@ class PageReader:
                 raise self._died() from None
             kind, payload = self._receive(stop)
             if kind == "end":
+                self.finished = True
                 return
             number, movie_count, next_page, listed, ids, movies, genres, torrents = payload
             yield ReadyPage(number, movie_count, next_page, listed, ids, PageValues(movies, genres, torrents))
