@@ -10,6 +10,7 @@ process and a kill wastes no page read ahead.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import marshal
@@ -34,6 +35,7 @@ READ_AHEAD_MIN_PAGES = 40  # the child takes about 0.1 s to start; reading ahead
 POLL_SECONDS = 0.2  # how often a writer waiting for a page looks at its stop event
 NEXT = b"next"
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
+PR_SET_PDEATHSIG = 1  # prctl(2)
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the child imports `mirror` from
 
 log = logging.getLogger(__name__)
@@ -214,7 +216,8 @@ def _start_child(reads: int, writes: int) -> subprocess.Popen[bytes]:
     """Start `main` in a fresh interpreter, on the pipes `reads` and `writes`."""
     # close_fds (the default) keeps the SQLite handle and the writer lock from the child, and a
     # process group of its own keeps a terminal's Ctrl-C from it: the writer decides when to stop.
-    return subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(reads), str(writes), str(PACKAGE_ROOT)],
+    return subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(reads), str(writes), str(PACKAGE_ROOT),
+                             str(os.getpid())],
                             pass_fds=(reads, writes), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             process_group=0)
 
@@ -231,12 +234,23 @@ def replay_log(name: str, level: int, message: str, created: float) -> None:
 def main() -> None:
     """The child's entry point: say it is up on the pipes named on the command line, take the walk, read ahead."""
     requests, replies = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    _end_with_writer(int(sys.argv[4]))
     try:
         replies.send_bytes(marshal.dumps(("up", (0, 0, 0, None), ())))
         config, host, walk, log_level = pickle.loads(requests.recv_bytes())
     except (EOFError, OSError):
         return  # the writer is gone already
     read_ahead(requests, replies, config, host, walk, log_level)
+
+
+def _end_with_writer(writer: int) -> None:
+    """Have the kernel end this process when the writer dies, even mid-request or mid-backoff (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: the closed pipe still ends us, once the request in hand is done
+        return
+    if os.getppid() != writer:  # it died before we asked
+        os._exit(0)
 
 
 def read_ahead(requests: Connection, replies: Connection, config: Config, host: str, walk: Walk,

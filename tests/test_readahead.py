@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,27 @@ def child_pids(pid: int) -> list[int]:
     return pids
 
 
+def end_processes(process: subprocess.Popen[str], readers: list[int]) -> None:
+    """Kill what a test that failed halfway left running (a reader left behind would hold its stderr pipe)."""
+    if process.poll() is None:
+        process.kill()
+    for pid in readers:
+        try:
+            if "mirror.readahead" in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    process.communicate()
+
+
+def fetching(pid: int) -> bool:
+    """Whether a page reader has taken the crawl over: it holds a socket to the simulator."""
+    try:
+        return any(os.readlink(fd).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` still runs (a zombie does not)."""
     try:
@@ -146,14 +168,15 @@ def slow_long_catalog(simulator: Callable[..., FakeYTS]) -> FakeYTS:
 def crawling(slow_long_catalog: FakeYTS, db_path: Path, config_file: Path) -> Iterator[tuple[object, int]]:
     """A `yts-mirror sync` process (in its own session) that has started its page reader; and the reader's pid."""
     process = cli_subprocess(sync_args(db_path, slow_long_catalog.url, config_file), start_new_session=True)
+    readers: list[int] = []
     try:
         wait_for_page(db_path, 4)
-        [reader] = wait_for(lambda: child_pids(process.pid))
+        readers[:] = wait_for(lambda: child_pids(process.pid))
+        [reader] = readers
+        wait_for(lambda: fetching(reader))
         yield process, reader
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+        end_processes(process, readers)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
@@ -204,28 +227,44 @@ def test_a_killed_reader_is_one_line_and_the_crawl_resumes(crawling: tuple, slow
     assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)
 
 
-def test_a_stop_while_the_reader_waits_to_retry_ends_at_once(slow_long_catalog: FakeYTS, db_path: Path,
-                                                             tmp_path: Path) -> None:
+@pytest.fixture
+def reader_in_backoff(slow_long_catalog: FakeYTS, db_path: Path, tmp_path: Path) -> Iterator[tuple[Any, int]]:
+    """A sync process whose page reader waits a minute between attempts at a list page that fails; and its pid."""
     config = tmp_path / "slow-retries.toml"
     config.write_text(FAST_CONFIG.replace("backoff_initial = 0.005\nbackoff_max = 0.05", "backoff_initial = 60\nbackoff_max = 60"))
     assert "backoff_initial = 60" in config.read_text()
     process = cli_subprocess(sync_args(db_path, slow_long_catalog.url, config), start_new_session=True)
+    readers: list[int] = []
     try:
         wait_for_page(db_path, 4)
-        [reader] = wait_for(lambda: child_pids(process.pid))
-        slow_long_catalog.faults.dead.add("list_movies")  # the reader now waits a minute between attempts
+        readers[:] = wait_for(lambda: child_pids(process.pid))
+        [reader] = readers
+        wait_for(lambda: fetching(reader))
+        slow_long_catalog.faults.dead.add("list_movies")
         failed_before = slow_long_catalog.fault_counts.get("list_movies", 0)
         wait_for(lambda: slow_long_catalog.fault_counts.get("list_movies", 0) > failed_before)
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        yield process, reader
     finally:
-        if process.poll() is None:
-            process.kill()
+        end_processes(process, readers)
+
+
+def test_a_stop_while_the_reader_waits_to_retry_ends_at_once(reader_in_backoff: tuple, db_path: Path) -> None:
+    process, reader = reader_in_backoff
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
     assert time.monotonic() - started < 5, "the writer should not wait for the reader's backoff"
     assert process.returncode == 0, stderr
     assert not alive(reader)
     assert last_run(db_path)["status"] == "interrupted"
+
+
+def test_a_reader_in_backoff_ends_with_its_killed_writer(reader_in_backoff: tuple,
+                                                         slow_long_catalog: FakeYTS) -> None:
+    process, reader = reader_in_backoff
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    wait_for(lambda: not alive(reader), timeout=5)  # not a minute later, after its next attempt
 
 
 @pytest.mark.usefixtures("always_read_ahead")
