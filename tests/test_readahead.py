@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +165,25 @@ def slow_long_catalog(simulator: Callable[..., FakeYTS]) -> FakeYTS:
     return simulator(movies=50 * (readahead.READ_AHEAD_MIN_PAGES + 20), latency_ms=40)
 
 
-@pytest.fixture
-def crawling(slow_long_catalog: FakeYTS, db_path: Path, config_file: Path) -> Iterator[tuple[object, int]]:
-    """A `yts-mirror sync` process (in its own session) that has started its page reader; and the reader's pid."""
-    process = cli_subprocess(sync_args(db_path, slow_long_catalog.url, config_file), start_new_session=True)
+@contextmanager
+def reading_ahead(db_path: Path, url: str, config: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A `yts-mirror sync` process (in its own session) whose page reader has taken the crawl over; and the reader's pid."""
+    process = cli_subprocess(sync_args(db_path, url, config), start_new_session=True)
     readers: list[int] = []
     try:
         wait_for_page(db_path, 4)
         readers[:] = wait_for(lambda: child_pids(process.pid))
-        [reader] = readers
-        wait_for(lambda: fetching(reader))
-        yield process, reader
+        wait_for(lambda: fetching(readers[0]))
+        yield process, readers[0]
     finally:
         end_processes(process, readers)
+
+
+@pytest.fixture
+def crawling(slow_long_catalog: FakeYTS, db_path: Path, config_file: Path) -> Iterator[tuple[object, int]]:
+    """A sync process whose page reader has taken the crawl over; and the reader's pid."""
+    with reading_ahead(db_path, slow_long_catalog.url, config_file) as running:
+        yield running
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
@@ -233,19 +240,11 @@ def reader_in_backoff(slow_long_catalog: FakeYTS, db_path: Path, tmp_path: Path)
     config = tmp_path / "slow-retries.toml"
     config.write_text(FAST_CONFIG.replace("backoff_initial = 0.005\nbackoff_max = 0.05", "backoff_initial = 60\nbackoff_max = 60"))
     assert "backoff_initial = 60" in config.read_text()
-    process = cli_subprocess(sync_args(db_path, slow_long_catalog.url, config), start_new_session=True)
-    readers: list[int] = []
-    try:
-        wait_for_page(db_path, 4)
-        readers[:] = wait_for(lambda: child_pids(process.pid))
-        [reader] = readers
-        wait_for(lambda: fetching(reader))
+    with reading_ahead(db_path, slow_long_catalog.url, config) as (process, reader):
         slow_long_catalog.faults.dead.add("list_movies")
         failed_before = slow_long_catalog.fault_counts.get("list_movies", 0)
         wait_for(lambda: slow_long_catalog.fault_counts.get("list_movies", 0) > failed_before)
         yield process, reader
-    finally:
-        end_processes(process, readers)
 
 
 def test_a_stop_while_the_reader_waits_to_retry_ends_at_once(reader_in_backoff: tuple, db_path: Path) -> None:
