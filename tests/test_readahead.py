@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,12 @@ def always_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(readahead, "READ_AHEAD_MIN_PAGES", 1)
 
 
+@pytest.fixture
+def reader_takes_over_when_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand the crawl to the reader at the first page boundary after it starts, however fast pages come."""
+    monkeypatch.setattr(readahead.PageReader, "up", lambda self: self.replies.poll(30))
+
+
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
     result = run_cli(sync_args(db, sim.url, config, *extra))
     assert result.exit_code == 0, result.output
@@ -41,6 +48,13 @@ def reader_used(caplog: pytest.LogCaptureFixture) -> bool:
     return any(READER_STARTS in record.getMessage() for record in caplog.records)
 
 
+def handover_page(caplog: pytest.LogCaptureFixture) -> int:
+    """The page from which the reader read the crawl, as the writer logged it."""
+    [page] = [int(r.getMessage().rsplit(" ", 1)[1]) for r in caplog.records if READER_STARTS in r.getMessage()]
+    return page
+
+
+@pytest.mark.usefixtures("reader_takes_over_when_up")
 def test_a_long_unthrottled_crawl_is_read_ahead_and_equals_the_catalog(
         simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -53,8 +67,9 @@ def test_a_long_unthrottled_crawl_is_read_ahead_and_equals_the_catalog(
     # The reader's requests, retries and log lines are the run's, as if one process had made them.
     assert run["requests"] == sum(sim.counts.values()) and run["retries"] == sum(sim.fault_counts.values()) > 0
     assert run["pages"] == movies // 50 and run["movies_new"] == movies
-    assert any(record.name == "mirror.client" and record.getMessage().startswith("retry")
-               for record in caplog.records), "the reader's log lines should reach the writer's log"
+    retries = [r.getMessage() for r in caplog.records if r.name == "mirror.client" and r.getMessage().startswith("retry")]
+    retried_pages = [int(found[1]) for text in retries if (found := re.search(r"[?&]page=(\d+)", text))]
+    assert max(retried_pages) >= handover_page(caplog) == 2, "the reader's log lines should reach the writer's log"
     assert integrity_ok(db_path)
 
 
@@ -70,7 +85,7 @@ def test_a_short_or_throttled_crawl_stays_in_one_process(simulator: Callable[...
     assert_mirror_equals_catalog(db_path.with_name("throttled.db"), sim.catalog)
 
 
-@pytest.mark.usefixtures("always_read_ahead")
+@pytest.mark.usefixtures("always_read_ahead", "reader_takes_over_when_up")
 @pytest.mark.parametrize("churn", ["every=2,add=9,remove=6", "every=1,add=5,remove=10"])
 def test_a_moving_catalog_read_ahead_loses_no_movie(simulator: Callable[..., FakeYTS], db_path: Path,
                                                     tmp_path: Path, caplog: pytest.LogCaptureFixture,
