@@ -307,7 +307,7 @@ def test_the_reader_runs_the_writers_copy_of_the_package(simulator: Callable[...
     marked = reader_code.read_text().replace(
         '    client = make_client(config)\n', '    client = make_client(config)\n    log.warning("reader from the copy")\n', 1)
     reader_code.write_text(marked.replace("READ_AHEAD_MIN_PAGES = 40", "READ_AHEAD_MIN_PAGES = 1"))
-    sim = simulator(movies=500, latency_ms=40)  # slow enough for the reader to be up before the end
+    sim = simulator(movies=1000, latency_ms=40)  # 20 pages: slow enough for the reader to be up before the end
     script = (f"import sys; sys.path.insert(0, {str(copy)!r}); from mirror.cli import main; "
               f"sys.argv[1:] = {sync_args(db_path, sim.url, config_file)!r}; main()")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
