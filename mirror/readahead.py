@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .client import FetchError, Stopped, YTSClient, make_client
+from .client import ClientStats, FetchError, Stopped, YTSClient, make_client
 from .config import Config
 from .crawl import Page, Walk, crawl_full
 from .transform import PageValues, page_rows, page_values
@@ -36,7 +36,7 @@ POLL_SECONDS = 0.2  # how often a writer waiting for a page looks at its stop ev
 NEXT = b"next"
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
 PR_SET_PDEATHSIG = 1  # prctl(2)
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the child imports `mirror` from
+PACKAGE = Path(__file__).resolve().parent  # the child imports `mirror` from here
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,11 @@ def full_crawl(client: YTSClient, walk: Walk, config: Config,
     try:
         while not walk.finished:
             if reader is not None and reader.up():
-                yield from reader.pages(walk, stop)
-                return
+                if reader.take_over(walk):
+                    yield from reader.pages(stop)
+                    return
+                reader.close()
+                reader = None
             page = ready(walk.step(client), config.sync.trackers)
             if may_read_ahead and walk.pages_to_read >= READ_AHEAD_MIN_PAGES:
                 may_read_ahead = False
@@ -108,42 +111,65 @@ class PageReader:
         self.config, self.client = config, client
         self.counted = (0, 0, 0)  # the child's requests, retries and answers already added to `client`
         self.finished = False  # whether it has sent its last page and is exiting by itself
-        child_reads, parent_writes = os.pipe()
-        parent_reads, child_writes = os.pipe()
-        _widen(child_writes)
+        self.working = False  # whether it has the walk
+        pipes: list[int] = []
         try:
-            self.process = _start_child(child_reads, child_writes)
+            pipes.extend(os.pipe())  # child reads, parent writes
+            pipes.extend(os.pipe())  # parent reads, child writes
+            _widen(pipes[3])
+            self.process = _start_child(pipes[0], pipes[3])
         except OSError:
-            os.close(parent_reads)
-            os.close(parent_writes)
+            for fd in pipes:
+                os.close(fd)
             raise
-        finally:
-            os.close(child_reads)
-            os.close(child_writes)
-        self.requests = Connection(parent_writes, readable=False)
-        self.replies = Connection(parent_reads, writable=False)
+        os.close(pipes[0])
+        os.close(pipes[3])
+        self.requests = Connection(pipes[1], readable=False)
+        self.replies = Connection(pipes[2], writable=False)
 
     def up(self) -> bool:
-        """Whether the child has started and waits for a walk (or has died: `pages` then says so)."""
+        """Whether the child has said it is up (or has ended: `take_over` then says so)."""
         return self.replies.poll()
 
+    def take_over(self, walk: Walk) -> bool:
+        """Hand the child the walk; False, with a warning, if it ended before it was up (this process reads on)."""
+        try:
+            if marshal.loads(self.replies.recv_bytes())[0] == "up":
+                level = logging.getLogger("mirror").getEffectiveLevel()
+                self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level)))
+                self.working = True
+        except (EOFError, OSError):
+            pass
+        if not self.working:
+            log.warning("the page reader process ended before it took the crawl over (%s); reading on in this one",
+                        self._how_it_ended())
+            return False
+        log.info("reading pages ahead in a second process (pid %s) from page %d", self.process.pid, walk.page)
+        return True
+
     def close(self) -> None:
-        """End the child, unless it is ending by itself; wait for it."""
+        """End the child, unless it is ending by itself; count what it spent, and wait for it."""
         self.requests.close()
-        self.replies.close()
         if not self.finished:  # what it would still read is not wanted (a stop, an error, the writer's own end)
             self.process.terminate()
         self.process.wait()
+        if self.working:
+            self._drain()
+        self.replies.close()
 
-    def pages(self, walk: Walk, stop: threading.Event) -> Iterator[ReadyPage]:
-        """Hand the child the walk, then ask for each page in turn until the walk ends."""
-        self._receive(stop)  # "up"
-        level = logging.getLogger("mirror").getEffectiveLevel()
+    def _drain(self) -> None:
+        """Take in the counts and log lines the child sent before it ended, which nobody asked for."""
         try:
-            self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level)))
-        except OSError:
-            raise self._died() from None
-        log.info("reading pages ahead in a second process (pid %s) from page %d", self.process.pid, walk.page)
+            while self.replies.poll():
+                kind, stats, payload = marshal.loads(self.replies.recv_bytes())
+                self._count(stats)
+                if kind == "log":
+                    replay_log(*payload)
+        except (EOFError, OSError):
+            pass
+
+    def pages(self, stop: threading.Event) -> Iterator[ReadyPage]:
+        """Ask the child for each page in turn, until the walk ends."""
         while True:
             try:
                 self.requests.send_bytes(NEXT)
@@ -157,7 +183,7 @@ class PageReader:
             yield ReadyPage(number, movie_count, next_page, listed, ids, PageValues(movies, genres, torrents))
 
     def _receive(self, stop: threading.Event) -> tuple[str, Any]:
-        """The child's next page or end, after replaying its log lines; raise its errors here."""
+        """The child's next page or end, after its counts and log lines; raise its errors here."""
         while True:
             while not self.replies.poll(POLL_SECONDS):
                 if stop.is_set():
@@ -173,17 +199,20 @@ class PageReader:
                 raise FetchError(*payload)
             elif kind == "crash":
                 raise ReaderError(f"the page reader process failed: {payload}")
-            else:
+            elif kind != "counts":
                 return kind, payload
 
     def _died(self) -> ReaderError:
         """The error for a child that ended without a word."""
+        return ReaderError(f"the page reader process ended unexpectedly ({self._how_it_ended()})")
+
+    def _how_it_ended(self) -> str:
+        """The child's exit status, in words."""
         try:
             code = self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            code = None
-        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        return ReaderError(f"the page reader process ended unexpectedly ({how})")
+            return "still running"
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
     def _count(self, stats: tuple[int, int, int, str | None]) -> None:
         """Add what the child spent since its last message to our client's counts; follow its host."""
@@ -194,11 +223,15 @@ class PageReader:
             self.client.adopt(answering_url)
 
 
-# The child imports this package from where the writer did, even where only the writer's own sys.path finds it.
+# The child imports this very package directory (what the writer runs), whatever its sys.path
+# finds first: a `mirror.py` in the working directory, another installed copy.
 _CHILD_MAIN = """
-import os, sys
-if sys.argv[3] not in {os.path.realpath(entry or os.curdir) for entry in sys.path}:
-    sys.path.insert(0, sys.argv[3])
+import importlib.util, os, sys
+package = sys.argv[3]
+spec = importlib.util.spec_from_file_location("mirror", os.path.join(package, "__init__.py"),
+                                              submodule_search_locations=[package])
+sys.modules["mirror"] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
 from mirror.readahead import main
 main()
 """
@@ -216,7 +249,7 @@ def _start_child(reads: int, writes: int) -> subprocess.Popen[bytes]:
     """Start `main` in a fresh interpreter, on the pipes `reads` and `writes`."""
     # close_fds (the default) keeps the SQLite handle and the writer lock from the child, and a
     # process group of its own keeps a terminal's Ctrl-C from it: the writer decides when to stop.
-    return subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(reads), str(writes), str(PACKAGE_ROOT),
+    return subprocess.Popen([sys.executable, "-P", "-c", _CHILD_MAIN, str(reads), str(writes), str(PACKAGE),
                              str(os.getpid())],
                             pass_fds=(reads, writes), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             process_group=0)
@@ -258,6 +291,7 @@ def read_ahead(requests: Connection, replies: Connection, config: Config, host: 
     """Step the walk, sending each page's rows when asked; send errors and log lines as they come."""
     client = make_client(config)
     client.adopt(host)
+    client.stats = ForwardedStats(replies, client)
     _send_logs(replies, client, log_level)
     try:
         for page in crawl_full(client, walk):
@@ -274,6 +308,24 @@ def read_ahead(requests: Connection, replies: Connection, config: Config, host: 
         _send_quietly(replies, client, "crash", traceback.format_exc().strip().splitlines()[-1])
     finally:
         client.close()
+
+
+class ForwardedStats(ClientStats):
+    """The child's request counts, sent to the writer at every change: a request in flight when it ends still counts."""
+
+    def __init__(self, conn: Connection, client: YTSClient):
+        super().__init__()
+        self.conn, self.client = conn, client
+
+    def count_request(self) -> None:
+        """Count one request sent, and tell the writer."""
+        super().count_request()
+        _send(self.conn, self.client, "counts", ())
+
+    def count_retry(self) -> None:
+        """Count one retry, and tell the writer."""
+        super().count_retry()
+        _send(self.conn, self.client, "counts", ())
 
 
 def _page_payload(page: ReadyPage) -> tuple[Any, ...]:

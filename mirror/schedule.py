@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .client import YTSError
 from .config import Config, ConfigError
+from .readahead import ReaderError
 from .store import StoreError, database_error_line
 from .sync import JobReport, LockedError
 
@@ -102,7 +103,7 @@ class Jobs:
             log.info("%s: starting", name)
             try:
                 report = self._when_unlocked(name, work)
-            except (YTSError, StoreError) as error:  # expected: one line, as the CLI says it
+            except (YTSError, StoreError, ReaderError) as error:  # expected: one line, as the CLI says it
                 log.error("%s failed: %s", name, error)
             except OSError as error:  # the lock file or the disk: the operator's to fix, not a bug
                 log.error("%s failed: %s", name, f"{error.strerror}: {error.filename}" if error.filename else error)

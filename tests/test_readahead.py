@@ -213,7 +213,9 @@ def test_a_stopped_crawl_ends_its_reader_and_resumes(crawling: tuple, slow_long_
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert not alive(reader)
-    assert last_run(db_path)["status"] == "interrupted"
+    stopped = last_run(db_path)
+    assert stopped["status"] == "interrupted"
+    assert stopped["requests"] == sum(slow_long_catalog.counts.values()), "the reader's last request counts too"
     run = sync(db_path, slow_long_catalog, config_file)
     assert run["status"] == "ok" and run["kind"] == "full"
     assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)
@@ -244,7 +246,9 @@ def test_a_killed_reader_is_one_line_and_the_crawl_resumes(crawling: tuple, slow
     assert process.returncode == 1
     assert stderr.strip().splitlines()[-1] == "error: the page reader process ended unexpectedly (killed by SIGKILL)"
     assert "Traceback" not in stderr
-    assert last_run(db_path)["status"] == "failed"
+    failed = last_run(db_path)
+    assert failed["status"] == "failed"
+    assert failed["requests"] == sum(slow_long_catalog.counts.values()), "the reader's last request counts too"
     sync(db_path, slow_long_catalog, config_file)
     assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)
 
@@ -292,6 +296,34 @@ def test_a_reader_that_cannot_start_leaves_the_crawl_to_the_writer(
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         f"cannot start a page reader process, reading on in this one: [Errno 2] No such file or directory: "
         f"'{tmp_path / 'no-such-python'}'"]
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+@pytest.mark.usefixtures("always_read_ahead")
+def test_a_reader_that_ends_before_it_is_up_leaves_the_crawl_to_the_writer(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(readahead.sys, "executable", "/bin/false")  # starts, and exits 1 at once
+    sim = simulator(movies=600, latency_ms=5)
+    run = sync(db_path, sim, config_file)
+    assert run["status"] == "ok" and run["pages"] == 12
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "the page reader process ended before it took the crawl over (exit code 1); reading on in this one"]
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_mirror_module_in_the_working_directory_is_not_the_readers(simulator: Callable[..., FakeYTS],
+                                                                     db_path: Path, config_file: Path,
+                                                                     tmp_path: Path) -> None:
+    workdir = tmp_path / "somewhere"
+    workdir.mkdir()
+    (workdir / "mirror.py").write_text("raise SystemExit('the wrong mirror')\n")
+    sim = simulator(movies=50 * (readahead.READ_AHEAD_MIN_PAGES + 20), latency_ms=20)
+    script = Path(sys.executable).with_name("yts-mirror")  # a console script: the writer never imports the working directory
+    done = subprocess.run([str(script), "-v", *sync_args(db_path, sim.url, config_file)], cwd=workdir,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert READER_STARTS in done.stderr and "wrong mirror" not in done.stderr
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 

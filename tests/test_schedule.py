@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mirror.config import Config, ScheduleConfig
+from mirror.readahead import ReaderError
 from mirror.schedule import Jobs, build_scheduler, crontab_trigger, missed_full_refresh, weekday_names
 from mirror.sync import JobReport, LockedError
 
@@ -86,10 +87,15 @@ def sqlite_error(kind: str, tmp_path: Path) -> sqlite3.Error:
     ("locked", "incremental sync failed: database error: database is locked"),
     ("bug", "incremental sync failed unexpectedly"),
     ("programming", "incremental sync failed unexpectedly"),
+    ("reader", "incremental sync failed: the page reader process ended unexpectedly (killed by SIGKILL)"),
 ])
 def test_a_failed_job_is_logged_and_the_scheduler_goes_on(kind: str, expected: str, tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    error = sqlite3.ProgrammingError("a bug") if kind == "programming" else sqlite_error(kind, tmp_path)
+    error: Exception
+    if kind == "reader":
+        error = ReaderError("the page reader process ended unexpectedly (killed by SIGKILL)")
+    else:
+        error = sqlite3.ProgrammingError("a bug") if kind == "programming" else sqlite_error(kind, tmp_path)
 
     def run_sync(config: Config, **kwargs: object) -> None:
         raise error
