@@ -24,6 +24,7 @@ from . import __version__, store
 from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
+from .interpreter import python_command
 from .progress import Progress
 from .readahead import ReaderError
 from .sync import JobReport, LockedError, RunSummary, Syncer, logged_enrichment, scheduler_lock, writer_alive, writing
@@ -573,8 +574,8 @@ def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "mirror", "-q", "fake-api", "--movies", str(movies),
-                                "--port", str(port), "--seed", "42", "--faults", faults])
+    process = subprocess.Popen(python_command("mirror.cli:main", "-q", "fake-api", "--movies", str(movies),
+                                              "--port", str(port), "--seed", "42", "--faults", faults))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

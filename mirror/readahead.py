@@ -23,12 +23,12 @@ import threading
 import traceback
 from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from .client import ClientStats, FetchError, Stopped, YTSClient, make_client
 from .config import Config
 from .crawl import Page, Walk, crawl_full
+from .interpreter import python_command
 from .transform import PageValues, page_rows, page_values
 
 READ_AHEAD_MIN_PAGES = 40  # the child takes about 0.1 s to start; reading ahead saves about 3 ms a page
@@ -36,7 +36,6 @@ POLL_SECONDS = 0.2  # how often a writer waiting for a page looks at its stop ev
 NEXT = b"next"
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
 PR_SET_PDEATHSIG = 1  # prctl(2)
-PACKAGE = Path(__file__).resolve().parent  # the child imports `mirror` from here
 
 log = logging.getLogger(__name__)
 
@@ -223,20 +222,6 @@ class PageReader:
             self.client.adopt(answering_url)
 
 
-# The child imports this very package directory (what the writer runs), whatever its sys.path
-# finds first: a `mirror.py` in the working directory, another installed copy.
-_CHILD_MAIN = """
-import importlib.util, os, sys
-package = sys.argv[3]
-spec = importlib.util.spec_from_file_location("mirror", os.path.join(package, "__init__.py"),
-                                              submodule_search_locations=[package])
-sys.modules["mirror"] = module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-from mirror.readahead import main
-main()
-"""
-
-
 def _widen(pipe: int) -> None:
     """Let a pipe hold a whole page (about 250 KB), so the reader goes on while the writer reads it (Linux)."""
     try:
@@ -249,8 +234,7 @@ def _start_child(reads: int, writes: int) -> subprocess.Popen[bytes]:
     """Start `main` in a fresh interpreter, on the pipes `reads` and `writes`."""
     # close_fds (the default) keeps the SQLite handle and the writer lock from the child, and a
     # process group of its own keeps a terminal's Ctrl-C from it: the writer decides when to stop.
-    return subprocess.Popen([sys.executable, "-P", "-c", _CHILD_MAIN, str(reads), str(writes), str(PACKAGE),
-                             str(os.getpid())],
+    return subprocess.Popen(python_command("mirror.readahead:main", str(reads), str(writes), str(os.getpid())),
                             pass_fds=(reads, writes), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             process_group=0)
 
@@ -267,7 +251,7 @@ def replay_log(name: str, level: int, message: str, created: float) -> None:
 def main() -> None:
     """The child's entry point: say it is up on the pipes named on the command line, take the walk, read ahead."""
     requests, replies = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
-    _end_with_writer(int(sys.argv[4]))
+    _end_with_writer(int(sys.argv[3]))
     try:
         replies.send_bytes(marshal.dumps(("up", (0, 0, 0, None), ())))
         config, host, walk, log_level = pickle.loads(requests.recv_bytes())

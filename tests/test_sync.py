@@ -9,6 +9,8 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -837,6 +839,15 @@ def test_demo_syncs_and_shows_the_result_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in text and "SIGTERM" not in text  # the simulator stops without a word
     assert connect(db).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL").fetchone()[0] == 200
     assert integrity_ok(db)
+
+
+def test_a_mirror_module_in_the_working_directory_does_not_stop_the_demo(tmp_path: Path) -> None:
+    (tmp_path / "mirror.py").write_text("raise SystemExit('the wrong mirror')\n")
+    script = Path(sys.executable).with_name("yts-mirror")  # a console script, which never imports the working directory
+    done = subprocess.run([str(script), "demo", "--db", "demo.db", "--movies", "200", "--no-enrich"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "movies: 200 present, 0 removed" in done.stdout + done.stderr
 
 
 def test_demo_never_writes_into_a_real_mirror(simulator: Callable[..., FakeYTS], db_path: Path,
