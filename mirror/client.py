@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import requests
@@ -397,11 +397,11 @@ class YTSClient:
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
-            failure = TransientError(url, describe_network_error(error), host_failure=True)
+            failure = TransientError(with_query(url, params), describe_network_error(error), host_failure=True)
             self._strike(host_index, failure)
             raise failure from error
         except requests.RequestException as error:
-            raise TransientError(url, f"{type(error).__name__}: {error}") from error
+            raise TransientError(with_query(url, params), f"{type(error).__name__}: {error}") from error
         self.stats.count_answer()
         try:
             data = self._classify(url, response)
@@ -428,6 +428,11 @@ class YTSClient:
         if status >= 400:
             _raise_for_status(full_url, status, response.headers.get("Retry-After"), text)
         return _envelope_data(full_url, body, text)
+
+
+def with_query(url: str, params: Mapping[str, Any]) -> str:
+    """`url` with `params` as requests sends them, to name a request that got no response (which page, say)."""
+    return f"{url}?{urlencode(params, doseq=True)}" if params else url
 
 
 def make_client(config: Config) -> YTSClient:

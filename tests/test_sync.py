@@ -683,7 +683,7 @@ def test_unreachable_host_is_one_clear_line(tmp_path: Path, config_file: Path) -
                               "--config", str(config_file), "--rate", "0"])
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
-    assert stderr.startswith("error: API request failed: http://127.0.0.1:9/api/v2/list_movies.json")
+    assert stderr.startswith("error: API request failed: http://127.0.0.1:9/api/v2/list_movies.json?limit=50&page=1&")
     assert "Traceback" not in stderr and stderr.count("\n") == 1
     assert last_run(tmp_path / "x.db")["status"] == "failed"
 
