@@ -196,8 +196,9 @@ class PageReader:
                 replay_log(*payload)
             elif kind == "fetch error":
                 raise FetchError(*payload)
-            elif kind == "crash":
-                raise ReaderError(f"the page reader process failed: {payload}")
+            elif kind == "crash":  # a bug of ours: the traceback at -vv, one line otherwise
+                log.debug("the page reader process failed:\n%s", payload)
+                raise ReaderError(f"the page reader process failed: {payload.splitlines()[-1]}")
             elif kind != "counts":
                 return kind, payload
 
@@ -289,7 +290,7 @@ def read_ahead(requests: Connection, replies: Connection, config: Config, host: 
     except FetchError as error:
         _send_quietly(replies, client, "fetch error", (error.url, error.reason, error.attempts, error.status))
     except Exception:
-        _send_quietly(replies, client, "crash", traceback.format_exc().strip().splitlines()[-1])
+        _send_quietly(replies, client, "crash", traceback.format_exc().strip())
     finally:
         client.close()
 

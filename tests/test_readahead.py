@@ -327,22 +327,51 @@ def test_a_mirror_module_in_the_working_directory_is_not_the_readers(simulator: 
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
-def test_the_reader_runs_the_writers_copy_of_the_package(simulator: Callable[..., FakeYTS], db_path: Path,
-                                                         config_file: Path, tmp_path: Path) -> None:
-    """A writer that found the package on a sys.path of its own (a script, a checkout) starts a reader of the same code."""
+def edited_copy(tmp_path: Path, edits: dict[str, str]) -> Path:
+    """A copy of the package, with readahead.py edited (old text to new), in a directory of its own; that directory."""
     copy = tmp_path / "elsewhere"
     package = Path(readahead.__file__).parent
     shutil.copytree(package, copy / "mirror")
     if (package.parent / "schema.sql").exists():  # where a checkout keeps it
         shutil.copy(package.parent / "schema.sql", copy)
-    reader_code = copy / "mirror" / "readahead.py"
-    marked = reader_code.read_text().replace(
-        '    client = make_client(config)\n', '    client = make_client(config)\n    log.warning("reader from the copy")\n', 1)
-    reader_code.write_text(marked.replace("READ_AHEAD_MIN_PAGES = 40", "READ_AHEAD_MIN_PAGES = 1"))
+    code = copy / "mirror" / "readahead.py"
+    text = code.read_text()
+    for old, new in {"READ_AHEAD_MIN_PAGES = 40": "READ_AHEAD_MIN_PAGES = 1", **edits}.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    code.write_text(text)
+    return copy
+
+
+def sync_with(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI from the package in `copy`, found on a sys.path of the script's own (as a checkout or a script would)."""
+    script = f"import sys; sys.path.insert(0, {str(copy)!r}); from mirror.cli import main; sys.argv[1:] = {list(args)!r}; main()"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_the_reader_runs_the_writers_copy_of_the_package(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                         config_file: Path, tmp_path: Path) -> None:
+    """A writer that found the package on a sys.path of its own (a script, a checkout) starts a reader of the same code."""
+    copy = edited_copy(tmp_path, {"    client = make_client(config)\n":
+                                  "    client = make_client(config)\n    log.warning(\"reader from the copy\")\n"})
     sim = simulator(movies=1000, latency_ms=40)  # 20 pages: slow enough for the reader to be up before the end
-    script = (f"import sys; sys.path.insert(0, {str(copy)!r}); from mirror.cli import main; "
-              f"sys.argv[1:] = {sync_args(db_path, sim.url, config_file)!r}; main()")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = sync_with(copy, *sync_args(db_path, sim.url, config_file))
     assert done.returncode == 0, done.stderr
     assert "reader from the copy" in done.stderr
     assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_bug_in_the_reader_is_one_line_with_its_traceback_at_vv(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                  config_file: Path, tmp_path: Path,
+                                                                  verbose: bool) -> None:
+    copy = edited_copy(tmp_path, {"        for page in crawl_full(client, walk):\n":
+                                  "        for page in crawl_full(client, walk):\n"
+                                  "            if page.number == 12:\n                raise RuntimeError(\"boom\")\n"})
+    sim = simulator(movies=1000, latency_ms=40)
+    done = sync_with(copy, *(["-vv"] if verbose else []), *sync_args(db_path, sim.url, config_file))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "error: the page reader process failed: RuntimeError: boom"
+    assert ("Traceback (most recent call last)" in done.stderr) == verbose
+    assert 'raise RuntimeError("boom")' in done.stderr if verbose else "Traceback" not in done.stderr
+    assert last_run(db_path)["status"] == "failed" and checkpoint(db_path)["next_page"] == 12
