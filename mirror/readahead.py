@@ -133,7 +133,7 @@ class PageReader:
     def take_over(self, walk: Walk) -> bool:
         """Hand the child the walk; False, with a warning, if it ended before it was up (this process reads on)."""
         try:
-            if marshal.loads(self.replies.recv_bytes())[0] == "up":
+            if self._next_message()[0] == "up":
                 level = logging.getLogger("mirror").getEffectiveLevel()
                 self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level)))
                 self.working = True
@@ -160,10 +160,7 @@ class PageReader:
         """Take in the counts and log lines the child sent before it ended, which nobody asked for."""
         try:
             while self.replies.poll():
-                kind, stats, payload = marshal.loads(self.replies.recv_bytes())
-                self._count(stats)
-                if kind == "log":
-                    replay_log(*payload)
+                self._next_message()
         except (EOFError, OSError):
             pass
 
@@ -188,19 +185,24 @@ class PageReader:
                 if stop.is_set():
                     raise Stopped("stopped while waiting for the next page")
             try:
-                kind, stats, payload = marshal.loads(self.replies.recv_bytes())
+                kind, payload = self._next_message()
             except (EOFError, OSError):
                 raise self._died() from None
-            self._count(stats)
-            if kind == "log":
-                replay_log(*payload)
-            elif kind == "fetch error":
+            if kind == "fetch error":
                 raise FetchError(*payload)
             elif kind == "crash":  # a bug of ours: the traceback at -vv, one line otherwise
                 log.debug("the page reader process failed:\n%s", payload)
                 raise ReaderError(f"the page reader process failed: {payload.splitlines()[-1]}")
-            elif kind != "counts":
+            elif kind not in ("counts", "log"):
                 return kind, payload
+
+    def _next_message(self) -> tuple[str, Any]:
+        """Read the child's next message, taking in its counts and replaying it if a log line (EOFError if gone)."""
+        kind, stats, payload = marshal.loads(self.replies.recv_bytes())
+        self._count(stats)
+        if kind == "log":
+            replay_log(*payload)
+        return kind, payload
 
     def _died(self) -> ReaderError:
         """The error for a child that ended without a word."""

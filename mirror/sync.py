@@ -273,7 +273,7 @@ class Syncer:
 
     def _commit_pages(self, summary: RunSummary, pages: Generator[ReadyPage, None, None], checkpoint: dict[str, Any],
                       seen: set[int]) -> bool:
-        """Commit each page with the checkpoint, noting whether movie_count moved and the ids seen; False if asked to stop."""
+        """Commit each page with its checkpoint, noting a moved movie_count and the ids seen; False if asked to stop."""
         with closing(pages):  # a page reader process ends with its pages
             for page in pages:
                 if checkpoint.get("movie_count") not in (None, page.movie_count):
