@@ -216,6 +216,13 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     return value
 
 
+def an_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse a blank --host, which would listen on every interface."""
+    if not value.strip():
+        raise click.BadParameter("must name an address, such as 127.0.0.1")
+    return value
+
+
 rate_option = click.option("--rate", type=click.FloatRange(min=0), default=None, callback=finite,
                            help="Requests per second (default 0.4; 0 = unlimited, for local sources only).")
 concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None,
@@ -479,7 +486,7 @@ def format_stats(report: dict[str, Any]) -> str:
               help="Movies in the simulated catalog.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True,
               help="Port to listen on (0 picks a free one).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, callback=an_address, help="Address to listen on.")
 @click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same catalog.")
 @click.option("--latency-ms", type=click.FloatRange(min=0, max=60_000), default=0, show_default=True, callback=finite,
               help="Delay before each answer, in milliseconds.")
@@ -596,7 +603,8 @@ def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
 @cli.command()
 @db_option
 @config_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--host", default="127.0.0.1", show_default=True, callback=an_address,
+              help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
               help="Port to listen on (0 picks a free one).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the catalog in a web browser.")

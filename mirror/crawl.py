@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .client import FetchError, TransientError, YTSClient
-from .transform import list_page_movies, listed_count, listed_ids, movie_count
+from .transform import echoed_paging, list_page_movies, listed_count, listed_ids, movie_count
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class ShortPageError(TransientError):
         self.data = data
 
 
+class WrongPageError(TransientError):
+    """An answer to other paging than asked for, as from a cache that ignores the query string; retried."""
+
+    def __init__(self, page: int, limit: int, answered: tuple[int | None, int | None]):
+        super().__init__(f"list_movies page {page}",
+                         f"page {page} of {limit} was answered as page {answered[0]} of {answered[1]}")
+
+
 class Listing(NamedTuple):
     """One fetched list page: its movies, the catalog's movie_count, and whether it ends the list early."""
 
@@ -62,6 +70,9 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
     """Fetch one newest-first page; a page that stays short is believed only if the next one is empty."""
 
     def validate(data: Mapping[str, Any]) -> None:
+        number, size = echoed_paging(data)
+        if number not in (None, page) or size not in (None, limit):
+            raise WrongPageError(page, limit, (number, size))
         count = movie_count(data)
         expected = min(limit, max(0, count - (page - 1) * limit))
         found = listed_count(data)
@@ -118,15 +129,23 @@ class Walk:
     def step(self, client: YTSClient) -> Page:
         """Read the next page (and whatever proves it leaves no gap), and move past it."""
         may_rewind = self.rewinds.get(self.page, 0) < MAX_REWINDS
-        page, end = read_page(client, self.page, self.covered, self.last_count, self.limit, may_rewind)
+        previous_count = self.last_count
+        page, end = read_page(client, self.page, self.covered, previous_count, self.limit, may_rewind)
         self.covered.update(page.covered)
         self.last_count = page.movie_count
         self.page = page.next_page
         if page.rewound:
             self.rewinds[page.number] = self.rewinds.get(page.number, 0) + 1
         else:
-            self.finished = end or not page.movies or page.number * self.limit >= page.movie_count
+            self.finished = end or not page.movies or self._count_ends_at(page, previous_count)
         return page
+
+    def _count_ends_at(self, page: Page, previous_count: int | None) -> bool:
+        """Whether movie_count ends the list at `page`: after a full page, only a count the page before gave too."""
+        if page.number * self.limit < page.movie_count:
+            return False
+        # One wrong count on a full page must not end the crawl early: the next page shows.
+        return len(page.movies) < self.limit or page.movie_count == previous_count
 
     @property
     def pages_to_read(self) -> int:

@@ -68,7 +68,8 @@ CLOUDFLARE_HTML = (
 )
 MAINTENANCE_HTML = "<html><head><title>YTS</title></head><body><h1>Maintenance, back soon</h1></body></html>"
 FAULT_KINDS = ("http503", "html200", "truncated", "error", "reset", "429")
-EXTRA_FAULT_KINDS = ("timeout", "stray", "empty")
+EXTRA_FAULT_KINDS = ("timeout", "stray", "empty", "stale", "badcount")
+LIST_FAULT_KINDS = frozenset({"empty", "stale", "badcount"})  # answers only list_movies can get wrong
 SIMULATED_ENDPOINTS = (
     "list_movies", "movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides",
     "movie_comments", "list_upcoming",
@@ -526,6 +527,8 @@ class FaultPlan:
             else:
                 kinds = ", ".join(("mix", *FAULT_KINDS, *EXTRA_FAULT_KINDS, "dead", "retry_after", "timeout_s"))
                 raise ValueError(f"fault spec: unknown key {key!r}; known: {kinds}")
+        if sum(plan.rates.values()) > 1 + 1e-9:
+            raise ValueError(f"fault spec: the probabilities add up to {sum(plan.rates.values()):g}, more than 1")
         return plan
 
     def pick(self, rng: random.Random, endpoint: str) -> str | None:
@@ -534,7 +537,7 @@ class FaultPlan:
             return "http503"
         roll = rng.random()
         for kind, rate in self.rates.items():
-            if kind == "empty" and endpoint != "list_movies":
+            if kind in LIST_FAULT_KINDS and endpoint != "list_movies":
                 continue
             if roll < rate:
                 return kind
@@ -673,7 +676,7 @@ class FakeYTS:
             self._count(self.faults_injected, fault)
             self._count(self.fault_counts, endpoint)
             return (*self._fault_response(fault), fault)
-        body = self._ok_body(endpoint, params, empty=fault == "empty")
+        body = self._ok_body(endpoint, params, fault)
         if fault == "truncated":
             self._count(self.faults_injected, fault)
             self._count(self.fault_counts, endpoint)
@@ -684,7 +687,7 @@ class FakeYTS:
             body = b"<br />\n<b>Notice</b>: Undefined index in <b>/var/www/api.php</b><br />\n" + body + b"\n<!-- cache -->"
         if fault:
             self._count(self.faults_injected, fault)
-        if fault in (None, "stray"):
+        if fault in (None, "stray", "badcount"):  # answers a client takes as they are
             self._count(self.ok_counts, endpoint)
         else:
             self._count(self.fault_counts, endpoint)
@@ -719,9 +722,9 @@ class FakeYTS:
             return 504, html, b"<html><body>504 Gateway Time-out</body></html>"
         return 0, {}, b""  # reset: the handler drops the connection
 
-    def _ok_body(self, endpoint: str, params: Mapping[str, str], empty: bool = False) -> bytes:
+    def _ok_body(self, endpoint: str, params: Mapping[str, str], fault: str | None = None) -> bytes:
         if endpoint == "list_movies":
-            data = self._list_movies(params, empty)
+            data = self._list_movies(params, fault)
         elif endpoint == "movie_details":
             movie_id = _int_param(params, "movie_id")
             movie = self.catalog.details(movie_id, _bool_param(params, "with_images"), _bool_param(params, "with_cast"))
@@ -754,10 +757,13 @@ class FakeYTS:
         meta = b'{"server_time":%d,"server_timezone":"UTC","api_version":2,"execution_time":"0 ms"}' % time.time()
         return b'{"status":"ok","status_message":"Query was successful","data":' + data + b',"@meta":' + meta + b"}"
 
-    def _list_movies(self, params: Mapping[str, str], empty: bool) -> bytes:
+    def _list_movies(self, params: Mapping[str, str], fault: str | None = None) -> bytes:
+        """A list page, spoilt as `fault` says: empty, stale (another page's answer) or badcount."""
         limit = _int_param(params, "limit", 20)
         limit = 20 if limit <= 0 or limit > 50 else limit
         page = max(1, _int_param(params, "page", 1))
+        if fault == "stale":  # as from a cache that ignores the query string
+            page = 2 if page == 1 else 1
         sort_by = params.get("sort_by", "date_added")
         sort_by = sort_by if sort_by in SORT_KEYS else "date_added"
         order_by = "asc" if params.get("order_by", "desc").lower() == "asc" else "desc"
@@ -766,9 +772,12 @@ class FakeYTS:
             ids = catalog.query(sort_by, order_by, params.get("quality"),
                                 _to_float(params.get("minimum_rating", 0)), params.get("query_term") or None,
                                 params.get("genre"))
-            window = [] if empty else ids[(page - 1) * limit: page * limit]
+            window = [] if fault == "empty" else ids[(page - 1) * limit: page * limit]
             movies = b",".join(catalog.encoded(i) for i in window)
-        head = b'{"movie_count":%d,"limit":%d,"page_number":%d' % (len(ids), limit, page)
+        count = len(ids)
+        if fault == "badcount":  # a count that ends the list at this page, or half the real one on the last
+            count = page * limit if page * limit < count else count // 2
+        head = b'{"movie_count":%d,"limit":%d,"page_number":%d' % (count, limit, page)
         if not window:
             return head + b"}"  # no "movies" key on an empty page: list_movies__yts-api-rs-empty.json
         return head + b',"movies":[' + movies + b"]}"

@@ -389,6 +389,12 @@ def movie_count(data: Mapping[str, Any]) -> int:
     return to_int(data.get("movie_count")) or 0
 
 
+def echoed_paging(data: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The page_number and limit a list_movies `data` says it answers, None where missing or unreadable."""
+    # Both echo the request: limit 5 and page_number 1 for limit=5&page=1 in list_movies__GabJS10-yts-movie-player.json
+    return to_int(data.get("page_number")), to_int(data.get("limit"))
+
+
 def listed_ids(movies: Iterable[Mapping[str, Any]]) -> list[int]:
     """The ids of movies `list_page_movies` returned (each has a usable id)."""
     return [to_id(movie["id"]) or 0 for movie in movies]

@@ -73,6 +73,19 @@ def test_a_long_unthrottled_crawl_is_read_ahead_and_equals_the_catalog(
     assert integrity_ok(db_path)
 
 
+@pytest.mark.usefixtures("always_read_ahead", "reader_takes_over_when_up")
+def test_wrong_answers_read_ahead_are_retried_and_lose_no_movie(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sim = simulator(movies=1500, faults="mix=0.1,stale=0.1,badcount=0.15,empty=0.02,retry_after=0")
+    sync(db_path, sim, config_file)
+    assert reader_used(caplog) and {"stale", "badcount"} <= set(sim.faults_injected)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+    sim.catalog.mutate({"add": 120})
+    sync(db_path, sim, config_file)  # incremental: three pages of new movies, under the same faults
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
 def test_a_short_or_throttled_crawl_stays_in_one_process(simulator: Callable[..., FakeYTS], db_path: Path,
                                                          config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)

@@ -106,6 +106,14 @@ def test_placeholder_movie_is_not_found() -> None:
     assert not transform.is_placeholder(transform.details_movie(real))
 
 
+def test_list_pages_echo_the_paging_asked_for() -> None:
+    echoed = {path.name: transform.echoed_paging(load(path)["data"]) for path in SAMPLES.glob("list_movies__*.json")}
+    assert echoed["list_movies__GabJS10-yts-movie-player.json"] == (1, 5)  # asked limit=5&page=1 (SOURCES.md)
+    assert echoed["list_movies__florinutz-yts.json"] == (1, 2)  # limit=2
+    assert all(number == 1 and size for number, size in echoed.values()), echoed
+    assert transform.echoed_paging({"page_number": "3", "limit": None}) == (3, None)
+
+
 def test_suggestions_despite_zero_movie_count() -> None:
     data = load(SAMPLES / "movie_suggestions__GabJS10-yts-movie-player.json")["data"]
     rows = transform.suggestion_rows(38698, data)

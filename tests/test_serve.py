@@ -580,6 +580,8 @@ def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> 
         busy.listen(1)
         code, err = run_serve("--db", str(mirror.path), "--port", str(busy.getsockname()[1]))
     assert code == 2 and err.count("\n") == 1 and "cannot listen on" in err
+    code, err = run_serve("--db", str(mirror.path), "--host", "")  # not every interface by accident
+    assert code == 2 and err.count("\n") == 1 and "must name an address" in err
 
 
 def test_serve_uses_the_database_from_the_environment_and_ctrl_c_stops_it(mirror: Mirror) -> None:

@@ -54,7 +54,7 @@ def test_every_fault_kind_mixed_in_one_sync(simulator: Callable[..., FakeYTS], d
     assert sim.ok_counts["list_movies"] <= math.ceil(2000 / 50) + 2
 
 
-@pytest.mark.parametrize("kind", [*FAULT_KINDS, "empty", "stray"])
+@pytest.mark.parametrize("kind", [*FAULT_KINDS, "empty", "stray", "stale", "badcount"])
 def test_each_fault_kind_alone(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path,
                                kind: str) -> None:
     sim = simulator(movies=400, faults=f"{kind}=0.3,retry_after=0")
@@ -631,6 +631,8 @@ def test_schedule_refuses_a_database_of_something_else_at_once(tmp_path: Path) -
     (["--churn", "every=²"], "use every=N,add=N,remove=N"),
     (["--faults", "mix"], "is not KEY=VALUE"),
     (["--faults", "timeout=0.1,timeout_s=nan"], "timeout_s needs seconds from 0 to 600"),
+    (["--faults", "mix=0.6,empty=0.5"], "the probabilities add up to 1.1, more than 1"),
+    (["--host", " "], "must name an address"),
 ])
 def test_bad_simulator_specs_are_one_line_and_exit_2(flags: list[str], message: str) -> None:
     result = run_cli(["fake-api", "--port", "0", *flags])
