@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -195,7 +196,16 @@ def validate(config: Config) -> Config:
     unknown = set(config.enrich.ttl_days) - set(ENRICH_ENDPOINTS)
     if unknown:
         raise ConfigError(f"enrich.ttl_days: unknown endpoint {sorted(unknown)[0]!r}")
+    for tracker in config.sync.trackers:
+        check_tracker(tracker)
     return config
+
+
+def check_tracker(url: str) -> None:
+    """Raise ConfigError unless `url` looks like a tracker announce URL (it goes into every magnet)."""
+    scheme, _, rest = url.partition("://")
+    if not (scheme.isalpha() and rest) or not url.isprintable() or any(c.isspace() for c in url):
+        raise ConfigError(f"sync.trackers: {url!r} is not a tracker URL such as udp://tracker.example:1337/announce")
 
 
 def check_base_url(url: str) -> None:
@@ -230,14 +240,18 @@ def parse_config(data: dict[str, Any]) -> Config:
     return validate(config)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read the TOML file at `path` (or $YTS_MIRROR_CONFIG); defaults when neither is given."""
     path = path or os.environ.get(ENV_CONFIG)
     if not path:
         return Config()
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(_config_text(path))
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as error:
@@ -249,6 +263,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except ValueError as error:  # tomllib's own int() refuses integers of over 4,300 digits
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
     return parse_config(data)
+
+
+def _config_text(path: str | os.PathLike[str]) -> str:
+    """A config file's text; ConfigError for what is no config file (a FIFO would block for good, /dev/zero never end)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ConfigError(f"config file {path} is not a regular file")
+    with open(path, "rb") as handle:
+        text = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KB; is it the right file?")
+    return text.decode()
 
 
 def resolve(
@@ -281,6 +306,10 @@ def resolve(
         raise ConfigError(f"the database path {db} is a directory")
     if path.exists() and not path.is_file():  # a FIFO would block the first read for good
         raise ConfigError(f"the database path {db} is not a regular file")
+    links = path.stat().st_nlink if path.exists() else 1
+    if links > 1:  # SQLite finds its -wal file by name: two names, two WALs, a corrupt database
+        raise ConfigError(f"the database {db} has {links} hard links; SQLite corrupts a database written "
+                          "through two names, so keep one (a symbolic link is fine)")
     if not path.parent.is_dir():
         raise ConfigError(f"the database path {db} is not in an existing directory")
     return validate(replace(config, db=str(path), api=api, enrich=enrich))

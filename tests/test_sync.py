@@ -557,6 +557,10 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     ("[api]\nburst = 2.5\n", "api.burst must be a whole number"),
     ("[enrich.ttl_days]\nmovie_details = 1" + "0" * 400 + "\n", "enrich.ttl_days.movie_details is out of range"),
     ("[api]\nburst = 1" + "0" * 5000 + "\n", "invalid TOML"),  # more digits than Python turns into an int
+    ("[sync]\ntrackers = ['udp://ok.example:1/announce', '']\n", "sync.trackers: '' is not a tracker URL"),
+    ('[sync]\ntrackers = ["udp://x:1/a\\nb"]\n', "is not a tracker URL"),  # a newline, in every magnet
+    ("[sync]\ntrackers = ['tracker.example:80']\n", "is not a tracker URL"),
+    ("#" * (1024 * 1024 + 1), "is over 1024 KB"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, message: str) -> None:
     config = tmp_path / "bad.toml"
@@ -788,6 +792,35 @@ def test_a_database_path_that_is_no_regular_file_is_refused(tmp_path: Path, conf
         finally:
             process.kill()  # a hang on the FIFO must not outlive the test
         assert process.returncode == 2 and err == f"error: the database path {path} is not a regular file\n", (command, err)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_config_path_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "pipe.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it to read would block for good
+    else:
+        path = Path("/dev/zero")  # reading it would never end
+    for env, flags in (({}, ["--config", str(path)]), ({"YTS_MIRROR_CONFIG": str(path)}, [])):
+        process = cli_subprocess(["stats", "--db", str(tmp_path / "x.db"), *flags], env={**os.environ, **env})
+        try:
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        assert process.returncode == 2 and err == f"error: config file {path} is not a regular file\n", (env, err)
+
+
+def test_a_database_with_two_hard_links_is_refused(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                   config_file: Path) -> None:
+    sim = simulator(movies=60)
+    sync(db_path, sim, config_file)
+    (db_path.parent / "twin.db").hardlink_to(db_path)  # two names, two WAL files: writes through both corrupt it
+    for name in ("mirror.db", "twin.db"):
+        for command in (sync_args(db_path.with_name(name), sim.url, config_file), ["stats", "--db", str(db_path)]):
+            result = run_cli(command)
+            assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+            assert "has 2 hard links; SQLite corrupts a database written through two names" in result.output
+    assert integrity_ok(db_path) and last_run(db_path)["status"] == "ok"
 
 
 def test_a_symlink_to_the_database_shares_its_lock(tmp_path: Path, db_path: Path, config_file: Path) -> None:
