@@ -36,9 +36,18 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
+_CONTROLS_BUT_NEWLINE = {c: text for c, text in _CONTROLS.items() if c != 0x0A}
+
+
+def terminal_safe(text: str, lines: bool = False) -> str:
+    """`text` with control characters shown as escapes, so data (a title, an API message) cannot drive the terminal."""
+    return text.translate(_CONTROLS_BUT_NEWLINE if lines else _CONTROLS)
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> None:
     """Print one clear line to stderr and exit."""
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {terminal_safe(message)}", err=True)
     sys.exit(code)
 
 
@@ -74,10 +83,17 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class SafeFormatter(logging.Formatter):
+    """Log lines whose control characters (from API answers) are shown as escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record), lines=True)  # a traceback at -vv keeps its lines
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Log to stderr at the level -v/-q ask for."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter = SafeFormatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime  # UTC, as every time yts-mirror stores or schedules
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
@@ -126,7 +142,7 @@ class TerminalProgress:
     def message(self, text: str) -> None:
         """Print a line on stderr without breaking the bar."""
         if not self.quiet:
-            click.echo(("\n" if self.bar is not None else "") + text, err=True)
+            click.echo(("\n" if self.bar is not None else "") + terminal_safe(text), err=True)
 
     def close(self) -> None:
         """Finish the bar, if one was drawn."""
@@ -251,7 +267,7 @@ def sync(ctx: click.Context, db: str | None, config_path: str | None, base_url: 
     summary = run_sync(config, full=full, enrich=not no_enrich, wait=wait, quiet=ctx.obj["quiet"],
                        enrich_limit=enrich_limit)
     if not ctx.obj["quiet"]:
-        click.echo(summary.line(), err=True)
+        click.echo(terminal_safe(summary.line()), err=True)
 
 
 @contextmanager
@@ -413,7 +429,7 @@ def search_line(row: dict[str, Any]) -> str:
     """One search result as `search` prints it: id, rating, title (year), and whether it was removed."""
     removed = "  [removed]" if row["removed_at"] else ""
     rating = f"{row['rating']:.1f}" if row["rating"] is not None else "  - "
-    return f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}"
+    return terminal_safe(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
 
 
 @cli.command()
@@ -429,7 +445,7 @@ def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(format_stats(report))
+    click.echo(terminal_safe(format_stats(report), lines=True))
 
 
 def collect_stats(database: Database, config: Config) -> dict[str, Any]:
@@ -538,7 +554,7 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
         api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
         run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
     with closing(store.open_reader(config.db)) as database:
-        click.echo(format_stats(collect_stats(database, config)))
+        click.echo(terminal_safe(format_stats(collect_stats(database, config)), lines=True))
         query = demo_query(database)
         click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
         for row in store.search(database, query, 5):

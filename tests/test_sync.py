@@ -439,6 +439,30 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
         bad = run_cli(["search", bad_query, "--db", str(db_path)])
         assert bad.exit_code == 2, (bad_query, bad.output)
         assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
+    assert run_cli(["search", " ".join(["zanzibar"] * 64), "--db", str(db_path)]).exit_code == 0
+    long = run_cli(["search", " ".join(["zanzibar"] * 65), "--db", str(db_path)])  # each word is a pass over the index
+    assert long.exit_code == 2 and long.output == "error: the search has 65 words; at most 64, please\n"
+
+
+def test_error_and_log_lines_show_control_characters_as_escapes() -> None:
+    from mirror.cli import SafeFormatter, terminal_safe
+
+    assert terminal_safe("bad\x1b[2J\nline\tend") == "bad\\x1b[2J\\x0aline\tend"  # an error stays one line
+    assert terminal_safe("a\nb\x07", lines=True) == "a\nb\\x07"
+    record = logging.LogRecord("mirror", logging.WARNING, __file__, 1, "API said %s", ("\x1b]0;x\x07",), None)
+    assert SafeFormatter("%(message)s").format(record) == "API said \\x1b]0;x\\x07"
+
+
+def test_data_and_api_text_cannot_drive_the_terminal(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                     config_file: Path) -> None:
+    sim = simulator(movies=30)
+    sim.catalog.edit(sim.catalog.order[0], title="Evil\x1b]0;owned\x07 Title\x9b2J")
+    sync(db_path, sim, config_file)
+    found = run_cli(["search", "evil", "--db", str(db_path)])
+    assert found.exit_code == 0 and "Evil\\x1b]0;owned\\x07 Title\\x9b2J" in found.output, found.output
+    assert "\x1b" not in found.output and "\x07" not in found.output and "\x9b" not in found.output
+    as_json = run_cli(["search", "evil", "--db", str(db_path), "--json"])  # JSON keeps the data, escaped by JSON
+    assert json.loads(as_json.output)[0]["title"] == "Evil\x1b]0;owned\x07 Title\x9b2J"
 
 
 def test_full_text_index_follows_every_writer(simulator: Callable[..., FakeYTS], db_path: Path,
