@@ -302,7 +302,7 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 def open_reader(path: str) -> sqlite_utils.Database:
     """Open an existing mirror to read it, writing nothing unless its schema needs a migration (or a dropped table)."""
     version = require_mirror(path)
-    db = connect(path)
+    db = ImmediateDatabase(connect_read_only(path, check_same_thread=False)) if on_read_only_media(path) else connect(path)
     if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
         with closed_on_error(db):
             ensure_db_shape(db)
@@ -327,7 +327,16 @@ def require_mirror(path: str, must_exist: bool = True) -> int:
 
 def connect_read_only(path: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Connection:
     """A plain connection that can never write to the file (nor create it)."""
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, **kwargs)
+    mode = "immutable=1" if on_read_only_media(path) else "mode=ro"
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?" + mode, uri=True, **kwargs)
+
+
+def on_read_only_media(path: str | os.PathLike[str]) -> bool:
+    """Whether a mirror lies where no -shm file can be made beside it (a read-only mount), with nothing in a WAL."""
+    # SQLite needs the -shm file to read a WAL database: such a mirror is opened immutable instead.
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    parent = os.path.dirname(os.path.abspath(path))
+    return not shm.exists() and not (wal.exists() and wal.stat().st_size) and not os.access(parent, os.W_OK)
 
 
 def mirror_version(path: str | os.PathLike[str]) -> int:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -684,3 +686,44 @@ async def read_while_syncing(path: Path, url: str, paths: list[str]) -> tuple[li
     data = (await datasette.client.get("/busy/movie_catalog.json?_size=1")).json()
     counts.append(data["filtered_table_rows_count"])
     return statuses, counts, during
+
+
+@pytest.fixture
+def read_only_copy(mirror: Mirror, tmp_path: Path) -> Iterator[Path]:
+    """The mirror copied onto a read-only mount (root) or into a read-only directory: no -shm file can be made."""
+    media = tmp_path / "media"
+    media.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "none", str(media)],
+                                                   capture_output=True).returncode == 0
+    if os.geteuid() == 0 and not mounted:
+        pytest.skip("root without a read-only place: mounting is not allowed here")
+    copy = media / mirror.path.name
+    try:
+        shutil.copyfile(mirror.path, copy)  # the module's mirror is closed: its WAL is empty
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        else:
+            media.chmod(0o555)
+        yield copy
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(media)], check=True)
+        else:
+            media.chmod(0o755)
+
+
+def test_a_mirror_on_read_only_media_can_be_searched_and_served(read_only_copy: Path, mirror: Mirror) -> None:
+    found = CliRunner().invoke(cli, ["search", "zzzevil OR movie", "--db", str(read_only_copy), "--json"])
+    assert found.exit_code == 0 and json.loads(found.stdout), found.output
+    stats = CliRunner().invoke(cli, ["stats", "--db", str(read_only_copy), "--json"])
+    assert stats.exit_code == 0 and json.loads(stats.stdout)["counts"]["movies"] > 0, stats.output
+    proc = cli_subprocess(["serve", "--db", str(read_only_copy), "--port", "0"])
+    try:
+        line = proc.stderr.readline()
+        url = line.split(" at ")[1].split()[0].rsplit("/", 2)[0]
+        assert requests.get(f"{url}/{mirror.name}/movies/{mirror.evil_id}.json", timeout=30).status_code == 200
+        assert requests.get(f"{url}/api/v2/list_movies.json?limit=1", timeout=30).json()["status"] == "ok"
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    assert sorted(p.name for p in read_only_copy.parent.iterdir()) == [read_only_copy.name]
