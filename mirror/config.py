@@ -265,6 +265,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return parse_config(data)
 
 
+LONGEST_SUFFIX = ".schedule.lock"  # of the files kept beside a database: -wal, -shm, .lock, .schedule.lock
+
+
+def check_path_length(path: Path) -> None:
+    """Raise ConfigError if the system cannot name the files a database at `path` needs beside it."""
+    suffix = len(LONGEST_SUFFIX.encode())
+    if len(os.fsencode(os.path.abspath(path))) + suffix >= os.pathconf("/", "PC_PATH_MAX"):
+        raise ConfigError(f"the database path {str(path)[:40]}... is too long")
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such directory yet: the check that follows says so
+        name_max = 255
+    if len(os.fsencode(path.name)) + suffix > name_max:
+        raise ConfigError(f"the database file name {path.name[:40]}... is too long: at most {name_max - suffix} bytes here")
+
+
 def _config_text(path: str | os.PathLike[str]) -> str:
     """A config file's text; ConfigError for what is no config file (a FIFO would block for good, /dev/zero never end)."""
     if not stat.S_ISREG(os.stat(path).st_mode):
@@ -302,6 +318,7 @@ def resolve(
     if concurrency is not None:
         enrich = replace(enrich, concurrency=concurrency)
     path = Path(db)
+    check_path_length(path)
     if path.is_dir():
         raise ConfigError(f"the database path {db} is a directory")
     if path.exists() and not path.is_file():  # a FIFO would block the first read for good

@@ -600,6 +600,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     (["--rate", "-1"], "Invalid value for '--rate'"),
     (["--no-such-flag"], "No such option '--no-such-flag'"),
     (["--db", ""], "--db must not be empty"),
+    (["--db", "x" * 250 + ".db"], "is too long: at most 241 bytes here"),  # no room for its .lock beside it
+    (["--db", "/tmp/" + "/".join(["y" * 200] * 25) + "/x.db"], "is too long"),
     (["--base-url", " "], "--base-url must not be empty"),
     (["--base-url", "http://exa mple.com"], "is not an http(s) URL"),
     (["--base-url", f"http://{'a' * 300}.com"], "is not an http(s) URL"),
