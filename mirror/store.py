@@ -332,11 +332,15 @@ def connect_read_only(path: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Co
 
 
 def on_read_only_media(path: str | os.PathLike[str]) -> bool:
-    """Whether a mirror lies where no -shm file can be made beside it (a read-only mount), with nothing in a WAL."""
-    # SQLite needs the -shm file to read a WAL database: such a mirror is opened immutable instead.
+    """Whether a mirror lies on a read-only file system with nothing in a WAL: no writer can change it."""
+    # SQLite needs a -shm file to read a WAL database, and cannot make one there: such a mirror
+    # is opened immutable. (A directory we merely may not write to could still have a writer.)
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
-    parent = os.path.dirname(os.path.abspath(path))
-    return not shm.exists() and not (wal.exists() and wal.stat().st_size) and not os.access(parent, os.W_OK)
+    try:
+        read_only = bool(os.statvfs(os.path.dirname(os.path.abspath(path))).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+    return read_only and not shm.exists() and not (wal.exists() and wal.stat().st_size)
 
 
 def mirror_version(path: str | os.PathLike[str]) -> int:
