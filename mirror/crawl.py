@@ -55,7 +55,8 @@ class WrongPageError(TransientError):
 
     def __init__(self, page: int, limit: int, answered: tuple[int | None, int | None]):
         super().__init__(f"list_movies page {page}",
-                         f"page {page} of {limit} was answered as page {answered[0]} of {answered[1]}")
+                         f"page {page} of {limit} was answered as page {answered[0]} of {answered[1]}",
+                         server_failure=True)  # another host may answer right
 
 
 class Listing(NamedTuple):

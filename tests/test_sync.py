@@ -755,6 +755,16 @@ def test_the_next_run_starts_with_the_host_that_answered_last(simulator: Callabl
     assert mirror_movies(db_path).keys() == {int(i) for i in live.catalog.ids()}
 
 
+@pytest.mark.parametrize("fault", ["error", "stale"])
+def test_a_host_that_keeps_answering_wrong_is_left_for_the_next(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                config_file: Path, fault: str) -> None:
+    broken, live = simulator(movies=120, faults=f"{fault}=1"), simulator(movies=120)  # one catalog, two hosts
+    result = run_cli(sync_args(db_path, f"{broken.url},{live.url}", config_file))
+    assert result.exit_code == 0, result.output
+    assert broken.counts["list_movies"] == 3  # three wrong answers, then the next host
+    assert_mirror_equals_catalog(db_path, live.catalog)
+
+
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
                                         config_file: Path) -> None:
     from mirror.sync import writer_lock
