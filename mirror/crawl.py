@@ -111,6 +111,7 @@ def crawl_full(client: YTSClient, walk: Walk) -> Iterator[Page]:
 
 
 MAX_REWINDS = 3  # per page: a catalog moving faster than that is left to the next full crawl
+MAX_CRAWL_REWINDS = 30  # in all: a catalog shrinking faster than it is read would pull the list's end back for good
 
 
 class Walk:
@@ -129,7 +130,7 @@ class Walk:
 
     def step(self, client: YTSClient) -> Page:
         """Read the next page (and whatever proves it leaves no gap), and move past it."""
-        may_rewind = self.rewinds.get(self.page, 0) < MAX_REWINDS
+        may_rewind = self.rewinds.get(self.page, 0) < MAX_REWINDS and sum(self.rewinds.values()) < MAX_CRAWL_REWINDS
         previous_count = self.last_count
         page, end = read_page(client, self.page, self.covered, previous_count, self.limit, may_rewind)
         self.covered.update(page.covered)

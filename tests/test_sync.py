@@ -220,6 +220,15 @@ def test_a_catalog_changing_at_every_request_loses_no_movie(simulator: Callable[
     assert not missed, f"{len(missed)} movies listed all along were missed, e.g. {sorted(missed)[:5]}"
 
 
+def test_a_catalog_shrinking_faster_than_it_is_read_does_not_hold_the_crawl(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=2050, churn="every=1,add=5,remove=10")
+    sync(db_path, sim, config_file, "--full")
+    run = sync(db_path, sim, config_file, "--full")  # its end moves back a page every 10 requests
+    assert run["status"] == "ok" and run["requests"] < 200, run
+    assert len(sim.catalog.ids()) > 500, "the crawl should end long before the catalog runs out"
+
+
 class ScriptedChurn(FakeYTS):
     """A simulator whose catalog changes at chosen list requests, to place a change between two reads."""
 
