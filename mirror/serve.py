@@ -82,11 +82,11 @@ def _stop(signum: int, frame: Any) -> None:
 
 def prepare_database(path: str) -> str:
     """Make sure `path` is a mirror and carries the current views and indexes."""
+    if store.on_read_only_media(path):
+        raise store.StoreError(f"{path} lies on a read-only file system without its -shm file, which SQLite needs "
+                               "to read it while a writer may change it; serve a copy on writable storage")
     store.require_mirror(path)  # refuses a missing or empty file, and one that holds something else
     info = inspect_file(path)
-    if store.on_read_only_media(path) and info is not None and info.views:
-        log.info("serving %s as it is: it lies on read-only media", path)
-        return path
     try:
         store.open_db(path).close()  # applies schema.sql: the browsing views and indexes
     except store.StoreError as error:
@@ -102,8 +102,6 @@ def make_datasette(path: str, **settings: Any) -> Any:
     from datasette.app import Datasette
 
     register_plugin()
-    if store.on_read_only_media(path):  # no -shm file can be made beside it: read it as immutable
-        return Datasette(immutables=[path], settings={**SETTINGS, **settings})
     return Datasette([path], settings={**SETTINGS, **settings})
 
 

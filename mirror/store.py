@@ -302,7 +302,10 @@ def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
 def open_reader(path: str) -> sqlite_utils.Database:
     """Open an existing mirror to read it, writing nothing unless its schema needs a migration (or a dropped table)."""
     version = require_mirror(path)
-    db = ImmediateDatabase(connect_read_only(path, check_same_thread=False)) if on_read_only_media(path) else connect(path)
+    if on_read_only_media(path):
+        db = ImmediateDatabase(connect_read_only(path, immutable=True, check_same_thread=False))
+    else:
+        db = connect(path)
     if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
         with closed_on_error(db):
             ensure_db_shape(db)
@@ -325,19 +328,21 @@ def require_mirror(path: str, must_exist: bool = True) -> int:
     return version or 0
 
 
-def connect_read_only(path: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Connection:
-    """A plain connection that can never write to the file (nor create it)."""
-    mode = "immutable=1" if on_read_only_media(path) else "mode=ro"
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?" + mode, uri=True, **kwargs)
+def connect_read_only(path: str | os.PathLike[str], immutable: bool = False, **kwargs: Any) -> sqlite3.Connection:
+    """A plain connection that can never write to the file (nor create it); `immutable` skips the -shm file."""
+    return sqlite3.connect(Path(path).resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro"), uri=True,
+                           **kwargs)
 
 
 def on_read_only_media(path: str | os.PathLike[str]) -> bool:
-    """Whether a mirror lies on a read-only file system with nothing in a WAL: no writer can change it."""
-    # SQLite needs a -shm file to read a WAL database, and cannot make one there: such a mirror
-    # is opened immutable. (A directory we merely may not write to could still have a writer.)
-    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    """Whether a mirror lies on a read-only file system with no -shm file and nothing in a WAL beside it."""
+    # SQLite needs a -shm file to read a WAL database and cannot make one there, so the one-shot
+    # readers (stats, search) open such a mirror immutable. A writer idle elsewhere (a read-only
+    # bind mount) could start meanwhile, so `serve`, which reads for hours, refuses it instead.
+    real = os.path.realpath(path)
+    wal, shm = Path(f"{real}-wal"), Path(f"{real}-shm")
     try:
-        read_only = bool(os.statvfs(os.path.dirname(os.path.abspath(path))).f_flag & os.ST_RDONLY)
+        read_only = bool(os.statvfs(os.path.dirname(real)).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):  # no statvfs (Windows)
         return False
     return read_only and not shm.exists() and not (wal.exists() and wal.stat().st_size)
@@ -346,7 +351,7 @@ def on_read_only_media(path: str | os.PathLike[str]) -> bool:
 def mirror_version(path: str | os.PathLike[str]) -> int:
     """Look (read-only) at a database file: its schema version (0 while it has no tables), or StoreError."""
     try:
-        conn = connect_read_only(path)
+        conn = connect_read_only(path, immutable=on_read_only_media(path))
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
