@@ -268,11 +268,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 LONGEST_SUFFIX = ".schedule.lock"  # of the files kept beside a database: -wal, -shm, .lock, .schedule.lock
 
 
+SQLITE_MAX_PATH = 512  # bytes: the longest file name SQLite's unix layer opens, its -wal file's included
+
+
 def check_path_length(path: Path) -> None:
-    """Raise ConfigError if the system cannot name the files a database at `path` needs beside it."""
+    """Raise ConfigError if SQLite or the system cannot name the files a database at `path` needs beside it."""
     suffix = len(LONGEST_SUFFIX.encode())
-    if len(os.fsencode(os.path.abspath(path))) + suffix >= os.pathconf("/", "PC_PATH_MAX"):
-        raise ConfigError(f"the database path {str(path)[:40]}... is too long")
+    full = len(os.fsencode(os.path.realpath(path)))
+    if full + len("-wal") >= SQLITE_MAX_PATH:
+        raise ConfigError(f"the database path {str(path)[:40]}... is too long: SQLite opens paths of up to "
+                          f"{SQLITE_MAX_PATH - len('-wal') - 1} bytes")
     try:
         name_max = os.pathconf(path.parent, "PC_NAME_MAX")
     except (OSError, ValueError):  # no such directory yet: the check that follows says so
@@ -282,8 +287,9 @@ def check_path_length(path: Path) -> None:
 
 
 def _config_text(path: str | os.PathLike[str]) -> str:
-    """A config file's text; ConfigError for what is no config file (a FIFO would block for good, /dev/zero never end)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    """A config file's text; ConfigError for what is no config file (a device such as /dev/zero would never end)."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe: --config <(...)
         raise ConfigError(f"config file {path} is not a regular file")
     with open(path, "rb") as handle:
         text = handle.read(MAX_CONFIG_BYTES + 1)

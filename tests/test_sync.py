@@ -611,6 +611,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     (["--db", ""], "--db must not be empty"),
     (["--db", "x" * 250 + ".db"], "is too long: at most 241 bytes here"),  # no room for its .lock beside it
     (["--db", "/tmp/" + "/".join(["y" * 200] * 25) + "/x.db"], "is too long"),
+    (["--db", "/tmp/" + "/".join(["y" * 100] * 5) + "/x.db"], "is too long: SQLite opens paths of up to 507 bytes"),
     (["--base-url", " "], "--base-url must not be empty"),
     (["--base-url", "http://exa mple.com"], "is not an http(s) URL"),
     (["--base-url", f"http://{'a' * 300}.com"], "is not an http(s) URL"),
@@ -839,13 +840,18 @@ def test_a_database_path_that_is_no_regular_file_is_refused(tmp_path: Path, conf
         assert process.returncode == 2 and err == f"error: the database path {path} is not a regular file\n", (command, err)
 
 
-@pytest.mark.parametrize("kind", ["fifo", "device"])
-def test_a_config_path_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+def test_a_config_can_come_through_a_pipe(tmp_path: Path) -> None:
     path = tmp_path / "pipe.toml"
-    if kind == "fifo":
-        os.mkfifo(path)  # opening it to read would block for good
-    else:
-        path = Path("/dev/zero")  # reading it would never end
+    os.mkfifo(path)  # as `--config <(...)` gives
+    writer = threading.Thread(target=lambda: path.write_text("[api]\nrat = 1\n"))
+    writer.start()
+    result = run_cli(["stats", "--db", str(tmp_path / "x.db"), "--config", str(path)])
+    writer.join(timeout=30)
+    assert result.exit_code == 2 and "unknown config key api.rat" in result.output, result.output
+
+
+def test_a_config_path_that_is_a_device_is_refused(tmp_path: Path) -> None:
+    path = Path("/dev/zero")  # reading it would never end
     for env, flags in (({}, ["--config", str(path)]), ({"YTS_MIRROR_CONFIG": str(path)}, [])):
         process = cli_subprocess(["stats", "--db", str(tmp_path / "x.db"), *flags], env={**os.environ, **env})
         try:
