@@ -40,9 +40,17 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) 
 _CONTROLS_BUT_NEWLINE = {c: text for c, text in _CONTROLS.items() if c != 0x0A}
 
 
+_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0))}  # what json.dumps leaves raw
+
+
 def terminal_safe(text: str, lines: bool = False) -> str:
     """`text` with control characters shown as escapes, so data (a title, an API message) cannot drive the terminal."""
     return text.translate(_CONTROLS_BUT_NEWLINE if lines else _CONTROLS)
+
+
+def json_text(value: Any) -> str:
+    """Indented JSON for the terminal: non-ASCII text as it is, every control character escaped."""
+    return json.dumps(value, indent=2, ensure_ascii=False).translate(_JSON_CONTROLS)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
@@ -84,10 +92,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class SafeFormatter(logging.Formatter):
-    """Log lines whose control characters (from API answers) are shown as escapes."""
+    """Log lines whose control characters (from API answers) are shown as escapes: one record, one line."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return terminal_safe(super().format(record), lines=True)  # a traceback at -vv keeps its lines
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return terminal_safe(super().formatException(ei), lines=True)  # a traceback at -vv keeps its lines
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -415,7 +426,7 @@ def search(ctx: click.Context, query: str, db: str | None, config_path: str | No
     with closing(store.open_reader(config.db)) as database:
         rows = store.search(database, query, limit, include_removed)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        click.echo(json_text(rows))
         return
     if not rows:
         if not ctx.obj["quiet"]:
@@ -443,9 +454,9 @@ def stats(db: str | None, config_path: str | None, as_json: bool) -> None:
     with closing(store.open_reader(config.db)) as database:
         report = collect_stats(database, config)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
         return
-    click.echo(terminal_safe(format_stats(report), lines=True))
+    click.echo(format_stats(report))
 
 
 def collect_stats(database: Database, config: Config) -> dict[str, Any]:
@@ -494,7 +505,7 @@ def format_stats(report: dict[str, Any]) -> str:
                 + (f"  error: {run['error']}" if run["error"] else "")
                 + (f"  warning: {run['warning']}" if run.get("warning") else "")
             )
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # a line each, whatever an error message holds
 
 
 @cli.command("fake-api")
@@ -554,7 +565,7 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
         api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
         run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
     with closing(store.open_reader(config.db)) as database:
-        click.echo(terminal_safe(format_stats(collect_stats(database, config)), lines=True))
+        click.echo(format_stats(collect_stats(database, config)))
         query = demo_query(database)
         click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
         for row in store.search(database, query, 5):

@@ -458,8 +458,8 @@ def test_error_and_log_lines_show_control_characters_as_escapes() -> None:
 
     assert terminal_safe("bad\x1b[2J\nline\tend") == "bad\\x1b[2J\\x0aline\tend"  # an error stays one line
     assert terminal_safe("a\nb\x07", lines=True) == "a\nb\\x07"
-    record = logging.LogRecord("mirror", logging.WARNING, __file__, 1, "API said %s", ("\x1b]0;x\x07",), None)
-    assert SafeFormatter("%(message)s").format(record) == "API said \\x1b]0;x\\x07"
+    record = logging.LogRecord("mirror", logging.WARNING, __file__, 1, "API said %s", ("\x1b]0;x\x07\nfake line",), None)
+    assert SafeFormatter("%(message)s").format(record) == "API said \\x1b]0;x\\x07\\x0afake line"  # one record, one line
 
 
 def test_data_and_api_text_cannot_drive_the_terminal(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -472,6 +472,11 @@ def test_data_and_api_text_cannot_drive_the_terminal(simulator: Callable[..., Fa
     assert "\x1b" not in found.output and "\x07" not in found.output and "\x9b" not in found.output
     as_json = run_cli(["search", "evil", "--db", str(db_path), "--json"])  # JSON keeps the data, escaped by JSON
     assert json.loads(as_json.output)[0]["title"] == "Evil\x1b]0;owned\x07 Title\x9b2J"
+    assert "\x9b" not in as_json.output and "\\u009b" in as_json.output
+    with connect(db_path) as conn:  # an error message from an API, with a line break of its own
+        conn.execute("UPDATE sync_runs SET error = 'bad\nfake: line\x1b[2J'")
+    stats = run_cli(["stats", "--db", str(db_path)])
+    assert "error: bad\\x0afake: line\\x1b[2J" in stats.output and "\nfake: line" not in stats.output, stats.output
 
 
 def test_full_text_index_follows_every_writer(simulator: Callable[..., FakeYTS], db_path: Path,
