@@ -40,7 +40,8 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) 
 _CONTROLS_BUT_NEWLINE = {c: text for c, text in _CONTROLS.items() if c != 0x0A}
 
 
-_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0))}  # what json.dumps leaves raw
+# What json.dumps(ensure_ascii=False) leaves raw: DEL, C1, and the lone surrogates of undecodable file names.
+_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000))}
 
 
 def terminal_safe(text: str, lines: bool = False) -> str:
@@ -95,10 +96,14 @@ class SafeFormatter(logging.Formatter):
     """Log lines whose control characters (from API answers) are shown as escapes: one record, one line."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return terminal_safe(super().formatMessage(record))
+        # Debug records (-vv) may carry a traceback (the page reader's) in their message: they keep their lines.
+        return terminal_safe(super().formatMessage(record), lines=record.levelno <= logging.DEBUG)
 
     def formatException(self, ei: Any) -> str:
-        return terminal_safe(super().formatException(ei), lines=True)  # a traceback at -vv keeps its lines
+        return terminal_safe(super().formatException(ei), lines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return terminal_safe(super().formatStack(stack_info), lines=True)
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:

@@ -43,7 +43,7 @@ class TransientError(YTSError):
         self.reason = reason
         self.retry_after = retry_after
         self.host_failure = host_failure  # unreachable, or a moved domain's 403/404: this host may be gone
-        self.server_failure = server_failure  # 5xx, no JSON, an error envelope, a wrong answer: this host may be down
+        self.server_failure = server_failure  # 5xx, no JSON, a wrong page: this host may be down
 
 
 class FetchError(YTSError):
@@ -473,6 +473,6 @@ def _envelope_data(url: str, body: bytes, text: Callable[[], str]) -> Mapping[st
         raise TransientError(url, "JSON body is not an object")
     if envelope.get("status") != "ok":
         message = envelope.get("status_message") or "no status_message"
-        raise TransientError(url, f"API error: {message}", server_failure=True)
+        raise TransientError(url, f"API error: {message}")  # often one endpoint's: no reason to leave the host
     data = envelope.get("data")
     return data if isinstance(data, Mapping) else {}

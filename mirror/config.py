@@ -178,6 +178,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("api.base_urls must name at least one URL")
     for url in config.api.base_urls:
         check_base_url(url)
+    if len(set(config.api.base_urls)) < len(config.api.base_urls):  # a host named twice is one host
+        config = replace(config, api=replace(config.api, base_urls=tuple(dict.fromkeys(config.api.base_urls))))
     for (section, key), (low, high) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not (math.isfinite(value) and low <= value <= high):
@@ -268,16 +270,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 LONGEST_SUFFIX = ".schedule.lock"  # of the files kept beside a database: -wal, -shm, .lock, .schedule.lock
 
 
-SQLITE_MAX_PATH = 512  # bytes: the longest file name SQLite's unix layer opens, its -wal file's included
+SQLITE_MAX_PATH = 512 - len("-journal")  # bytes: SQLite's unix layer keeps room for a journal's name
 
 
 def check_path_length(path: Path) -> None:
     """Raise ConfigError if SQLite or the system cannot name the files a database at `path` needs beside it."""
+    if "\x00" in str(path):
+        raise ConfigError("the database path holds a NUL character")
     suffix = len(LONGEST_SUFFIX.encode())
-    full = len(os.fsencode(os.path.realpath(path)))
-    if full + len("-wal") >= SQLITE_MAX_PATH:
+    if max(len(os.fsencode(os.path.abspath(path))), len(os.fsencode(os.path.realpath(path)))) > SQLITE_MAX_PATH:
         raise ConfigError(f"the database path {str(path)[:40]}... is too long: SQLite opens paths of up to "
-                          f"{SQLITE_MAX_PATH - len('-wal') - 1} bytes")
+                          f"{SQLITE_MAX_PATH} bytes")
     try:
         name_max = os.pathconf(path.parent, "PC_NAME_MAX")
     except (OSError, ValueError):  # no such directory yet: the check that follows says so

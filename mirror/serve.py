@@ -82,10 +82,10 @@ def _stop(signum: int, frame: Any) -> None:
 
 def prepare_database(path: str) -> str:
     """Make sure `path` is a mirror and carries the current views and indexes."""
+    store.require_mirror(path)  # refuses a missing or empty file, and one that holds something else
     if store.on_read_only_media(path):
         raise store.StoreError(f"{path} lies on a read-only file system without its -shm file, which SQLite needs "
                                "to read it while a writer may change it; serve a copy on writable storage")
-    store.require_mirror(path)  # refuses a missing or empty file, and one that holds something else
     info = inspect_file(path)
     try:
         store.open_db(path).close()  # applies schema.sql: the browsing views and indexes

@@ -460,6 +460,18 @@ def test_error_and_log_lines_show_control_characters_as_escapes() -> None:
     assert terminal_safe("a\nb\x07", lines=True) == "a\nb\\x07"
     record = logging.LogRecord("mirror", logging.WARNING, __file__, 1, "API said %s", ("\x1b]0;x\x07\nfake line",), None)
     assert SafeFormatter("%(message)s").format(record) == "API said \\x1b]0;x\\x07\\x0afake line"  # one record, one line
+    debug = logging.LogRecord("mirror", logging.DEBUG, __file__, 1, "failed:\n%s", ("Traceback\n  line\x1b",), None)
+    assert SafeFormatter("%(message)s").format(debug) == "failed:\nTraceback\n  line\\x1b"  # -vv keeps a traceback's lines
+
+
+def test_stats_json_is_valid_utf8_for_a_file_name_that_is_not(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                               config_file: Path) -> None:
+    path = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.db"))  # a Latin-1 name on a UTF-8 system
+    sync(Path(path), simulator(movies=30), config_file)
+    process = cli_subprocess(["stats", "--db", path, "--json"], env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert json.loads(out)["database"] == path  # the undecodable byte as a JSON escape, not raw
 
 
 def test_data_and_api_text_cannot_drive_the_terminal(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -616,7 +628,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     (["--db", ""], "--db must not be empty"),
     (["--db", "x" * 250 + ".db"], "is too long: at most 241 bytes here"),  # no room for its .lock beside it
     (["--db", "/tmp/" + "/".join(["y" * 200] * 25) + "/x.db"], "is too long"),
-    (["--db", "/tmp/" + "/".join(["y" * 100] * 5) + "/x.db"], "is too long: SQLite opens paths of up to 507 bytes"),
+    (["--db", "/tmp/" + "/".join(["y" * 100] * 5) + "/x.db"], "is too long: SQLite opens paths of up to 504 bytes"),
+    (["--db", "/tmp/" + "y" * 200 + "/" + "y" * 200 + "/" + "y" * 93 + "/x.db"], "up to 504 bytes"),  # 505 bytes
     (["--base-url", " "], "--base-url must not be empty"),
     (["--base-url", "http://exa mple.com"], "is not an http(s) URL"),
     (["--base-url", f"http://{'a' * 300}.com"], "is not an http(s) URL"),
@@ -770,14 +783,27 @@ def test_the_next_run_starts_with_the_host_that_answered_last(simulator: Callabl
     assert mirror_movies(db_path).keys() == {int(i) for i in live.catalog.ids()}
 
 
-@pytest.mark.parametrize("fault", ["error", "stale"])
-def test_a_host_that_keeps_answering_wrong_is_left_for_the_next(simulator: Callable[..., FakeYTS], db_path: Path,
-                                                                config_file: Path, fault: str) -> None:
-    broken, live = simulator(movies=120, faults=f"{fault}=1"), simulator(movies=120)  # one catalog, two hosts
+def test_a_host_that_keeps_answering_the_wrong_page_is_left_for_the_next(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    broken, live = simulator(movies=120, faults="stale=1"), simulator(movies=120)  # one catalog, two hosts
     result = run_cli(sync_args(db_path, f"{broken.url},{live.url}", config_file))
     assert result.exit_code == 0, result.output
     assert broken.counts["list_movies"] == 3  # three wrong answers, then the next host
     assert_mirror_equals_catalog(db_path, live.catalog)
+
+
+def test_a_nul_in_the_configured_database_path_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "nul.toml"
+    config.write_text('db = "x\\u0000y.db"\n')
+    result = run_cli(["stats", "--config", str(config)])
+    assert result.exit_code == 2 and result.output == "error: the database path holds a NUL character\n", result.output
+
+
+def test_a_host_named_twice_is_one_host(tmp_path: Path) -> None:
+    from mirror.config import resolve
+
+    config = resolve(db=str(tmp_path / "x.db"), base_url="http://127.0.0.1:9,http://127.0.0.1:8,http://127.0.0.1:9")
+    assert config.api.base_urls == ("http://127.0.0.1:9", "http://127.0.0.1:8")  # no switching to itself
 
 
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
