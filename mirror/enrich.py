@@ -18,7 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from . import store, transform
-from .client import FetchError, Stopped, YTSClient, YTSError
+from .client import FetchError, Stopped, TransientError, YTSClient, YTSError
 from .config import Config
 from .progress import Progress
 
@@ -241,6 +241,19 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
     return fetched, not_found
 
 
+def validator_for(endpoint: str, movie_id: int) -> Callable[[Mapping[str, Any]], None] | None:
+    """What retries an answer that says nothing about the movie: movie_details only."""
+    if endpoint != "movie_details":
+        return None
+
+    def validate(data: Mapping[str, Any]) -> None:
+        reason = transform.details_no_answer(data, movie_id)
+        if reason:
+            raise TransientError(f"movie_details {movie_id}", reason)
+
+    return validate
+
+
 def _store_payload(db: sqlite_utils.Database, movie_id: int, endpoint: str, data: Mapping[str, Any]) -> str:
     """Write one endpoint's data for a movie; return the enrich_state status."""
     if endpoint == "movie_details":
@@ -307,7 +320,8 @@ class Pool:
         """Fetch one endpoint for one movie under its breaker; None if the endpoint is paused."""
         with breaker.fetch() as slot:
             try:
-                data = self.client.get(endpoint, params_for(endpoint, movie_id), guard=lambda: breaker.attempt(slot))
+                data = self.client.get(endpoint, params_for(endpoint, movie_id), validate=validator_for(endpoint, movie_id),
+                                       guard=lambda: breaker.attempt(slot))
             except EndpointPaused:
                 return None
             except FetchError as error:

@@ -19,7 +19,7 @@ from . import readahead, store, transform
 from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
 from .crawl import CatalogMoved, Walk, catalog_grew, crawl_new, find_missing
-from .enrich import EnrichReport, enrich_backlog
+from .enrich import EnrichReport, enrich_backlog, validator_for
 from .progress import Progress
 from .readahead import ReadyPage
 
@@ -416,7 +416,8 @@ class Syncer:
     def _gone_upstream(self, movie_id: int) -> bool | None:
         """Confirm a removal: movie_details answers an unknown id with its placeholder (None: no answer)."""
         try:
-            data = self.client.get("movie_details", {"movie_id": movie_id})
+            data = self.client.get("movie_details", {"movie_id": movie_id},
+                                   validate=validator_for("movie_details", movie_id))  # data:null is no "gone"
         except FetchError as error:
             if error.not_found:  # a yts-mirror source answers a removed movie with a 404 envelope
                 return True

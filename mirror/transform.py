@@ -263,10 +263,21 @@ def found_details(data: Mapping[str, Any] | None, movie_id: int) -> Mapping[str,
     """The movie a movie_details `data` describes, or None when it answers "not found" for `movie_id`."""
     movie = details_movie(data)
     # The id-0 placeholder means not found: movie_details__GabJS10-yts-movie-player-not_found.json.
-    # Another movie than the one asked for is no answer either (a guard; no sample shows it).
+    # Fetches retry what is no answer at all (details_no_answer); this is the last guard.
     if is_placeholder(movie) or to_id(movie.get("id")) != movie_id:  # type: ignore[union-attr]
         return None
     return movie
+
+
+def details_no_answer(data: Mapping[str, Any] | None, movie_id: int) -> str | None:
+    """Why a movie_details `data` is neither movie `movie_id` nor the not-found placeholder; None when it is one."""
+    movie = details_movie(data)
+    if movie is None:  # "data": null, say: no word on whether the movie exists
+        return f"movie_details for movie {movie_id} answered without a movie"
+    found = to_id(movie.get("id"))
+    if found and found != movie_id:
+        return f"movie_details for movie {movie_id} answered with movie {found}"
+    return None
 
 
 def details_movie(data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -7,12 +7,14 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mirror import store
-from mirror.fakeapi import FakeYTS
+from mirror.fakeapi import Catalog, FakeYTS
 from support import cli_subprocess, connect, free_port, integrity_ok, last_run, query, run_cli, wait_for
 
 ENRICHED = ("movie_details", "movie_suggestions", "movie_parental_guides")
@@ -383,3 +385,38 @@ def test_sync_refuses_an_enrich_limit_with_no_enrich(simulator: Callable[..., Fa
     assert result.exit_code == 2
     assert "--enrich-limit has no effect with --no-enrich" in result.output and "Traceback" not in result.output
     assert not sim.counts.get("list_movies") and not db_path.exists()
+
+
+class DetailsWithoutMovie(FakeYTS):
+    """A simulator whose movie_details answers `{"status":"ok","data":null}` for chosen movies."""
+
+    blank: frozenset[int] | set[int] = frozenset()
+
+    def _ok_body(self, endpoint: str, params: Any, fault: str | None = None) -> bytes:
+        if endpoint == "movie_details" and int(params.get("movie_id", 0)) in self.blank:
+            return b'{"status":"ok","status_message":"Query was successful","data":null}'
+        return super()._ok_body(endpoint, params, fault)
+
+
+def test_details_without_a_movie_are_retried_not_taken_for_not_found(db_path: Path, config_file: Path) -> None:
+    from mirror.client import make_client
+    from mirror.config import resolve
+    from mirror.sync import Syncer
+
+    sim = DetailsWithoutMovie(Catalog(40, 1))
+    sim.start(0)
+    try:
+        run_cli(sync_args(db_path, sim, config_file, "--no-enrich"))
+        blank = sim.blank = {sim.catalog.order[2]}
+        result = run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0",
+                          "--config", str(config_file), "--endpoint", "movie_details"])
+        assert result.exit_code == 0, result.output
+        statuses = dict(query(db_path, "SELECT movie_id, status FROM enrich_state WHERE endpoint = 'movie_details'"))
+        assert {statuses[i] for i in blank} == {"failed"}  # asked again next run, not a day later as not found
+        assert set(statuses.values()) - {"failed"} == {"ok"}
+        # Nor does a removal check take such an answer for "gone upstream".
+        config = resolve(str(config_file), db=str(db_path), base_url=sim.url, rate=0)
+        with closing(store.open_db(db_path)) as db, closing(make_client(config)) as client:
+            assert Syncer(db, client, config)._gone_upstream(next(iter(blank))) is None
+    finally:
+        sim.stop()

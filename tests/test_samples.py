@@ -99,6 +99,16 @@ def test_cast_without_small_image_keeps_the_member() -> None:
     assert sum(member["url_small_image"] is None for member in cast) == 2
 
 
+def test_details_that_are_no_answer_are_told_apart_from_not_found() -> None:
+    placeholder = load(SAMPLES / "movie_details__GabJS10-yts-movie-player-not_found.json")["data"]
+    real = load(SAMPLES / "movie_details__GabJS10-yts-movie-player.json")["data"]
+    movie_id = real["movie"]["id"]
+    assert transform.details_no_answer(placeholder, 12345) is None  # "not found" is an answer
+    assert transform.details_no_answer(real, movie_id) is None
+    assert "answered with movie" in transform.details_no_answer(real, movie_id + 1)
+    assert "without a movie" in transform.details_no_answer({}, movie_id)  # "data": null
+
+
 def test_placeholder_movie_is_not_found() -> None:
     data = load(SAMPLES / "movie_details__GabJS10-yts-movie-player-not_found.json")["data"]
     assert transform.is_placeholder(transform.details_movie(data))
