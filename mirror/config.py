@@ -268,8 +268,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 LONGEST_SUFFIX = ".schedule.lock"  # of the files kept beside a database: -wal, -shm, .lock, .schedule.lock
-
-
 SQLITE_MAX_PATH = 512 - len("-journal")  # bytes: SQLite's unix layer keeps room for a journal's name
 
 
@@ -277,7 +275,6 @@ def check_path_length(path: Path) -> None:
     """Raise ConfigError if SQLite or the system cannot name the files a database at `path` needs beside it."""
     if "\x00" in str(path):
         raise ConfigError("the database path holds a NUL character")
-    suffix = len(LONGEST_SUFFIX.encode())
     if max(len(os.fsencode(os.path.abspath(path))), len(os.fsencode(os.path.realpath(path)))) > SQLITE_MAX_PATH:
         raise ConfigError(f"the database path {str(path)[:40]}... is too long: SQLite opens paths of up to "
                           f"{SQLITE_MAX_PATH} bytes")
@@ -285,6 +282,7 @@ def check_path_length(path: Path) -> None:
         name_max = os.pathconf(path.parent, "PC_NAME_MAX")
     except (OSError, ValueError):  # no such directory yet: the check that follows says so
         name_max = 255
+    suffix = len(LONGEST_SUFFIX.encode())
     if len(os.fsencode(path.name)) + suffix > name_max:
         raise ConfigError(f"the database file name {path.name[:40]}... is too long: at most {name_max - suffix} bytes here")
 

@@ -527,8 +527,9 @@ class FaultPlan:
             else:
                 kinds = ", ".join(("mix", *FAULT_KINDS, *EXTRA_FAULT_KINDS, "dead", "retry_after", "timeout_s"))
                 raise ValueError(f"fault spec: unknown key {key!r}; known: {kinds}")
-        if sum(plan.rates.values()) > 1 + 1e-9:
-            raise ValueError(f"fault spec: the probabilities add up to {sum(plan.rates.values()):g}, more than 1")
+        total = sum(plan.rates.values())
+        if total > 1 + 1e-9:
+            raise ValueError(f"fault spec: the probabilities add up to {total:g}, more than 1")
         return plan
 
     def pick(self, rng: random.Random, endpoint: str) -> str | None:
