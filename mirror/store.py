@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -435,6 +435,7 @@ class PageResult:
     changed_ids: list[int]
     torrents_new: int = 0
     torrents_removed: int = 0
+    returned_ids: list[int] = field(default_factory=list)  # marked removed, now listed again
 
     @property
     def updated(self) -> int:
@@ -461,19 +462,23 @@ def write_page(db: sqlite_utils.Database, rows: transform.PageValues, seen_at: s
     """Upsert one list page's rows. Call inside a transaction."""
     if not rows.movies:
         return PageResult([], [])
-    new_ids, changed_ids = _write_movies(db, rows, seen_at)
+    new_ids, changed_ids, returned_ids = _write_movies(db, rows, seen_at)
     torrents_new, torrents_removed = _write_torrents(db, rows.torrents, list(rows.movies), seen_at)
-    return PageResult(new_ids, changed_ids, torrents_new, torrents_removed)
+    return PageResult(new_ids, changed_ids, torrents_new, torrents_removed, returned_ids)
 
 
-def _write_movies(db: sqlite_utils.Database, rows: transform.PageValues, seen_at: str) -> tuple[list[int], list[int]]:
-    """Insert new movies, rewrite changed ones (by list_hash), touch the rest; return (new ids, changed ids)."""
+def _write_movies(db: sqlite_utils.Database, rows: transform.PageValues,
+                  seen_at: str) -> tuple[list[int], list[int], list[int]]:
+    """Insert new movies, rewrite changed ones (by list_hash), touch the rest; return new, changed and returned ids."""
     ids = list(rows.movies)
     at = transform.LIST_HASH_AT
-    existing = dict(db.execute(
-        f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END FROM movies WHERE id IN ({placeholders(len(ids))})",
+    stored = db.execute(
+        f"SELECT id, CASE WHEN removed_at IS NULL THEN list_hash END, removed_at IS NOT NULL FROM movies "
+        f"WHERE id IN ({placeholders(len(ids))})",
         ids,
-    ).fetchall())
+    ).fetchall()
+    existing = {movie_id: list_hash for movie_id, list_hash, _ in stored}
+    returned_ids = [movie_id for movie_id, _, removed in stored if removed]
     new_ids = [i for i in ids if i not in existing]
     changed_ids = [i for i in ids if i in existing and existing[i] != rows.movies[i][at]]
     unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i][at]]
@@ -484,7 +489,7 @@ def _write_movies(db: sqlite_utils.Database, rows: transform.PageValues, seen_at
     if changed_ids:
         db.execute(f"DELETE FROM movie_genres WHERE movie_id IN ({placeholders(len(changed_ids))})", changed_ids)
     insert_rows(db, _GENRE_INSERT, [genre for i in write_ids for genre in rows.genres[i]])
-    return new_ids, changed_ids
+    return new_ids, changed_ids, returned_ids
 
 
 def _write_torrents(db: sqlite_utils.Database, torrents: Sequence[tuple[Any, ...]], movie_ids: Sequence[int],
@@ -558,38 +563,27 @@ def ids_seen_since(db: sqlite_utils.Database, since: str) -> set[int]:
     return {row[0] for row in db.execute("SELECT id FROM movies WHERE last_seen_at >= ?", [since])}
 
 
-def count_unseen_since(db: sqlite_utils.Database, since: str) -> tuple[int, int]:
-    """Return (present movies not seen since `since`, present movies)."""
-    unseen, present = db.execute(
-        "SELECT COUNT(*) FILTER (WHERE last_seen_at < ?), COUNT(*) FROM movies WHERE removed_at IS NULL", [since]
-    ).fetchone()
-    return unseen, present
+def unseen_since(db: sqlite_utils.Database, since: str) -> tuple[list[int], int]:
+    """Return the ids of present movies not seen since `since` (newest first), and how many movies are present."""
+    unseen = [row[0] for row in db.execute(
+        "SELECT id FROM movies WHERE removed_at IS NULL AND last_seen_at < ? ORDER BY id DESC", [since])]
+    return unseen, db.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL").fetchone()[0]
 
 
-def mark_removed(db: sqlite_utils.Database, since: str, removed_at: str) -> tuple[int, int]:
-    """Mark present movies and torrents not seen since `since` as removed; return both counts."""
-    with db.atomic():
-        movies = db.execute(
-            "UPDATE movies SET removed_at = ? WHERE removed_at IS NULL AND last_seen_at < ?", [removed_at, since]
+def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: str) -> tuple[int, int]:
+    """Mark the given present movies and their torrents removed; return both counts. Call inside a transaction."""
+    movies = torrents = 0
+    for start in range(0, len(ids), 500):  # well within SQLite's limit on parameters
+        chunk = ids[start:start + 500]
+        marks = placeholders(len(chunk))
+        movies += db.execute(
+            f"UPDATE movies SET removed_at = ? WHERE removed_at IS NULL AND id IN ({marks})", [removed_at, *chunk]
         ).rowcount
-        torrents = db.execute(
-            "UPDATE torrents SET removed_at = ? WHERE removed_at IS NULL AND last_seen_at < ?", [removed_at, since]
+        torrents += db.execute(
+            f"UPDATE torrents SET removed_at = ? WHERE removed_at IS NULL AND movie_id IN ({marks})",
+            [removed_at, *chunk],
         ).rowcount
     return movies, torrents
-
-
-def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: str) -> int:
-    """Mark the given present movies (and their torrents) as removed; return how many."""
-    if not ids:
-        return 0
-    marks = placeholders(len(ids))
-    with db.atomic():
-        count = db.execute(
-            f"UPDATE movies SET removed_at = ? WHERE removed_at IS NULL AND id IN ({marks})", [removed_at, *ids]
-        ).rowcount
-        db.execute(f"UPDATE torrents SET removed_at = ? WHERE removed_at IS NULL AND movie_id IN ({marks})",
-                   [removed_at, *ids])
-    return count
 
 
 def present_ids(db: sqlite_utils.Database) -> list[int]:

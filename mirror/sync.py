@@ -251,6 +251,8 @@ class Syncer:
             # Never before the crawl began, even if the clock was set back: "seen by this crawl" means since then.
             seen_at = max(store.now_iso(), checkpoint["started_at"])
             result = store.write_page(self.db, page.rows, seen_at)
+            if result.returned_ids:  # listed again below the top: an addition movie_count does not show
+                checkpoint["moved"] = True  # so a removal may hide behind it
             checkpoint.update(next_page=page.next_page, movie_count=page.movie_count)
             store.set_state(self.db, CHECKPOINT, checkpoint)
             summary.counts["pages"] += 1
@@ -315,17 +317,35 @@ class Syncer:
         """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl."""
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
-        if removals_possible:
-            self._mark_unseen_removed(summary, started_at)
+        if removals_possible and not self._mark_unseen_removed(summary, started_at):
+            return  # stopped: the next run resumes here, with the crawl's checkpoint
         self._end_crawl(started_at, moved, complete=True)
 
-    def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> None:
-        """Mark what a complete crawl did not see as removed, unless implausibly many."""
-        unseen, present = store.count_unseen_since(self.db, started_at)
-        if self._removals_allowed(summary, unseen, present):
-            movies, torrents = store.mark_removed(self.db, started_at, store.now_iso())
+    def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> bool:
+        """Mark what a complete crawl did not see removed, once movie_details agrees; False if stopped first."""
+        unseen, present = store.unseen_since(self.db, started_at)
+        if not unseen or not self._removals_allowed(summary, len(unseen), present):
+            return True
+        # A movie can slip past a crawl with no sign in movie_count: two movies added together
+        # swap places across a page boundary, or a removal above is offset by a return below.
+        self.progress.message(f"asking movie_details about {len(unseen)} movies the crawl did not see")
+        unanswered = self._confirm_removals(summary, unseen)
+        if self.stop.is_set():
+            return False
+        if unanswered:
+            log.info("movie_details did not answer for %d of them: marked removed, as the crawl saw them",
+                     len(unanswered))
+            self._mark_removed(summary, unanswered)
+        return True
+
+    def _mark_removed(self, summary: RunSummary, ids: Sequence[int]) -> None:
+        """Mark movies and their torrents removed, with the run log's counts in the same transaction."""
+        with self.db.atomic():
+            movies, torrents = store.mark_ids_removed(self.db, ids, store.now_iso())
             summary.counts["movies_removed"] += movies
             summary.counts["torrents_removed"] += torrents
+            store.update_run(self.db, summary.run_id, movies_removed=summary.counts["movies_removed"],
+                             torrents_removed=summary.counts["torrents_removed"])
 
     def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Walk newest-first pages until reaching movies mirrored before this crawl began."""
@@ -373,10 +393,11 @@ class Syncer:
         if not self._removals_allowed(summary, len(candidates), len(present)):
             self._drop_reconcile()  # asking movie_details about each would not change the answer
             return
-        removed, unsure = self._confirm_removals(candidates)
-        summary.counts["movies_removed"] += store.mark_ids_removed(self.db, removed, store.now_iso())
-        if unsure:
-            self._postpone_reconcile(summary, note, f"movie_details did not answer for {unsure} of them")
+        unanswered = self._confirm_removals(summary, candidates)
+        if self.stop.is_set():
+            return  # the check stays for the next run
+        if unanswered:
+            self._postpone_reconcile(summary, note, f"movie_details did not answer for {len(unanswered)} of them")
             return
         self._drop_reconcile()
 
@@ -385,21 +406,22 @@ class Syncer:
         with self.db.atomic():
             store.clear_state(self.db, RECONCILE)
 
-    def _confirm_removals(self, candidates: list[int]) -> tuple[list[int], int]:
-        """The candidates movie_details says are gone, and how many it left unanswered (stopping if it seems dead)."""
-        removed: list[int] = []
-        answered = failures_in_a_row = 0
-        for movie_id in candidates:
+    def _confirm_removals(self, summary: RunSummary, candidates: Sequence[int]) -> list[int]:
+        """Mark each candidate movie_details says is gone; return those it left unanswered (all, once it seems dead)."""
+        failures_in_a_row = 0
+        unanswered: list[int] = []
+        for index, movie_id in enumerate(candidates):
+            if self.stop.is_set() or failures_in_a_row >= self.config.enrich.pause_after:
+                return unanswered + list(candidates[index:])  # as enrichment pauses a dead endpoint
             gone = self._gone_upstream(movie_id)
             if gone is None:
                 failures_in_a_row += 1
-                if failures_in_a_row >= self.config.enrich.pause_after:  # as enrichment pauses a dead endpoint
-                    break
+                unanswered.append(movie_id)
                 continue
-            answered, failures_in_a_row = answered + 1, 0
+            failures_in_a_row = 0
             if gone:
-                removed.append(movie_id)
-        return removed, len(candidates) - answered
+                self._mark_removed(summary, [movie_id])
+        return unanswered
 
     def _postpone_reconcile(self, summary: RunSummary, note: dict[str, Any], reason: str) -> None:
         """Keep the removal check for the next run, up to RECONCILE_TRIES runs; then leave it to a full sync."""

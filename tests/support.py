@@ -9,14 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
 
 from mirror.cli import cli
-from mirror.fakeapi import Catalog
+from mirror.fakeapi import Catalog, FakeYTS
 
 FAST_CONFIG = """
 [api]
@@ -29,6 +29,26 @@ read_timeout = 5
 [enrich]
 pause_after = 3
 """
+
+
+class ScriptedChurn(FakeYTS):
+    """A simulator whose catalog changes at chosen list requests, to place a change between two reads."""
+
+    def __init__(self, catalog: Catalog, script: dict[int, Callable[[Catalog], Any]] | None = None):
+        super().__init__(catalog)
+        self.script = script or {}
+
+    def rescript(self, script: dict[int, Callable[[Catalog], Any]]) -> None:
+        """Count list requests from 0 again, under a new script."""
+        with self.count_lock:
+            self.list_requests, self.script = 0, script
+
+    def _maybe_churn(self) -> None:
+        with self.count_lock:
+            self.list_requests += 1
+            change = self.script.get(self.list_requests)
+        if change:
+            change(self.catalog)
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:

@@ -7,6 +7,8 @@ import math
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from mirror import store
-from mirror.fakeapi import Churn, FakeYTS, FaultPlan
-from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
-                     mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
+from mirror.fakeapi import Catalog, Churn, FakeYTS, FaultPlan
+from support import (ScriptedChurn, assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok,
+                     last_run, mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -82,6 +84,84 @@ def test_a_removed_movie_that_returns_is_restored(simulator: Callable[..., FakeY
     assert_mirror_equals_catalog(db_path, sim.catalog)
     assert conn.execute("SELECT COUNT(*) FROM torrents WHERE movie_id = ? AND removed_at IS NOT NULL",
                         [movie_id]).fetchone()[0] == 0
+
+
+def marked_removed(db: Path) -> set[int]:
+    return {row[0] for row in connect(db).execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
+
+
+def test_a_movie_that_slips_past_a_full_crawl_is_not_marked_removed(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(1000, 4)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        order = sim.catalog.order
+        last_of_5, first_of_6 = order[249], order[250]
+
+        def swap(catalog: Catalog) -> None:  # movies added together may swap places between requests
+            with catalog.lock:
+                order[249:251] = [first_of_6, last_of_5]
+
+        sim.rescript({6: swap})  # after page 5 is read: page 6 starts with a movie the crawl has seen
+        asked = sim.ok_counts.get("movie_details", 0)
+        run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert (run["status"], run["movies_removed"]) == ("ok", 0)
+        assert sim.ok_counts.get("movie_details", 0) - asked == 1  # about the one movie the crawl did not see
+        assert not marked_removed(db_path)
+        assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_removal_hidden_by_a_return_is_found_by_the_next_sync(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(1000, 3)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        order = sim.catalog.order
+        returning = order[950]
+        movie = sim.catalog.movies[returning]
+        sim.catalog.remove(ids=[returning])
+        sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert marked_removed(db_path) == {returning}
+        going = order[60]
+
+        def remove_one_return_one(catalog: Catalog) -> None:  # movie_count stays the same
+            catalog.remove(ids=[going])
+            with catalog.lock:
+                catalog.movies[returning] = movie
+                order.insert(949, returning)
+
+        sim.rescript({5: remove_one_return_one})  # after page 4 is read: the first movie of page 5 slides up
+        run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert (run["status"], run["movies_removed"]) == ("ok", 0)
+        assert not marked_removed(db_path)  # the removal above the crawl went unseen...
+        assert store_state(db_path, store.RECONCILE_STATE)  # ...but the return leaves a check for the next sync
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert (run["kind"], run["movies_removed"]) == ("incremental", 1)
+        assert marked_removed(db_path) == {going}
+        assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_kill_after_marking_removals_keeps_their_count_in_the_run_log(simulator: Callable[..., FakeYTS],
+                                                                        db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=500)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.catalog.remove(ids=sim.catalog.order[100:103])
+    killed_after_marking = (
+        "import os, signal, sys\n"
+        "from mirror import cli, sync\n"
+        "mark = sync.Syncer._mark_removed\n"
+        "def mark_then_die(*args):\n"
+        "    mark(*args)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "sync.Syncer._mark_removed = mark_then_die\n"
+        "sys.argv[0] = 'yts-mirror'\n"
+        "cli.main()\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", killed_after_marking,
+                             *sync_args(db_path, sim.url, config_file, "--no-enrich", "--full")], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert last_run(db_path)["movies_removed"] == 1
+    sync(db_path, sim, config_file, "--no-enrich")  # resumes: asks about the other two
+    counted = connect(db_path).execute("SELECT SUM(movies_removed), SUM(torrents_removed) FROM sync_runs").fetchone()
+    assert tuple(counted) == (3, connect(db_path).execute(
+        "SELECT COUNT(*) FROM torrents WHERE removed_at IS NOT NULL").fetchone()[0])
+    assert len(marked_removed(db_path)) == 3
 
 
 def test_incremental_enriches_only_new_movies(simulator: Callable[..., FakeYTS], db_path: Path,

@@ -22,8 +22,9 @@ import requests
 
 from mirror import store, transform
 from mirror.fakeapi import FAULT_KINDS, Catalog, FakeYTS, FaultPlan
-from support import (assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port, integrity_ok,
-                     last_run, mirror_movies, query, run_cli, sync_args, wait_for, wait_for_page, write_config)
+from support import (ScriptedChurn, assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, free_port,
+                     integrity_ok, last_run, mirror_movies, query, run_cli, sync_args, wait_for, wait_for_page,
+                     write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -227,21 +228,6 @@ def test_a_catalog_shrinking_faster_than_it_is_read_does_not_hold_the_crawl(
     run = sync(db_path, sim, config_file, "--full")  # its end moves back a page every 10 requests
     assert run["status"] == "ok" and run["requests"] < 200, run
     assert len(sim.catalog.ids()) > 500, "the crawl should end long before the catalog runs out"
-
-
-class ScriptedChurn(FakeYTS):
-    """A simulator whose catalog changes at chosen list requests, to place a change between two reads."""
-
-    def __init__(self, catalog: Catalog, script: dict[int, Callable[[Catalog], Any]]):
-        super().__init__(catalog)
-        self.script = script
-
-    def _maybe_churn(self) -> None:
-        with self.count_lock:
-            self.list_requests += 1
-            change = self.script.get(self.list_requests)
-        if change:
-            change(self.catalog)
 
 
 @pytest.mark.parametrize("script", [
