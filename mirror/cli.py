@@ -316,9 +316,10 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None) ->
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         before = summary.counts["enriched"]
 
-        def log_counts(report: EnrichReport) -> None:
+        def log_counts(report: EnrichReport) -> None:  # the run's final counts keep this, whatever ends it
+            summary.counts["enriched"] = before + report.movies_done
             requests, retries = syncer.request_counts()
-            store.update_run(syncer.db, summary.run_id, enriched=before + report.movies_done, requests=requests,
+            store.update_run(syncer.db, summary.run_id, enriched=summary.counts["enriched"], requests=requests,
                              retries=retries)
 
         try:
@@ -326,7 +327,7 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None) ->
                                     stop=syncer.stop, progress=progress.callbacks(), on_written=log_counts)
         finally:
             progress.close()
-        summary.counts["enriched"] += report.movies_done
+        summary.counts["enriched"] = before + report.movies_done
         for message in report.messages():
             progress.message(message)
             summary.messages.append(message)

@@ -37,24 +37,26 @@ class TransientError(YTSError):
     """A failure worth retrying: network trouble, 429, 5xx, HTML or truncated bodies."""
 
     def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False,
-                 server_failure: bool = False):
+                 server_failure: bool = False, unanswered: bool = False):
         super().__init__(f"{reason} ({url})")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
         self.host_failure = host_failure  # unreachable, or a moved domain's 403/404: this host may be gone
         self.server_failure = server_failure  # 5xx, no JSON, a wrong page: this host may be down
+        self.unanswered = unanswered  # no HTTP response at all: refused, reset, timed out
 
 
 class FetchError(YTSError):
     """A permanent failure: retries are exhausted or the request can never succeed."""
 
-    def __init__(self, url: str, reason: str, attempts: int = 1, status: int | None = None):
+    def __init__(self, url: str, reason: str, attempts: int = 1, status: int | None = None, unanswered: bool = False):
         super().__init__(f"{url}: {reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
         self.url = url
         self.reason = reason
         self.attempts = attempts
         self.status = status  # the HTTP status of a final answer, where one came
+        self.unanswered = unanswered  # no attempt got any HTTP response
 
     @property
     def not_found(self) -> bool:
@@ -373,10 +375,19 @@ class YTSClient:
             sleep=self._sleep,
             reraise=True,
         )
+        answered: list[bool] = []  # one entry per attempt: did it get an HTTP response?
+
+        def attempt() -> Mapping[str, Any]:
+            try:
+                return self._guarded_attempt(endpoint, dict(params or {}), validate, guard)
+            except TransientError as error:
+                answered.append(not error.unanswered)
+                raise
+
         try:
-            return retrying(self._guarded_attempt, endpoint, dict(params or {}), validate, guard)
+            return retrying(attempt)
         except TransientError as error:
-            raise FetchError(error.url, error.reason, self.max_attempts) from error
+            raise FetchError(error.url, error.reason, self.max_attempts, unanswered=not any(answered)) from error
 
     def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
                          guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:
@@ -397,7 +408,8 @@ class YTSClient:
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
-            failure = TransientError(with_query(url, params), describe_network_error(error), host_failure=True)
+            failure = TransientError(with_query(url, params), describe_network_error(error), host_failure=True,
+                                     unanswered=True)
             self._strike(host_index, failure)
             raise failure from error
         except requests.RequestException as error:

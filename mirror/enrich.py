@@ -53,6 +53,7 @@ class Breaker:
         self.paused = False
         self.suspect = probing
         self.last_error: str | None = None
+        self.unanswered = False  # whether no attempt of the current failures got an HTTP response
         self._lock = threading.Lock()
         self._turn = threading.Lock()
 
@@ -81,12 +82,13 @@ class Breaker:
             raise
         self.suspect = False
 
-    def record(self, ok: bool, error: str | None = None) -> bool:
-        """Count one fetch outcome; return True if this outcome paused the endpoint."""
+    def record(self, ok: bool, error: str | None = None, unanswered: bool = False) -> bool:
+        """Count one fetch outcome (`unanswered`: none of its attempts got an HTTP response); True if it paused."""
         with self._lock:
             if ok:
                 self.failures, self.probing = 0, False
                 return False
+            self.unanswered = unanswered and (self.unanswered or not self.failures)
             self.failures += 1
             self.last_error = error
             limit = 1 if self.probing else self.limit
@@ -144,15 +146,21 @@ def params_for(endpoint: str, movie_id: int) -> dict[str, Any]:
 NOT_FOUND_RECHECK_DAYS = 1.0
 
 
+# A movie whose movie_details said "not found" waits for that answer to change before the
+# other endpoints are asked: they answer an unknown movie with empty lists, not an error.
+_DETAILS_FOUND = ("(:details OR NOT EXISTS (SELECT 1 FROM enrich_state d WHERE d.movie_id = m.id "
+                  "AND d.endpoint = 'movie_details' AND d.status = 'not_found'))")
+
+
 def _backlog_where(only_new: bool) -> str:
     """SQL condition for a movie an endpoint should fetch (parameters :cutoff, :recheck, :details)."""
     changed = "(:details AND s.list_hash IS NOT m.list_hash)"
-    if only_new:
-        return f"(s.movie_id IS NULL OR {changed})"
+    if only_new:  # a sync: movies never fetched, changed ones, and earlier failures
+        return f"(s.movie_id IS NULL OR s.status = 'failed' OR {changed}) AND {_DETAILS_FOUND}"
     # A listed movie whose details were not found is asked again after a day, not after the TTL:
     # the list and the details can disagree for a while (seen during a host's restart).
     return (f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed}"
-            " OR (s.status = 'not_found' AND s.fetched_at < :recheck))")
+            f" OR (s.status = 'not_found' AND s.fetched_at < :recheck)) AND {_DETAILS_FOUND}")
 
 
 def _backlog_sql(select: str, only_new: bool) -> str:
@@ -254,6 +262,12 @@ def validator_for(endpoint: str, movie_id: int) -> Callable[[Mapping[str, Any]],
     return validate
 
 
+def details_not_found(outcome: Outcome, movie_id: int) -> bool:
+    """Whether a movie_details outcome says the movie is unknown upstream (its placeholder, or a 404 envelope)."""
+    status, data = outcome
+    return status == "not_found" or (status == "ok" and transform.found_details(data, movie_id) is None)
+
+
 def _store_payload(db: sqlite_utils.Database, movie_id: int, endpoint: str, data: Mapping[str, Any]) -> str:
     """Write one endpoint's data for a movie; return the enrich_state status."""
     if endpoint == "movie_details":
@@ -305,15 +319,17 @@ class Pool:
         self.last_failure: FetchError | None = None
 
     def fetch_movie(self, item: WorkItem) -> dict[str, Outcome]:
-        """Fetch every endpoint one movie needs, skipping paused endpoints."""
+        """Fetch every endpoint one movie needs, skipping paused endpoints, movie_details first."""
         outcomes: dict[str, Outcome] = {}
-        for endpoint in item.endpoints:
+        for endpoint in sorted(item.endpoints, key=lambda name: name != "movie_details"):
             breaker = self.breakers[endpoint]
             if self.stop.is_set() or self.halt.is_set() or breaker.paused:
                 continue
             outcome = self.fetch_one(breaker, endpoint, item.movie_id)
             if outcome:
                 outcomes[endpoint] = outcome
+            if endpoint == "movie_details" and outcome and details_not_found(outcome, item.movie_id):
+                break  # the other endpoints answer a movie they do not know with empty lists
         return outcomes
 
     def fetch_one(self, breaker: Breaker, endpoint: str, movie_id: int) -> Outcome | None:
@@ -329,7 +345,7 @@ class Pool:
                     breaker.record(True)
                     return ("not_found", None)
                 self.last_failure = error
-                if breaker.record(False, error.reason):
+                if breaker.record(False, error.reason, unanswered=error.unanswered):
                     log.info("pausing %s: %s", endpoint, error.reason)  # the run reports it at its end
                 return ("failed", str(error))
             breaker.record(True)
@@ -410,13 +426,30 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                 done.written.set()
             progress.advance(len(done.item.endpoints))
     finally:
-        unanswered = client.stats.requests > sent and client.stats.answered == answered
-        failure = pool.last_failure if unanswered else None
-        if failure is None:  # with no response at all, the host is unreachable: no endpoint is to blame
-            _save_breakers(db, breakers, report)
+        failure = _host_failure(client, pool, breakers, sent, answered)
+        _save_breakers(db, _endpoint_faults(breakers), report)
     if failure is not None:
         raise failure
     return report
+
+
+def _endpoint_faults(breakers: Mapping[str, Breaker]) -> dict[str, Breaker]:
+    """The breakers but those an unreachable host paused: none of the fetches that paused them got an HTTP response."""
+    return {name: breaker for name, breaker in breakers.items() if not (breaker.paused and breaker.unanswered)}
+
+
+def _host_failure(client: YTSClient, pool: Pool, breakers: Mapping[str, Breaker], sent: int,
+                  answered: int) -> FetchError | None:
+    """The error to end a pass with when the host, not an endpoint, failed; None otherwise.
+
+    The host failed when no request of the pass got an HTTP response, or when it stopped
+    answering: an endpoint paused on fetches that got no HTTP response at all.
+    """
+    if client.stats.requests == sent or pool.last_failure is None:
+        return None
+    if client.stats.answered == answered or len(_endpoint_faults(breakers)) < len(breakers):
+        return pool.last_failure
+    return None
 
 
 def _announce(progress: Progress, requests: int, movies: int, rate: float) -> None:

@@ -151,18 +151,20 @@ def logged_enrichment(db: sqlite_utils.Database, client: YTSClient, config: Conf
                       progress: Progress, endpoints: Sequence[str] = (),
                       limit: int | None = None) -> tuple[RunOutcome, EnrichReport]:
     """Work through the enrichment backlog as one `enrich` run in `sync_runs`."""
-    report: EnrichReport | None = None
+    reports: list[EnrichReport] = []  # the pass's report, once a movie is written (it fills in as it goes)
 
-    def counts(done: EnrichReport | None = None) -> dict[str, int]:
-        done = done or report
+    def counts() -> dict[str, int]:
         return {"requests": client.stats.requests, "retries": client.stats.retries,
-                "enriched": done.movies_done if done else 0}
+                "enriched": reports[0].movies_done if reports else 0}
+
+    def written(report: EnrichReport) -> None:
+        reports[:] = [report]
+        store.update_run(db, outcome.run_id, **counts())
 
     with logged_run(db, "enrich", lambda: client.base_url, stop.is_set, counts) as outcome:
-        report = enrich_backlog(db, client, config, endpoints=endpoints or None, limit=limit, stop=stop,
-                                progress=progress, on_written=lambda done: store.update_run(db, outcome.run_id,
-                                                                                             **counts(done)))
-    return outcome, report
+        reports[:] = [enrich_backlog(db, client, config, endpoints=endpoints or None, limit=limit, stop=stop,
+                                     progress=progress, on_written=written)]
+    return outcome, reports[0]
 
 
 @dataclass

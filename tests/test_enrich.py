@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from mirror import store
 from mirror.fakeapi import Catalog, FakeYTS
@@ -420,3 +421,90 @@ def test_details_without_a_movie_are_retried_not_taken_for_not_found(db_path: Pa
             assert Syncer(db, client, config)._gone_upstream(next(iter(blank))) is None
     finally:
         sim.stop()
+
+
+def children(db: Path, movie_id: int) -> dict:
+    """A movie's rows from every child table."""
+    conn = connect(db)
+    rows = {table: [tuple(r) for r in conn.execute(f"SELECT * FROM {table} WHERE movie_id = ? ORDER BY position",
+                                                   [movie_id])]
+            for table in ("movie_cast", "movie_suggestions", "movie_reviews", "movie_parental_guides")}
+    conn.close()
+    return rows
+
+
+def test_a_movie_details_does_not_know_keeps_its_other_rows(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                            config_file: Path) -> None:
+    sim = simulator(movies=60, seed=7)
+    db = tmp_path / "unknown.db"
+    run_process(sync_args(db, sim, config_file))
+    unknown = [row[0] for row in query(db, "SELECT DISTINCT movie_id FROM movie_reviews ORDER BY movie_id LIMIT 3")]
+    kept = {movie_id: children(db, movie_id) for movie_id in unknown}
+    movies = {movie_id: sim.catalog.movies[movie_id] for movie_id in unknown}
+    sim.catalog.remove(ids=unknown)  # still listed in the mirror: details answer with the id-0 placeholder
+    due_now = tmp_path / "due.toml"
+    due_now.write_text(config_file.read_text() + "ttl_days = { movie_details = 0.0, movie_suggestions = 0.0, "
+                       "movie_reviews = 0.0, movie_parental_guides = 0.0 }\n")
+    before = dict(sim.counts)
+    run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(due_now)])
+    for movie_id in unknown:
+        assert children(db, movie_id) == kept[movie_id]
+        assert dict(query(db, "SELECT endpoint, status FROM enrich_state WHERE movie_id = ?", [movie_id])) == {
+            "movie_details": "not_found", "movie_suggestions": "ok", "movie_reviews": "ok",
+            "movie_parental_guides": "ok"}
+    for endpoint in ("movie_suggestions", "movie_reviews", "movie_parental_guides"):
+        assert sim.counts[endpoint] - before[endpoint] == 57, endpoint  # not asked about the unknown three
+    with sim.catalog.lock:  # back upstream: details are asked again after a day, then the rest
+        for movie_id, movie in movies.items():
+            sim.catalog.movies[movie_id] = movie
+            sim.catalog.order.append(movie_id)
+    conn = connect(db)
+    with conn:
+        conn.execute("UPDATE enrich_state SET fetched_at = ? WHERE status = 'not_found'", [store.now_iso(days_ago=2)])
+    run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(due_now)])
+    for movie_id in unknown:
+        assert mirrored_details(db, movie_id) == expected_details(sim, movie_id)
+
+
+def test_sync_fetches_again_what_failed(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=100, faults="dead=movie_reviews")
+    run_process(sync_args(db_path, sim, config_file, "--concurrency", "3"))
+    assert failed_movies(db_path)  # the fetches that paused the endpoint
+    sim.faults.dead.clear()
+    run_process(sync_args(db_path, sim, config_file, "--concurrency", "3"))  # its probe resumes it
+    assert not failed_movies(db_path)
+    for movie_id in sim.catalog.order:
+        assert mirrored_details(db_path, movie_id)["reviews"] == expected_details(sim, movie_id)["reviews"]
+
+
+@pytest.mark.parametrize("command", ["enrich", "sync"])
+def test_a_host_that_goes_away_fails_the_run_and_pauses_nothing(command: str, tmp_path: Path,
+                                                                config_file: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    simulator_process = cli_subprocess(["fake-api", "--movies", "200", "--port", str(port), "--latency-ms", "20"])
+    try:
+        wait_for(lambda: requests_answer(url))
+        db = tmp_path / "away.db"
+        run_process(["sync", "--db", str(db), "--base-url", url, "--rate", "0", "--config", str(config_file),
+                     "--no-enrich"])
+        extra = ["--full"] if command == "sync" else []
+        process = cli_subprocess([command, "--db", str(db), "--base-url", url, "--rate", "0", "--concurrency", "2",
+                                  "--config", str(config_file), *extra])
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM enrich_state")[0][0] >= 20)
+    finally:
+        simulator_process.kill()
+        simulator_process.wait()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and stderr.startswith("error: API request failed:"), stderr
+    enriched = query(db, "SELECT COUNT(DISTINCT movie_id) FROM enrich_state WHERE status = 'ok'")[0][0]
+    run = last_run(db)
+    assert (run["status"], run["enriched"]) == ("failed", enriched) and enriched >= 5
+    assert query(db, "SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL")[0][0] == 0
+
+
+def requests_answer(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/_admin/stats", timeout=1).ok
+    except requests.ConnectionError:
+        return False
