@@ -877,10 +877,13 @@ def asgi_wrapper(datasette: Any) -> Callable[[ASGI], ASGI]:
     return wrap
 
 
+def is_api_path(datasette: Any, scope: Mapping[str, Any]) -> bool:
+    """Whether an HTTP request is for the API (which answers every method and error itself)."""
+    base = (datasette.setting("base_url") or "/").rstrip("/")
+    return scope.get("type") == "http" and str(scope.get("path", "")).startswith(f"{base}/api/v2/")
+
+
 @hookimpl
 def skip_csrf(datasette: Any, scope: Mapping[str, Any]) -> bool | None:
     """API POSTs carry no CSRF token; let them through to be refused with 405 by the view."""
-    base = (datasette.setting("base_url") or "/").rstrip("/")
-    if scope.get("type") == "http" and str(scope.get("path", "")).startswith(f"{base}/api/v2/"):
-        return True
-    return None
+    return True if is_api_path(datasette, scope) else None

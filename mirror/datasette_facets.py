@@ -270,9 +270,7 @@ def filter_arguments(args: Any, search_view: bool) -> FilterArguments | None:
         query = args.get("_search") or ""
         if query.strip():
             raw = args.get("_searchmode") == "raw"
-            # escape_fts leaves nothing of a lone quote, and MATCH '' is an FTS5 syntax error
-            escaped = "COALESCE(NULLIF(escape_fts(:yts_search), ''), '\"\"')"
-            clauses.append("fts match " + (":yts_search" if raw else escaped))
+            clauses.append("fts match " + (":yts_search" if raw else "escape_fts(:yts_search)"))  # serve's own
             params["yts_search"] = query
             human.append(f'search matches "{query}"')
             extra["search"] = query

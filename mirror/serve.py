@@ -8,6 +8,7 @@ rendering, movie pages and ranked search as `yts-mirror serve`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import signal
@@ -400,12 +401,20 @@ def is_integer(text: str) -> bool:
         return False
 
 
-@hookimpl
+@hookimpl(trylast=True)  # after Datasette's own, whose escape_fts this replaces
 def prepare_connection(conn: sqlite3.Connection, database: str, datasette: Any) -> None:
-    """Read mirror pages through mmap with a larger cache: facets revisit thousands of rows per page."""
+    """Read mirror pages through mmap with a larger cache (facets revisit thousands of rows); a safe escape_fts."""
     if is_mirror(datasette, database):
         conn.execute("PRAGMA cache_size = -32000")
         conn.execute("PRAGMA mmap_size = 1073741824")
+        conn.create_function("escape_fts", 1, escape_fts, deterministic=True)
+
+
+def escape_fts(query: str) -> str:
+    """Datasette's escape_fts, but never '' (of a lone quote, say), which MATCH refuses: '""' matches nothing."""
+    from datasette.utils import escape_fts as datasette_escape_fts
+
+    return datasette_escape_fts(query) or '""'
 
 
 # ---- plugin hooks: rendering ---------------------------------------------------------------
@@ -476,27 +485,106 @@ def handle_exception(datasette: Any, request: Any, exception: Exception) -> Any:
 @hookimpl
 def asgi_wrapper(datasette: Any) -> Callable[[Any], Any]:
     """Refuse what Datasette would answer with a 500; send HTML searches to movie_search, bare visits to the catalog."""
+    from .api import is_api_path
 
     def wrap(app: Any) -> Any:
         async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope.get("type") != "http":
+            if scope.get("type") != "http" or is_api_path(datasette, scope):
                 await app(scope, receive, send)
                 return
-            error = await early_error(datasette, scope)
-            if error is not None:
-                await send_error(datasette, scope, receive, send, error)
+            if scope.get("method") not in ("GET", "HEAD"):  # Datasette 0.65 answers POST to a table with a 500
+                await send_status(send, 405, [(b"allow", b"GET, HEAD")])
                 return
-            target = redirect_target(datasette, scope)
-            if target is None:
-                await app(scope, receive, send)
-                return
-            await send({"type": "http.response.start", "status": 302,
-                        "headers": [(b"location", target.encode("utf-8")), (b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
+            token = TIEBREAK.set(await sort_tiebreak(datasette, scope))
+            try:
+                await serve_page(datasette, app, scope, receive, send)
+            finally:
+                TIEBREAK.reset(token)
 
         return wrapped
 
     return wrap
+
+
+@dataclass(frozen=True)
+class Tiebreak:
+    """The key a sorted table page's ORDER BY lacks: Datasette 0.65 adds it only from the second page on.
+
+    So rows tied on the sort column came in the index's order on the first page (descending keys
+    for a descending sort) and in key order after it, and keyset paging skipped or repeated them.
+    """
+
+    database: str
+    table_sql: str  # the table name as Datasette writes it in SQL
+    keys_sql: str
+
+    def apply(self, sql: str) -> str:
+        """`sql` with the key after its lone sort column, if it is the page's own query of this table."""
+        head, found, tail = sql.rpartition(" order by ")
+        order, limited, limit = tail.rpartition(" limit ")
+        if not (found and limited and limit.isdigit()) or "," in order or " group by " in head:
+            return sql
+        if not (head.startswith("select ") and f" from {self.table_sql} " in f"{head} "):
+            return sql
+        return f"{head} order by {order}, {self.keys_sql} limit {limit}"
+
+
+TIEBREAK: contextvars.ContextVar[Tiebreak | None] = contextvars.ContextVar("yts_mirror_tiebreak", default=None)
+
+
+async def sort_tiebreak(datasette: Any, scope: dict[str, Any]) -> Tiebreak | None:
+    """The Tiebreak of the first page of a mirror table sorted by a column, else None."""
+    from datasette.utils import escape_sqlite
+
+    args = dict(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True))
+    if "_next" in args or not (args.get("_sort") or args.get("_sort_desc")):
+        return None
+    page = await page_of(datasette, scope.get("path", ""))
+    if page is None or page[2] or not is_mirror(datasette, page[0].name):
+        return None
+    db, table, _ = page
+    if table in await db.view_names():
+        return None  # a view pages by offset
+    keys = ", ".join(escape_sqlite(key) for key in await db.primary_keys(table)) or "rowid"
+    return Tiebreak(db.name, escape_sqlite(table), keys)
+
+
+@hookimpl
+def startup(datasette: Any) -> None:
+    """Give each sorted table page's first query its key (see Tiebreak)."""
+    from datasette.database import Database
+
+    if getattr(Database.execute, "yts_mirror_tiebreak", False):
+        return
+    execute = Database.execute
+
+    async def execute_with_tiebreak(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+        tiebreak = TIEBREAK.get()
+        if tiebreak is not None and tiebreak.database == self.name:
+            sql = tiebreak.apply(sql)
+        return await execute(self, sql, *args, **kwargs)
+
+    execute_with_tiebreak.yts_mirror_tiebreak = True  # type: ignore[attr-defined]
+    Database.execute = execute_with_tiebreak
+
+
+async def serve_page(datasette: Any, app: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answer a page request: a 4xx where Datasette would fail, a redirect, or Datasette's page."""
+    error = await early_error(datasette, scope)
+    if error is not None:
+        await send_error(datasette, scope, receive, send, error)
+        return
+    target = redirect_target(datasette, scope)
+    if target is None:
+        await app(scope, receive, send)
+        return
+    await send_status(send, 302, [(b"location", target.encode("utf-8"))])
+
+
+async def send_status(send: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer with an empty body."""
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def redirect_target(datasette: Any, scope: dict[str, Any]) -> str | None:

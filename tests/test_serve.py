@@ -506,6 +506,64 @@ def assert_inert(html: str) -> None:
     assert "<b>bold</b>" not in html
 
 
+def paged_keys(mirror: Mirror, path: str, key: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Follow a table page's next tokens to its end; the key of every row, in order."""
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        datasette = make_datasette(str(mirror.path))
+        await datasette.invoke_startup()
+        keys: list[tuple[Any, ...]] = []
+        url: str | None = path
+        while url:
+            response = await datasette.client.get(url)
+            assert response.status_code == 200, response.text[:300]
+            data = response.json()
+            keys += [tuple(row[column] for column in key) for row in data["rows"]]
+            url = f"{path}&_next={quote(data['next'])}" if data["next"] else None
+        return keys
+
+    return asyncio.run(fetch())
+
+
+@pytest.mark.parametrize("table, sort, key", [
+    ("movies", "_sort_desc=rating", ("id",)), ("movies", "_sort_desc=language", ("id",)),
+    ("movies", "_sort=year", ("id",)), ("torrents", "_sort_desc=seeds", ("hash",)),
+    ("movie_genres", "_sort_desc=genre", ("movie_id", "genre")),
+])
+def test_paging_a_sorted_table_gives_every_row_once(mirror: Mirror, table: str, sort: str,
+                                                     key: tuple[str, ...]) -> None:
+    keys = paged_keys(mirror, f"/{mirror.name}/{table}.json?{sort}&_size=7&_shape=objects", key)
+    assert len(keys) == len(set(keys)) == query(mirror, f"SELECT COUNT(*) FROM {table}")[0][0]
+
+
+def test_pages_refuse_writes_with_405(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [f"/{mirror.name}/movies", f"/{mirror.name}/movie_catalog", f"/{mirror.name}/movies.json",
+             f"/{mirror.name}/search?q=x", f"/{mirror.name}"]
+
+    async def post() -> list[Any]:
+        datasette = make_datasette(str(mirror.path))
+        await datasette.invoke_startup()
+        return [await datasette.client.post(path, data={"x": "1"}) for path in paths]
+
+    for path, response in zip(paths, asyncio.run(post())):
+        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD", (path, response.status_code)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_plain_searches_of_bare_quotes_find_nothing(mirror: Mirror) -> None:
+    for text in ('"', '""', '" "'):
+        for page in ("movie_catalog", "movies", "movie_search"):
+            data = get_json(mirror, f"/{mirror.name}/{page}.json?_search={quote(text)}&_sort=id&_shape=objects")
+            assert data["rows"] == [], (page, text)
+
+
+def test_the_api_takes_a_bad_timelimit_as_an_unknown_parameter(mirror: Mirror) -> None:
+    json_page, xml_page = get(mirror, "/api/v2/list_movies.json?_timelimit=abc&limit=1",
+                              "/api/v2/list_movies.xml?_timelimit=abc&limit=1")
+    assert json_page.status_code == 200 and json_page.json()["status"] == "ok"
+    assert xml_page.status_code == 200 and xml_page.text.lstrip().startswith("<")
+
+
 def test_untrusted_text_is_never_markup(mirror: Mirror) -> None:
     name, evil = mirror.name, mirror.evil_id
     paths = [f"/{name}/movie_catalog", f"/{name}/movie_search?_search={EVIL_WORD}", f"/{name}/movies/{evil}",
