@@ -761,7 +761,7 @@ class FakeYTS:
     def _list_movies(self, params: Mapping[str, str], fault: str | None = None) -> bytes:
         """A list page, spoilt as `fault` says: empty, stale (another page's answer) or badcount."""
         limit = _int_param(params, "limit", 20)
-        limit = 20 if limit <= 0 or limit > 50 else limit
+        limit = min(50, max(1, limit))  # the reference's 1-50; what upstream does outside it is unrecorded
         page = max(1, _int_param(params, "page", 1))
         if fault == "stale":  # as from a cache that ignores the query string
             page = 2 if page == 1 else 1

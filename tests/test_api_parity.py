@@ -140,6 +140,7 @@ def test_combined_filters_sorts_and_pages(pair: Pair) -> None:
         {"limit": 1, "page": 17},
         {"limit": 50, "page": 8},
         {"limit": 33, "page": 99},
+        {"limit": 0, "page": 2}, {"limit": -5}, {"limit": 500, "page": 2},
     ]
     for params in cases:
         assert_same(pair, params, pages=3)
