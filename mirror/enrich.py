@@ -456,5 +456,14 @@ def _announce(progress: Progress, requests: int, movies: int, rate: float) -> No
     """Say how long the backlog will take at the rate limit, and start the progress bar."""
     if rate > 0:
         progress.message(f"enrichment backlog: {requests} requests for {movies} movies, "
-                         f"about {requests / rate / 3600:.1f} h at {rate:g} req/s")
+                         f"about {duration(requests / rate)} at {rate:g} req/s")
     progress.total(requests)
+
+
+def duration(seconds: float) -> str:
+    """A rough duration for people: '40 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

@@ -508,3 +508,11 @@ def requests_answer(url: str) -> bool:
         return requests.get(f"{url}/_admin/stats", timeout=1).ok
     except requests.ConnectionError:
         return False
+
+
+@pytest.mark.parametrize("seconds, text", [(0.2, "1 s"), (40, "40 s"), (89, "89 s"), (90, "2 min"), (720, "12 min"),
+                                           (5399, "90 min"), (5400, "1.5 h"), (12600, "3.5 h")])
+def test_backlog_durations_read_as_people_say_them(seconds: float, text: str) -> None:
+    from mirror.enrich import duration
+
+    assert duration(seconds) == text
