@@ -233,7 +233,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj["quiet"] = quiet
 
 
-db_option = click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
+db_option = click.option("--db", "db", type=click.Path(dir_okay=False, readable=False), default=None,
                          help="Database file [env YTS_MIRROR_DB; default yts-mirror.db].")
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="TOML config file [env YTS_MIRROR_CONFIG].")
@@ -352,7 +352,7 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
            wait: bool) -> None:
     """Fetch details, cast, suggestions, reviews and parental guides for the backlog."""
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
-    run_enrich(config, endpoints=endpoints, limit=limit, wait=wait, quiet=ctx.obj["quiet"])
+    run_enrich(config, endpoints=tuple(dict.fromkeys(endpoints)), limit=limit, wait=wait, quiet=ctx.obj["quiet"])
 
 
 def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,

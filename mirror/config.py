@@ -180,6 +180,9 @@ def validate(config: Config) -> Config:
         check_base_url(url)
     if len(set(config.api.base_urls)) < len(config.api.base_urls):  # a host named twice is one host
         config = replace(config, api=replace(config.api, base_urls=tuple(dict.fromkeys(config.api.base_urls))))
+    if len(set(config.enrich.endpoints)) < len(config.enrich.endpoints):  # and an endpoint is fetched once
+        endpoints = tuple(dict.fromkeys(config.enrich.endpoints))
+        config = replace(config, enrich=replace(config.enrich, endpoints=endpoints))
     for (section, key), (low, high) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not (math.isfinite(value) and low <= value <= high):
@@ -325,6 +328,9 @@ def resolve(
     if concurrency is not None:
         enrich = replace(enrich, concurrency=concurrency)
     path = Path(db)
+    if str(path) == ":memory:":
+        raise ConfigError("the database path :memory: names SQLite's database in memory, which keeps nothing; "
+                          "give a file")
     check_path_length(path)
     if path.is_dir():
         raise ConfigError(f"the database path {db} is a directory")

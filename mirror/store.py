@@ -140,10 +140,15 @@ class ImmediateDatabase(sqlite_utils.Database):
             raise
 
 
+def file_uri(path: str | os.PathLike[str]) -> str:
+    """The file: URI of a database path, so that SQLite takes every name as a file (never "file:..." or ":memory:")."""
+    return Path(path).absolute().as_uri()
+
+
 def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> ImmediateDatabase:
     """Open a database file with the settings every connection here uses."""
     try:
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_ms / 1000)
+        conn = sqlite3.connect(file_uri(path), uri=True, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     except sqlite3.OperationalError as error:
         raise StoreError(f"cannot open database {path}: {error}") from None
     db = ImmediateDatabase(conn)
@@ -173,10 +178,7 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
         db.execute("PRAGMA wal_autocheckpoint = 16384")
         db.execute("PRAGMA journal_size_limit = 67108864")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema version {version} is newer than this yts-mirror ({SCHEMA_VERSION}); upgrade yts-mirror"
-            )
+        refuse_newer(version)
         with db.atomic():
             if version and version < SCHEMA_VERSION:
                 for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -188,8 +190,31 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
             for statement in split_sql(schema_sql()):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        check_columns(db)
     except sqlite3.DatabaseError as error:
         raise StoreError(f"cannot prepare database: {error}") from None
+
+
+@functools.cache
+def schema_columns() -> dict[str, frozenset[str]]:
+    """The columns of each table schema.sql creates."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(schema_sql())
+        return {table: frozenset(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+                for table in schema_tables()}
+    finally:
+        conn.close()
+
+
+def check_columns(db: sqlite_utils.Database) -> None:
+    """Raise StoreError if a table lacks a column schema.sql gives it (dropped by hand: the writes would fail)."""
+    for table, expected in sorted(schema_columns().items()):
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        missing = sorted(expected - present)
+        if present and missing:  # a missing table is recreated by ensure_db_shape
+            raise StoreError(f"the mirror's table {table} lacks column {', '.join(missing)} (changed by hand?); "
+                             "put it back, or sync into a new --db")
 
 
 @contextmanager
@@ -199,7 +224,7 @@ def background_checkpoints(path: str | os.PathLike[str], interval: float = 0.5) 
 
     def run() -> None:
         try:
-            conn = sqlite3.connect(str(path), check_same_thread=False)
+            conn = sqlite3.connect(file_uri(path), uri=True, check_same_thread=False)
         except sqlite3.Error as error:  # the writer's own autocheckpoint still works
             log.debug("no background checkpoints: %s", error)
             return
@@ -306,9 +331,11 @@ def open_reader(path: str) -> sqlite_utils.Database:
         db = ImmediateDatabase(connect_read_only(path, immutable=True, check_same_thread=False))
     else:
         db = connect(path)
-    if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
-        with closed_on_error(db):
+    with closed_on_error(db):
+        if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
             ensure_db_shape(db)
+        else:
+            check_columns(db)
     return db
 
 
@@ -325,7 +352,16 @@ def require_mirror(path: str, must_exist: bool = True) -> int:
         raise StoreError(f"no database at {path}; run `yts-mirror sync --db {path}` first")
     if version == 0 and must_exist:
         raise StoreError(f"{path} holds no mirror yet; run `yts-mirror sync --db {path}` first")
+    refuse_newer(version or 0)
     return version or 0
+
+
+def refuse_newer(version: int) -> None:
+    """Raise StoreError for a schema version this yts-mirror does not know."""
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this yts-mirror ({SCHEMA_VERSION}); upgrade yts-mirror"
+        )
 
 
 def connect_read_only(path: str | os.PathLike[str], immutable: bool = False, **kwargs: Any) -> sqlite3.Connection:

@@ -516,3 +516,17 @@ def test_backlog_durations_read_as_people_say_them(seconds: float, text: str) ->
     from mirror.enrich import duration
 
     assert duration(seconds) == text
+
+
+def test_an_endpoint_named_twice_is_fetched_once(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                 config_file: Path) -> None:
+    sim = simulator(movies=30)
+    db = tmp_path / "twice.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    twice = tmp_path / "twice.toml"
+    twice.write_text(config_file.read_text() + 'endpoints = ["movie_details", "movie_details"]\n')
+    run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(twice), "--limit", "3"])
+    assert sim.counts["movie_details"] == 3
+    run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+                 "--endpoint", "movie_reviews", "--endpoint", "movie_reviews", "--limit", "3"])
+    assert sim.counts["movie_reviews"] == 3

@@ -622,6 +622,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     (["--base-url", "http://127.0.0.1:9/?q=1"], "has a query or fragment"),
     (["--base-url", "http://127.0.0.1:9/#top"], "has a query or fragment"),
     (["--base-url", "http://user:secret@127.0.0.1:9"], "holds credentials; put them in ~/.netrc"),
+    (["--db", ":memory:"], "names SQLite's database in memory, which keeps nothing"),
+    (["--db", "./:memory:"], "names SQLite's database in memory, which keeps nothing"),
 ])
 def test_bad_flag_values_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], message: str) -> None:
     result = run_cli(["sync", "--db", str(tmp_path / "x.db"), *flags])
@@ -655,6 +657,72 @@ def test_a_database_in_a_missing_directory_is_a_config_error(tmp_path: Path, com
     result = run_cli([*command, "--db", str(tmp_path / "nodir" / "x.db")])
     assert result.exit_code == 2 and "is not in an existing directory" in result.output
     assert result.output.count("\n") == 1
+
+
+def test_a_database_named_like_a_uri_is_a_file_of_that_name(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                             config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = simulator(movies=60)
+    monkeypatch.chdir(tmp_path)
+    for name in ("file:mirror.db", "odd?mode=memory#x.db"):
+        result = run_cli(sync_args(name, sim.url, config_file))
+        assert result.exit_code == 0, result.output
+        assert last_run(tmp_path / name)["movies_new"] == 60  # read by its absolute path: no URI
+        stats = json.loads(run_cli(["stats", "--db", name, "--json"]).output)
+        assert stats["counts"]["movies"] == 60
+    assert sorted(path.name for path in tmp_path.glob("*.db")) == ["file:mirror.db", "odd?mode=memory#x.db"]
+
+
+def newer_mirror(db_path: Path, sim: FakeYTS, config_file: Path) -> None:
+    """A mirror whose schema version is ahead of this yts-mirror's."""
+    sync(db_path, sim, config_file, "--no-enrich")
+    conn = connect(db_path)
+    conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    conn.close()
+
+
+@pytest.mark.parametrize("command", [["sync"], ["enrich"], ["stats"], ["search", "x"], ["serve", "--port", "0"],
+                                     ["schedule"]])
+def test_a_newer_schema_is_refused_in_one_line(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path,
+                                               command: list[str]) -> None:
+    sim = simulator(movies=60)
+    newer_mirror(db_path, sim, config_file)
+    process = cli_subprocess([*command, "--db", str(db_path), "--config", str(config_file)])
+    try:
+        _, stderr = process.communicate(timeout=60)  # a scheduler must not start and fail every job
+    finally:
+        process.kill()
+    expected = f"is newer than this yts-mirror ({store.SCHEMA_VERSION}); upgrade yts-mirror\n"
+    assert process.returncode == 1 and stderr.startswith("error: ") and stderr.endswith(expected), stderr
+    assert stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["sync", "--no-enrich", "--rate", "0"], ["stats"], ["search", "x"]])
+def test_a_column_dropped_by_hand_is_one_line(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path,
+                                              command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = simulator(movies=60)
+    sync(db_path, sim, config_file, "--no-enrich")
+    conn = connect(db_path)
+    conn.executescript("DROP TRIGGER movies_fts_au; ALTER TABLE movies DROP COLUMN synopsis;")
+    conn.close()
+    monkeypatch.setenv("YTS_MIRROR_BASE_URL", sim.url)
+    result = run_cli([*command, "--db", str(db_path), "--config", str(config_file)])
+    assert result.exit_code == 1, result.output
+    assert result.output == ("error: the mirror's table movies lacks column synopsis (changed by hand?); put it back, "
+                             "or sync into a new --db\n")
+
+
+def test_an_unreadable_database_is_exit_1_however_it_is_named(db_path: Path) -> None:
+    db_path.write_bytes(b"SQLite format 3\x00" + bytes(4080))
+    db_path.chmod(0)
+    # root reads any file: drop the capabilities that let it
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    command = [*as_user, sys.executable, "-m", "mirror", "stats"]
+    by_flag = subprocess.run([*command, "--db", str(db_path)], capture_output=True, text=True)
+    by_environment = subprocess.run(command, capture_output=True, text=True,
+                                    env={**os.environ, "YTS_MIRROR_DB": str(db_path)})
+    assert by_flag.returncode == by_environment.returncode == 1, (by_flag.stderr, by_environment.stderr)
+    assert by_flag.stderr == by_environment.stderr.replace("YTS_MIRROR_DB", "--db")
+    assert by_flag.stderr.count("\n") == 1 and "cannot open database" in by_flag.stderr
 
 
 def test_schedule_refuses_a_database_of_something_else_at_once(tmp_path: Path) -> None:
