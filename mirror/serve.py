@@ -529,6 +529,7 @@ class Tiebreak:
         return f"{head} order by {order}, {self.keys_sql} limit {limit}"
 
 
+SORT_KEYS = ("sort", "sort_desc")  # in table metadata
 TIEBREAK: contextvars.ContextVar[Tiebreak | None] = contextvars.ContextVar("yts_mirror_tiebreak", default=None)
 
 
@@ -537,14 +538,16 @@ async def sort_tiebreak(datasette: Any, scope: dict[str, Any]) -> Tiebreak | Non
     from datasette.utils import escape_sqlite
 
     args = dict(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace"), keep_blank_values=True))
-    if "_next" in args or not (args.get("_sort") or args.get("_sort_desc")):
+    if "_next" in args:
         return None
     page = await page_of(datasette, scope.get("path", ""))
     if page is None or page[2] or not is_mirror(datasette, page[0].name):
         return None
     db, table, _ = page
-    if table in await db.view_names():
-        return None  # a view pages by offset
+    metadata = datasette.table_metadata(db.name, table)  # its default sort, where the URL names none
+    by_column = any(args.get(key) for key in ("_sort", "_sort_desc")) or any(metadata.get(key) for key in SORT_KEYS)
+    if not by_column or table in await db.view_names():
+        return None  # sorted by its key alone, or a view, which pages by offset
     keys = ", ".join(escape_sqlite(key) for key in await db.primary_keys(table)) or "rowid"
     return Tiebreak(db.name, escape_sqlite(table), keys)
 

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -534,6 +535,18 @@ def test_paging_a_sorted_table_gives_every_row_once(mirror: Mirror, table: str, 
                                                      key: tuple[str, ...]) -> None:
     keys = paged_keys(mirror, f"/{mirror.name}/{table}.json?{sort}&_size=7&_shape=objects", key)
     assert len(keys) == len(set(keys)) == query(mirror, f"SELECT COUNT(*) FROM {table}")[0][0]
+
+
+def test_paging_a_table_by_its_default_sort_gives_every_row_once(mirror: Mirror, tmp_path: Path) -> None:
+    tied = Mirror(tmp_path / "tied.db", "tied", mirror.evil_id, mirror.removed_id, mirror.catalog)
+    with closing(sqlite3.connect(mirror.path)) as source, closing(sqlite3.connect(tied.path)) as copy:
+        source.backup(copy)
+        with copy:  # uploaded together: the metadata's default sort (date_uploaded_unix) ties
+            for table in ("movies", "torrents"):
+                copy.execute(f"UPDATE {table} SET date_uploaded_unix = 4102444800 WHERE rowid % 3 = 0")  # the newest
+    for table, key in (("movies", ("id",)), ("torrents", ("hash",))):
+        keys = paged_keys(tied, f"/tied/{table}.json?_size=7&_shape=objects", key)
+        assert len(keys) == len(set(keys)) == query(tied, f"SELECT COUNT(*) FROM {table}")[0][0], table
 
 
 def test_pages_refuse_writes_with_405(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> None:
