@@ -54,6 +54,7 @@ class Breaker:
         self.suspect = probing
         self.last_error: str | None = None
         self.unanswered = False  # whether no attempt of the current failures got an HTTP response
+        self.answered_at_first_failure = 0  # the client's count of HTTP responses after the first of them
         self._lock = threading.Lock()
         self._turn = threading.Lock()
 
@@ -82,12 +83,18 @@ class Breaker:
             raise
         self.suspect = False
 
-    def record(self, ok: bool, error: str | None = None, unanswered: bool = False) -> bool:
-        """Count one fetch outcome (`unanswered`: none of its attempts got an HTTP response); True if it paused."""
+    def record(self, ok: bool, error: str | None = None, unanswered: bool = False, answered: int = 0) -> bool:
+        """Count one fetch outcome; True if it paused the endpoint.
+
+        `unanswered`: none of the fetch's attempts got an HTTP response; `answered`: the client's
+        count of HTTP responses now.
+        """
         with self._lock:
             if ok:
                 self.failures, self.probing = 0, False
                 return False
+            if not self.failures:
+                self.answered_at_first_failure = answered
             self.unanswered = unanswered and (self.unanswered or not self.failures)
             self.failures += 1
             self.last_error = error
@@ -105,6 +112,7 @@ class WorkItem:
     movie_id: int
     list_hash: str | None
     endpoints: list[str]
+    retry: bool = True  # every endpoint it needs failed before: it waits behind fresh work
 
 
 @dataclass
@@ -144,6 +152,7 @@ def params_for(endpoint: str, movie_id: int) -> dict[str, Any]:
 
 
 NOT_FOUND_RECHECK_DAYS = 1.0
+SYNC_ATTEMPTS = 3  # fetches of a movie's endpoint a sync makes before only `enrich` retries it
 
 
 # A movie whose movie_details said "not found" waits for that answer to change before the
@@ -155,8 +164,9 @@ _DETAILS_FOUND = ("(:details OR NOT EXISTS (SELECT 1 FROM enrich_state d WHERE d
 def _backlog_where(only_new: bool) -> str:
     """SQL condition for a movie an endpoint should fetch (parameters :cutoff, :recheck, :details)."""
     changed = "(:details AND s.list_hash IS NOT m.list_hash)"
-    if only_new:  # a sync: movies never fetched, changed ones, and earlier failures
-        return f"(s.movie_id IS NULL OR s.status = 'failed' OR {changed}) AND {_DETAILS_FOUND}"
+    if only_new:  # a sync: movies never fetched, changed ones, and failures it has not retried enough
+        return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND s.attempts < {SYNC_ATTEMPTS}) OR {changed})"
+                f" AND {_DETAILS_FOUND}")
     # A listed movie whose details were not found is asked again after a day, not after the TTL:
     # the list and the details can disagree for a while (seen during a host's restart).
     return (f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed}"
@@ -183,13 +193,19 @@ def paused_endpoints(db: sqlite_utils.Database) -> set[str]:
 
 def plan(db: sqlite_utils.Database, config: Config, endpoints: Sequence[str], only_new: bool = False,
          limit: int | None = None) -> list[WorkItem]:
-    """The backlog: movies needing any of `endpoints`, newest first."""
+    """The backlog: movies needing any of `endpoints`, newest first, those only failures need after the rest.
+
+    A failure can be lasting (one movie an endpoint always fails on): retried first, a few of
+    them would pause the endpoint before it reached the movies never fetched.
+    """
     items: dict[int, WorkItem] = {}
     for endpoint in endpoints:
-        sql = _backlog_sql("m.id, m.list_hash", only_new) + " ORDER BY m.id DESC"
-        for movie_id, list_hash in db.execute(sql, _backlog_args(config, endpoint)):
-            items.setdefault(movie_id, WorkItem(movie_id, list_hash, [])).endpoints.append(endpoint)
-    ordered = sorted(items.values(), key=lambda item: -item.movie_id)
+        sql = _backlog_sql("m.id, m.list_hash, s.status IS 'failed'", only_new) + " ORDER BY m.id DESC"
+        for movie_id, list_hash, failed in db.execute(sql, _backlog_args(config, endpoint)):
+            item = items.setdefault(movie_id, WorkItem(movie_id, list_hash, []))
+            item.endpoints.append(endpoint)
+            item.retry = item.retry and bool(failed)
+    ordered = sorted(items.values(), key=lambda item: (item.retry, -item.movie_id))
     return ordered[:limit] if limit else ordered
 
 
@@ -345,7 +361,7 @@ class Pool:
                     breaker.record(True)
                     return ("not_found", None)
                 self.last_failure = error
-                if breaker.record(False, error.reason, unanswered=error.unanswered):
+                if breaker.record(False, error.reason, error.unanswered, self.client.stats.answered):
                     log.info("pausing %s: %s", endpoint, error.reason)  # the run reports it at its end
                 return ("failed", str(error))
             breaker.record(True)
@@ -427,15 +443,22 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
             progress.advance(len(done.item.endpoints))
     finally:
         failure = _host_failure(client, pool, breakers, sent, answered)
-        _save_breakers(db, _endpoint_faults(breakers), report)
+        _save_breakers(db, _endpoint_faults(client, breakers), report)
     if failure is not None:
         raise failure
     return report
 
 
-def _endpoint_faults(breakers: Mapping[str, Breaker]) -> dict[str, Breaker]:
-    """The breakers but those an unreachable host paused: none of the fetches that paused them got an HTTP response."""
-    return {name: breaker for name, breaker in breakers.items() if not (breaker.paused and breaker.unanswered)}
+def _endpoint_faults(client: YTSClient, breakers: Mapping[str, Breaker]) -> dict[str, Breaker]:
+    """The breakers but those an unreachable host paused.
+
+    That is: no fetch that paused it got an HTTP response, and no other request has got one
+    since its first failure (an endpoint that alone resets or times out is that endpoint's fault).
+    """
+    def host_gone(breaker: Breaker) -> bool:
+        return breaker.paused and breaker.unanswered and breaker.answered_at_first_failure == client.stats.answered
+
+    return {name: breaker for name, breaker in breakers.items() if not host_gone(breaker)}
 
 
 def _host_failure(client: YTSClient, pool: Pool, breakers: Mapping[str, Breaker], sent: int,
@@ -443,11 +466,11 @@ def _host_failure(client: YTSClient, pool: Pool, breakers: Mapping[str, Breaker]
     """The error to end a pass with when the host, not an endpoint, failed; None otherwise.
 
     The host failed when no request of the pass got an HTTP response, or when it stopped
-    answering: an endpoint paused on fetches that got no HTTP response at all.
+    answering: an endpoint paused on fetches that got no HTTP response, and nothing has since.
     """
     if client.stats.requests == sent or pool.last_failure is None:
         return None
-    if client.stats.answered == answered or len(_endpoint_faults(breakers)) < len(breakers):
+    if client.stats.answered == answered or len(_endpoint_faults(client, breakers)) < len(breakers):
         return pool.last_failure
     return None
 

@@ -530,3 +530,46 @@ def test_an_endpoint_named_twice_is_fetched_once(simulator: Callable[..., FakeYT
     run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
                  "--endpoint", "movie_reviews", "--endpoint", "movie_reviews", "--limit", "3"])
     assert sim.counts["movie_reviews"] == 3
+
+
+class ReviewsFailFor(FakeYTS):
+    """A simulator whose movie_reviews fails for some movies: HTTP 500, or (`silent`) no answer at all."""
+
+    def __init__(self, catalog: Catalog, failing: set[int] | None = None, silent: bool = False):
+        super().__init__(catalog)
+        self.failing, self.silent = failing, silent
+
+    def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        if endpoint == "movie_reviews" and (self.failing is None or int(params.get("movie_id", 0)) in self.failing):
+            self._count(self.counts, endpoint)
+            if self.silent:
+                return 200, {}, b"", "reset"
+            return 500, {"Content-Type": "text/html"}, b"<html>500</html>", "http503"
+        return super().respond(endpoint, params)
+
+
+def test_lasting_failures_do_not_keep_an_endpoint_from_the_rest(tmp_path: Path, config_file: Path) -> None:
+    catalog = Catalog(120, 4)
+    failing = set(catalog.order[10:14])
+    db = tmp_path / "lasting.db"
+    with ReviewsFailFor(catalog, failing) as sim:
+        spent = []
+        for _ in range(12):
+            before = sim.counts.get("movie_reviews", 0)
+            run_process(sync_args(db, sim, config_file))
+            spent.append(sim.counts.get("movie_reviews", 0) - before)
+    reviewed = {row[0] for row in query(db, "SELECT movie_id FROM enrich_state WHERE endpoint = 'movie_reviews' "
+                                            "AND status = 'ok'")}
+    assert reviewed == set(catalog.order) - failing  # the second sync gets past them
+    assert spent[-3:] == [0, 0, 0], spent  # and syncs stop asking after a few tries
+    assert query(db, "SELECT MIN(attempts) FROM enrich_state WHERE status = 'failed'")[0][0] >= 3
+
+
+def test_an_endpoint_that_alone_never_answers_is_paused(tmp_path: Path, config_file: Path) -> None:
+    db = tmp_path / "silent.db"
+    with ReviewsFailFor(Catalog(60, 4), silent=True) as sim:
+        result = run_cli(sync_args(db, sim, config_file, "--concurrency", "2"))
+    assert result.exit_code == 0, result.output
+    assert last_run(db)["status"] == "ok"
+    assert [tuple(row) for row in query(db, "SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")] == [
+        ("movie_reviews",)]
