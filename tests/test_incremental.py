@@ -50,8 +50,10 @@ def test_incremental_then_full_refresh(simulator: Callable[..., FakeYTS], db_pat
     assert run["movies_new"] == 137
     present = {row[0] for row in connect(db_path).execute("SELECT id FROM movies")}
     assert set(new_ids) <= present
+    asked = sim.ok_counts.get("movie_details", 0)
     run = sync(db_path, sim, config_file, "--no-enrich", "--full")
     assert run["kind"] == "full" and run["movies_removed"] == 5
+    assert sim.ok_counts.get("movie_details", 0) == asked  # the list held still: the crawl's word is enough
     assert_mirror_equals_catalog(db_path, sim.catalog)  # seeds and peers included
     conn = connect(db_path)
     removed = {row[0] for row in conn.execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
@@ -156,8 +158,8 @@ def test_a_kill_after_marking_removals_keeps_their_count_in_the_run_log(simulato
     killed = subprocess.run([sys.executable, "-c", killed_after_marking,
                              *sync_args(db_path, sim.url, config_file, "--no-enrich", "--full")], capture_output=True)
     assert killed.returncode == -signal.SIGKILL
-    assert last_run(db_path)["movies_removed"] == 1
-    sync(db_path, sim, config_file, "--no-enrich")  # resumes: asks about the other two
+    assert last_run(db_path)["movies_removed"] == len(marked_removed(db_path)) == 3
+    sync(db_path, sim, config_file, "--no-enrich")  # resumes the finished crawl: nothing more to mark
     counted = connect(db_path).execute("SELECT SUM(movies_removed), SUM(torrents_removed) FROM sync_runs").fetchone()
     assert tuple(counted) == (3, connect(db_path).execute(
         "SELECT COUNT(*) FROM torrents WHERE removed_at IS NOT NULL").fetchone()[0])
