@@ -194,6 +194,7 @@ class ClientStats:
     requests: int = 0
     retries: int = 0
     answered: int = 0  # requests that got an HTTP response, whatever its status
+    answered_sent_at: float = float("-inf")  # time.monotonic() when the latest-sent request that got one was sent
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_request(self) -> None:
@@ -201,10 +202,11 @@ class ClientStats:
         with self.lock:
             self.requests += 1
 
-    def count_answer(self) -> None:
-        """Count one HTTP response received."""
+    def count_answer(self, sent_at: float) -> None:
+        """Count one HTTP response received, to a request sent at `sent_at` (time.monotonic())."""
         with self.lock:
             self.answered += 1
+            self.answered_sent_at = max(self.answered_sent_at, sent_at)
 
     def count_retry(self) -> None:
         """Count one retry."""
@@ -405,6 +407,7 @@ class YTSClient:
         if delay > 0:
             self._sleep(delay)  # several workers can queue for tokens for many seconds
         self.stats.count_request()
+        sent_at = time.monotonic()
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
@@ -414,7 +417,7 @@ class YTSClient:
             raise failure from error
         except requests.RequestException as error:
             raise TransientError(with_query(url, params), f"{type(error).__name__}: {error}") from error
-        self.stats.count_answer()
+        self.stats.count_answer(sent_at)
         try:
             data = self._classify(url, response)
             if validate is not None:

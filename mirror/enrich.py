@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class Breaker:
         self.suspect = probing
         self.last_error: str | None = None
         self.unanswered = False  # whether no attempt of the current failures got an HTTP response
-        self.answered_at_first_failure = 0  # the client's count of HTTP responses after the first of them
+        self.failing_since = 0.0  # time.monotonic() as the first of the current failures began
         self._lock = threading.Lock()
         self._turn = threading.Lock()
 
@@ -83,18 +84,18 @@ class Breaker:
             raise
         self.suspect = False
 
-    def record(self, ok: bool, error: str | None = None, unanswered: bool = False, answered: int = 0) -> bool:
+    def record(self, ok: bool, error: str | None = None, unanswered: bool = False, began: float = 0.0) -> bool:
         """Count one fetch outcome; True if it paused the endpoint.
 
-        `unanswered`: none of the fetch's attempts got an HTTP response; `answered`: the client's
-        count of HTTP responses now.
+        `unanswered`: none of the fetch's attempts got an HTTP response; `began`: when it began
+        (time.monotonic()).
         """
         with self._lock:
             if ok:
                 self.failures, self.probing = 0, False
                 return False
             if not self.failures:
-                self.answered_at_first_failure = answered
+                self.failing_since = began
             self.unanswered = unanswered and (self.unanswered or not self.failures)
             self.failures += 1
             self.last_error = error
@@ -351,6 +352,7 @@ class Pool:
     def fetch_one(self, breaker: Breaker, endpoint: str, movie_id: int) -> Outcome | None:
         """Fetch one endpoint for one movie under its breaker; None if the endpoint is paused."""
         with breaker.fetch() as slot:
+            began = time.monotonic()
             try:
                 data = self.client.get(endpoint, params_for(endpoint, movie_id), validate=validator_for(endpoint, movie_id),
                                        guard=lambda: breaker.attempt(slot))
@@ -361,7 +363,7 @@ class Pool:
                     breaker.record(True)
                     return ("not_found", None)
                 self.last_failure = error
-                if breaker.record(False, error.reason, error.unanswered, self.client.stats.answered):
+                if breaker.record(False, error.reason, error.unanswered, began):
                     log.info("pausing %s: %s", endpoint, error.reason)  # the run reports it at its end
                 return ("failed", str(error))
             breaker.record(True)
@@ -452,11 +454,16 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
 def _endpoint_faults(client: YTSClient, breakers: Mapping[str, Breaker]) -> dict[str, Breaker]:
     """The breakers but those an unreachable host paused.
 
-    That is: no fetch that paused it got an HTTP response, and no other request has got one
-    since its first failure (an endpoint that alone resets or times out is that endpoint's fault).
+    That is: no fetch that paused it got an HTTP response, another endpoint's fetches got none
+    either, and no request sent since its failures began got one (answers to requests sent
+    before are stragglers that prove nothing). An endpoint that alone resets or times out is
+    that endpoint's fault.
     """
+    silent = [breaker for breaker in breakers.values() if breaker.failures and breaker.unanswered]
+
     def host_gone(breaker: Breaker) -> bool:
-        return breaker.paused and breaker.unanswered and breaker.answered_at_first_failure == client.stats.answered
+        return (breaker.paused and breaker in silent and len(silent) > 1
+                and client.stats.answered_sent_at < breaker.failing_since)
 
     return {name: breaker for name, breaker in breakers.items() if not host_gone(breaker)}
 

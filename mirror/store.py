@@ -207,7 +207,7 @@ def schema_columns() -> dict[str, frozenset[str]]:
         conn.close()
 
 
-def check_columns(db: sqlite_utils.Database) -> None:
+def check_columns(db: sqlite_utils.Database | sqlite3.Connection) -> None:
     """Raise StoreError if a table lacks a column schema.sql gives it (dropped by hand: the writes would fail)."""
     for table, expected in sorted(schema_columns().items()):
         present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
@@ -385,12 +385,18 @@ def on_read_only_media(path: str | os.PathLike[str]) -> bool:
 
 
 def mirror_version(path: str | os.PathLike[str]) -> int:
-    """Look (read-only) at a database file: its schema version (0 while it has no tables), or StoreError."""
+    """Look (read-only) at a database file: its schema version (0 while it has no tables), or StoreError.
+
+    A mirror of the current version must have every column schema.sql gives it: checked here, so
+    that every command, `schedule` included, refuses a damaged one before it starts.
+    """
     try:
         conn = connect_read_only(path, immutable=on_read_only_media(path))
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version == SCHEMA_VERSION and set(MIRROR_TABLES) <= tables:
+                check_columns(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as error:

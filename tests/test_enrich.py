@@ -532,15 +532,16 @@ def test_an_endpoint_named_twice_is_fetched_once(simulator: Callable[..., FakeYT
     assert sim.counts["movie_reviews"] == 3
 
 
-class ReviewsFailFor(FakeYTS):
-    """A simulator whose movie_reviews fails for some movies: HTTP 500, or (`silent`) no answer at all."""
+class FailsFor(FakeYTS):
+    """A simulator whose `endpoint` fails for some movies (all: None): HTTP 500, or (`silent`) no answer at all."""
 
-    def __init__(self, catalog: Catalog, failing: set[int] | None = None, silent: bool = False):
+    def __init__(self, catalog: Catalog, failing: set[int] | None = None, silent: bool = False,
+                 endpoint: str = "movie_reviews"):
         super().__init__(catalog)
-        self.failing, self.silent = failing, silent
+        self.failing, self.silent, self.endpoint = failing, silent, endpoint
 
     def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
-        if endpoint == "movie_reviews" and (self.failing is None or int(params.get("movie_id", 0)) in self.failing):
+        if endpoint == self.endpoint and (self.failing is None or int(params.get("movie_id", 0)) in self.failing):
             self._count(self.counts, endpoint)
             if self.silent:
                 return 200, {}, b"", "reset"
@@ -552,7 +553,7 @@ def test_lasting_failures_do_not_keep_an_endpoint_from_the_rest(tmp_path: Path, 
     catalog = Catalog(120, 4)
     failing = set(catalog.order[10:14])
     db = tmp_path / "lasting.db"
-    with ReviewsFailFor(catalog, failing) as sim:
+    with FailsFor(catalog, failing) as sim:
         spent = []
         for _ in range(12):
             before = sim.counts.get("movie_reviews", 0)
@@ -565,11 +566,17 @@ def test_lasting_failures_do_not_keep_an_endpoint_from_the_rest(tmp_path: Path, 
     assert query(db, "SELECT MIN(attempts) FROM enrich_state WHERE status = 'failed'")[0][0] >= 3
 
 
-def test_an_endpoint_that_alone_never_answers_is_paused(tmp_path: Path, config_file: Path) -> None:
+@pytest.mark.parametrize("new_movies", [3, 4, 60])
+def test_an_endpoint_that_alone_never_answers_is_paused(tmp_path: Path, config_file: Path, new_movies: int) -> None:
     db = tmp_path / "silent.db"
-    with ReviewsFailFor(Catalog(60, 4), silent=True) as sim:
-        result = run_cli(sync_args(db, sim, config_file, "--concurrency", "2"))
-    assert result.exit_code == 0, result.output
+    catalog = Catalog(40, 4)
+    with FailsFor(catalog, failing=set(), endpoint="movie_parental_guides") as sim:  # each movie's last fetch
+        run_process(sync_args(db, sim, config_file))
+        catalog.add(new_movies)  # the last few fetches of a pass: the others answer during their retries
+        sim.failing, sim.silent = None, True
+        process = cli_subprocess(sync_args(db, sim, config_file, "--concurrency", "4"))
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
     assert last_run(db)["status"] == "ok"
     assert [tuple(row) for row in query(db, "SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")] == [
-        ("movie_reviews",)]
+        ("movie_parental_guides",)]
