@@ -655,6 +655,12 @@ def test_serve_reports_bad_usage_in_one_line(mirror: Mirror, tmp_path: Path) -> 
     assert code == 2 and err.count("\n") == 1 and "cannot listen on" in err
     code, err = run_serve("--db", str(mirror.path), "--host", "")  # not every interface by accident
     assert code == 2 and err.count("\n") == 1 and "must name an address" in err
+    odd = tmp_path / "odd?mode=memory.db"  # Datasette reads its path as a URI
+    with closing(sqlite3.connect(mirror.path)) as source, closing(sqlite3.connect(odd)) as copy:
+        source.backup(copy)
+    code, err = run_serve("--db", str(odd), "--port", "0")
+    assert code == 2 and err.count("\n") == 1 and "whose path holds '?'" in err
+    assert not (tmp_path / "odd").exists()  # what Datasette would have created, reading "?mode..." as a query
 
 
 def test_serve_uses_the_database_from_the_environment_and_ctrl_c_stops_it(mirror: Mirror) -> None:
