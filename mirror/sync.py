@@ -282,8 +282,6 @@ class Syncer:
             for page in pages:
                 if checkpoint.get("movie_count") not in (None, page.movie_count):
                     checkpoint["moved"] = True  # kept in the checkpoint, so a resumed crawl still knows
-                if not seen.isdisjoint(page.ids):  # the list shifted down under the crawl (or was re-read)
-                    checkpoint["shifted"] = True
                 self._commit_page(summary, page, checkpoint)
                 seen.update(page.ids)
                 if self.stop.is_set():
@@ -315,29 +313,23 @@ class Syncer:
         if not complete:
             return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
-        # A movie can slip past a crawl with no sign in movie_count: two movies added together swap
-        # places across a page boundary (one is read twice), or a removal above it is offset by a
-        # movie returning below (which sets `moved`). Where the list showed no such sign, none slipped.
-        doubt = moved or checkpoint.get("shifted", False)
-        self._finish_full(summary, checkpoint["started_at"], moved, removals_possible=not first, doubt=doubt)
+        self._finish_full(summary, checkpoint["started_at"], moved, removals_possible=not first)
 
-    def _finish_full(self, summary: RunSummary, started_at: str, moved: bool, removals_possible: bool,
-                     doubt: bool) -> None:
+    def _finish_full(self, summary: RunSummary, started_at: str, moved: bool, removals_possible: bool) -> None:
         """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl."""
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
-        if removals_possible and not self._mark_unseen_removed(summary, started_at, doubt):
+        if removals_possible and not self._mark_unseen_removed(summary, started_at):
             return  # stopped: the next run resumes here, with the crawl's checkpoint
         self._end_crawl(started_at, moved, complete=True)
 
-    def _mark_unseen_removed(self, summary: RunSummary, started_at: str, doubt: bool) -> bool:
-        """Mark what a complete crawl did not see removed (in `doubt`, once movie_details agrees); False if stopped."""
+    def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> bool:
+        """Mark what a complete crawl did not see removed, once movie_details agrees; False if stopped first."""
         unseen, present = store.unseen_since(self.db, started_at)
         if not unseen or not self._removals_allowed(summary, len(unseen), present):
             return True
-        if not doubt:
-            self._mark_removed(summary, unseen)
-            return True
+        # A movie can slip past a crawl with no sign in movie_count: two movies added together
+        # swap places across a page boundary, or a removal above is offset by a return below.
         self.progress.message(f"asking movie_details about {len(unseen)} movies the crawl did not see")
         unanswered = self._confirm_removals(summary, unseen)
         if self.stop.is_set():
