@@ -444,42 +444,42 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                 done.written.set()
             progress.advance(len(done.item.endpoints))
     finally:
-        failure = _host_failure(client, pool, breakers, sent, answered)
-        _save_breakers(db, _endpoint_faults(client, breakers), report)
+        judged = not stop.is_set()  # a stopped pass leaves its silent pauses unjudged
+        failure = _host_failure(client, pool, breakers, sent, answered) if judged else None
+        unsure = set() if judged and failure is None else _silent_pauses(client, breakers)
+        _save_breakers(db, {name: breaker for name, breaker in breakers.items() if name not in unsure}, report)
     if failure is not None:
         raise failure
     return report
 
 
-def _endpoint_faults(client: YTSClient, breakers: Mapping[str, Breaker]) -> dict[str, Breaker]:
-    """The breakers but those an unreachable host paused.
+def _silent_pauses(client: YTSClient, breakers: Mapping[str, Breaker]) -> set[str]:
+    """Endpoints paused on fetches that got no HTTP response, with no answer to any request sent since.
 
-    That is: no fetch that paused it got an HTTP response, another endpoint's fetches got none
-    either, and no request sent since its failures began got one (answers to requests sent
-    before are stragglers that prove nothing). An endpoint that alone resets or times out is
-    that endpoint's fault.
+    (Answers to requests sent before their failures began are stragglers that prove nothing.)
     """
-    silent = [breaker for breaker in breakers.values() if breaker.failures and breaker.unanswered]
-
-    def host_gone(breaker: Breaker) -> bool:
-        return (breaker.paused and breaker in silent and len(silent) > 1
-                and client.stats.answered_sent_at < breaker.failing_since)
-
-    return {name: breaker for name, breaker in breakers.items() if not host_gone(breaker)}
+    return {name for name, breaker in breakers.items()
+            if breaker.paused and breaker.unanswered and client.stats.answered_sent_at < breaker.failing_since}
 
 
 def _host_failure(client: YTSClient, pool: Pool, breakers: Mapping[str, Breaker], sent: int,
                   answered: int) -> FetchError | None:
     """The error to end a pass with when the host, not an endpoint, failed; None otherwise.
 
-    The host failed when no request of the pass got an HTTP response, or when it stopped
-    answering: an endpoint paused on fetches that got no HTTP response, and nothing has since.
+    The host is in doubt when no request of the pass got an HTTP response, or when an endpoint
+    paused silently (`_silent_pauses`): then one list_movies request asks whether it still answers.
     """
     if client.stats.requests == sent or pool.last_failure is None:
         return None
-    if client.stats.answered == answered or len(_endpoint_faults(client, breakers)) < len(breakers):
+    if client.stats.answered > answered and not _silent_pauses(client, breakers):
+        return None
+    try:
+        client.get("list_movies", {"limit": 1})
+    except FetchError:
         return pool.last_failure
-    return None
+    except Stopped:
+        return None
+    return None  # the host answers: the endpoints that failed are to blame
 
 
 def _announce(progress: Progress, requests: int, movies: int, rate: float) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextvars
 import json
 import logging
-import os
 import signal
 import socket
 import sqlite3
@@ -85,7 +84,7 @@ def _stop(signum: int, frame: Any) -> None:
 def prepare_database(path: str) -> str:
     """Make sure `path` is a mirror and carries the current views and indexes."""
     store.require_mirror(path)  # refuses a missing or empty file, and one that holds something else
-    if odd := sorted(set("?#%") & set(os.path.abspath(path))):
+    if odd := sorted(set("?#%") & set(path)):
         # Datasette 0.65 opens f"file:{path}?mode=ro" as a URI, unquoted: these would change its meaning
         raise ConfigError(f"Datasette cannot open a database whose path holds {' or '.join(map(repr, odd))}; "
                           "serve it through a symbolic link with a plain name")

@@ -580,3 +580,33 @@ def test_an_endpoint_that_alone_never_answers_is_paused(tmp_path: Path, config_f
     assert last_run(db)["status"] == "ok"
     assert [tuple(row) for row in query(db, "SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")] == [
         ("movie_parental_guides",)]
+
+
+class SilentFor(FakeYTS):
+    """A simulator whose `silent` endpoints reset every connection, while the others answer."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__(catalog)
+        self.silent: set[str] = set()
+
+    def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        if endpoint in self.silent:
+            self._count(self.counts, endpoint)
+            return 200, {}, b"", "reset"
+        return super().respond(endpoint, params)
+
+
+def test_endpoints_that_never_answer_are_paused_while_the_host_answers(tmp_path: Path, config_file: Path) -> None:
+    db = tmp_path / "silent.db"
+    with SilentFor(Catalog(30, 4)) as sim:
+        base = ["--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)]
+        run_process(["sync", *base, "--no-enrich"])
+        run_process(["enrich", *base, "--endpoint", "movie_details", "--endpoint", "movie_suggestions"])
+        sim.silent = {"movie_reviews", "movie_parental_guides"}  # the only work left: nothing else answers
+        listed = sim.ok_counts["list_movies"]
+        for _ in range(3):  # the first run pauses both; the next ones are a probe each
+            run_process(["sync", *base])
+            assert last_run(db)["status"] == "ok"
+            paused = query(db, "SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL ORDER BY 1")
+            assert [row[0] for row in paused] == ["movie_parental_guides", "movie_reviews"]
+        assert sim.ok_counts["list_movies"] - listed == 3 * 2  # each run: its walk, and one host check
