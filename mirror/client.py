@@ -37,26 +37,29 @@ class TransientError(YTSError):
     """A failure worth retrying: network trouble, 429, 5xx, HTML or truncated bodies."""
 
     def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False,
-                 server_failure: bool = False, unanswered: bool = False):
+                 server_failure: bool = False, unanswered_since: float | None = None):
         super().__init__(f"{reason} ({url})")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
         self.host_failure = host_failure  # unreachable, or a moved domain's 403/404: this host may be gone
         self.server_failure = server_failure  # 5xx, no JSON, a wrong page: this host may be down
-        self.unanswered = unanswered  # no HTTP response at all: refused, reset, timed out
+        # No HTTP response at all (refused, reset, timed out) to the request sent then (time.monotonic()).
+        self.unanswered_since = unanswered_since
 
 
 class FetchError(YTSError):
     """A permanent failure: retries are exhausted or the request can never succeed."""
 
-    def __init__(self, url: str, reason: str, attempts: int = 1, status: int | None = None, unanswered: bool = False):
+    def __init__(self, url: str, reason: str, attempts: int = 1, status: int | None = None,
+                 unanswered_since: float | None = None):
         super().__init__(f"{url}: {reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
         self.url = url
         self.reason = reason
         self.attempts = attempts
         self.status = status  # the HTTP status of a final answer, where one came
-        self.unanswered = unanswered  # no attempt got any HTTP response
+        # When no attempt got any HTTP response: when the first was sent (time.monotonic()).
+        self.unanswered_since = unanswered_since
 
     @property
     def not_found(self) -> bool:
@@ -377,19 +380,20 @@ class YTSClient:
             sleep=self._sleep,
             reraise=True,
         )
-        answered: list[bool] = []  # one entry per attempt: did it get an HTTP response?
+        unanswered: list[float | None] = []  # per failed attempt: when it was sent, if it got no HTTP response
 
         def attempt() -> Mapping[str, Any]:
             try:
                 return self._guarded_attempt(endpoint, dict(params or {}), validate, guard)
             except TransientError as error:
-                answered.append(not error.unanswered)
+                unanswered.append(error.unanswered_since)
                 raise
 
         try:
             return retrying(attempt)
         except TransientError as error:
-            raise FetchError(error.url, error.reason, self.max_attempts, unanswered=not any(answered)) from error
+            since = unanswered[0] if None not in unanswered else None
+            raise FetchError(error.url, error.reason, self.max_attempts, unanswered_since=since) from error
 
     def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
                          guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:
@@ -412,7 +416,7 @@ class YTSClient:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
             failure = TransientError(with_query(url, params), describe_network_error(error), host_failure=True,
-                                     unanswered=True)
+                                     unanswered_since=sent_at)
             self._strike(host_index, failure)
             raise failure from error
         except requests.RequestException as error:

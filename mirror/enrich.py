@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,8 +53,8 @@ class Breaker:
         self.paused = False
         self.suspect = probing
         self.last_error: str | None = None
-        self.unanswered = False  # whether no attempt of the current failures got an HTTP response
-        self.failing_since = 0.0  # time.monotonic() as the first of the current failures began
+        # When no attempt of the current failures got an HTTP response: when the first was sent.
+        self.unanswered_since: float | None = None
         self._lock = threading.Lock()
         self._turn = threading.Lock()
 
@@ -84,19 +83,16 @@ class Breaker:
             raise
         self.suspect = False
 
-    def record(self, ok: bool, error: str | None = None, unanswered: bool = False, began: float = 0.0) -> bool:
-        """Count one fetch outcome; True if it paused the endpoint.
-
-        `unanswered`: none of the fetch's attempts got an HTTP response; `began`: when it began
-        (time.monotonic()).
-        """
+    def record(self, ok: bool, error: str | None = None, unanswered_since: float | None = None) -> bool:
+        """Count one fetch outcome (`unanswered_since`: see FetchError); True if it paused the endpoint."""
         with self._lock:
             if ok:
                 self.failures, self.probing = 0, False
                 return False
             if not self.failures:
-                self.failing_since = began
-            self.unanswered = unanswered and (self.unanswered or not self.failures)
+                self.unanswered_since = unanswered_since
+            elif unanswered_since is None:
+                self.unanswered_since = None  # one of the failures got an answer
             self.failures += 1
             self.last_error = error
             limit = 1 if self.probing else self.limit
@@ -352,7 +348,6 @@ class Pool:
     def fetch_one(self, breaker: Breaker, endpoint: str, movie_id: int) -> Outcome | None:
         """Fetch one endpoint for one movie under its breaker; None if the endpoint is paused."""
         with breaker.fetch() as slot:
-            began = time.monotonic()
             try:
                 data = self.client.get(endpoint, params_for(endpoint, movie_id), validate=validator_for(endpoint, movie_id),
                                        guard=lambda: breaker.attempt(slot))
@@ -363,7 +358,7 @@ class Pool:
                     breaker.record(True)
                     return ("not_found", None)
                 self.last_failure = error
-                if breaker.record(False, error.reason, error.unanswered, began):
+                if breaker.record(False, error.reason, error.unanswered_since):
                     log.info("pausing %s: %s", endpoint, error.reason)  # the run reports it at its end
                 return ("failed", str(error))
             breaker.record(True)
@@ -444,9 +439,9 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                 done.written.set()
             progress.advance(len(done.item.endpoints))
     finally:
-        judged = not stop.is_set()  # a stopped pass leaves its silent pauses unjudged
-        failure = _host_failure(client, pool, breakers, sent, answered) if judged else None
-        unsure = set() if judged and failure is None else _silent_pauses(client, breakers)
+        silent = _silent_pauses(client, breakers)  # before the host check, whose answer would hide them
+        failure = None if stop.is_set() else _host_failure(client, pool, silent, sent, answered)
+        unsure = silent if failure is not None or stop.is_set() else set()  # a stopped pass judges nothing
         _save_breakers(db, {name: breaker for name, breaker in breakers.items() if name not in unsure}, report)
     if failure is not None:
         raise failure
@@ -458,20 +453,19 @@ def _silent_pauses(client: YTSClient, breakers: Mapping[str, Breaker]) -> set[st
 
     (Answers to requests sent before their failures began are stragglers that prove nothing.)
     """
-    return {name for name, breaker in breakers.items()
-            if breaker.paused and breaker.unanswered and client.stats.answered_sent_at < breaker.failing_since}
+    return {name for name, breaker in breakers.items() if breaker.paused and breaker.unanswered_since is not None
+            and client.stats.answered_sent_at < breaker.unanswered_since}
 
 
-def _host_failure(client: YTSClient, pool: Pool, breakers: Mapping[str, Breaker], sent: int,
-                  answered: int) -> FetchError | None:
+def _host_failure(client: YTSClient, pool: Pool, silent: set[str], sent: int, answered: int) -> FetchError | None:
     """The error to end a pass with when the host, not an endpoint, failed; None otherwise.
 
     The host is in doubt when no request of the pass got an HTTP response, or when an endpoint
-    paused silently (`_silent_pauses`): then one list_movies request asks whether it still answers.
+    paused in `silent`: then one list_movies fetch asks whether it still serves the API.
     """
     if client.stats.requests == sent or pool.last_failure is None:
         return None
-    if client.stats.answered > answered and not _silent_pauses(client, breakers):
+    if client.stats.answered > answered and not silent:
         return None
     try:
         client.get("list_movies", {"limit": 1})

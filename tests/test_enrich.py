@@ -477,8 +477,8 @@ def test_sync_fetches_again_what_failed(simulator: Callable[..., FakeYTS], db_pa
         assert mirrored_details(db_path, movie_id)["reviews"] == expected_details(sim, movie_id)["reviews"]
 
 
-@pytest.mark.parametrize("command", ["enrich", "sync"])
-def test_a_host_that_goes_away_fails_the_run_and_pauses_nothing(command: str, tmp_path: Path,
+@pytest.mark.parametrize("command, rate", [("enrich", "0"), ("sync", "0"), ("enrich", "40")])
+def test_a_host_that_goes_away_fails_the_run_and_pauses_nothing(command: str, rate: str, tmp_path: Path,
                                                                 config_file: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -489,14 +489,14 @@ def test_a_host_that_goes_away_fails_the_run_and_pauses_nothing(command: str, tm
         run_process(["sync", "--db", str(db), "--base-url", url, "--rate", "0", "--config", str(config_file),
                      "--no-enrich"])
         extra = ["--full"] if command == "sync" else []
-        process = cli_subprocess([command, "--db", str(db), "--base-url", url, "--rate", "0", "--concurrency", "2",
-                                  "--config", str(config_file), *extra])
+        process = cli_subprocess([command, "--db", str(db), "--base-url", url, "--rate", rate, "--concurrency", "4",
+                                  "--config", str(config_file), *extra])  # with a rate, workers queue for tokens
         wait_for(lambda: query(db, "SELECT COUNT(*) FROM enrich_state")[0][0] >= 20)
     finally:
         simulator_process.kill()
         simulator_process.wait()
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1 and stderr.startswith("error: API request failed:"), stderr
+    assert process.returncode == 1 and stderr.splitlines()[-1].startswith("error: API request failed:"), stderr
     enriched = query(db, "SELECT COUNT(DISTINCT movie_id) FROM enrich_state WHERE status = 'ok'")[0][0]
     run = last_run(db)
     assert (run["status"], run["enriched"]) == ("failed", enriched) and enriched >= 5
@@ -610,3 +610,22 @@ def test_endpoints_that_never_answer_are_paused_while_the_host_answers(tmp_path:
             paused = query(db, "SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL ORDER BY 1")
             assert [row[0] for row in paused] == ["movie_parental_guides", "movie_reviews"]
         assert sim.ok_counts["list_movies"] - listed == 3 * 2  # each run: its walk, and one host check
+
+
+def test_a_stop_during_the_host_check_judges_nothing(tmp_path: Path, config_file: Path) -> None:
+    db = tmp_path / "check.db"
+    slow = tmp_path / "slow.toml"
+    slow.write_text(config_file.read_text().replace("backoff_initial = 0.005", "backoff_initial = 2")
+                    .replace("backoff_max = 0.05", "backoff_max = 2").replace("max_attempts = 6", "max_attempts = 2"))
+    with SilentFor(Catalog(30, 4)) as sim:
+        base = ["--db", str(db), "--base-url", sim.url, "--rate", "0"]
+        run_process(["sync", *base, "--config", str(config_file), "--no-enrich"])
+        sim.silent = {"movie_details", "movie_suggestions", "movie_reviews", "movie_parental_guides", "list_movies"}
+        listed = sim.counts.get("list_movies", 0)
+        process = cli_subprocess(["enrich", *base, "--config", str(slow), "--concurrency", "4"])
+        wait_for(lambda: sim.counts.get("list_movies", 0) > listed, timeout=120)  # the host check has begun
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert last_run(db)["status"] == "interrupted"
+    assert query(db, "SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL")[0][0] == 0
