@@ -37,29 +37,27 @@ class TransientError(YTSError):
     """A failure worth retrying: network trouble, 429, 5xx, HTML or truncated bodies."""
 
     def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False,
-                 server_failure: bool = False, unanswered_since: float | None = None):
+                 server_failure: bool = False, unanswered: bool = False):
         super().__init__(f"{reason} ({url})")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
         self.host_failure = host_failure  # unreachable, or a moved domain's 403/404: this host may be gone
         self.server_failure = server_failure  # 5xx, no JSON, a wrong page: this host may be down
-        # No HTTP response at all (refused, reset, timed out) to the request sent then (time.monotonic()).
-        self.unanswered_since = unanswered_since
+        self.unanswered = unanswered  # no HTTP response at all: refused, reset, timed out
 
 
 class FetchError(YTSError):
     """A permanent failure: retries are exhausted or the request can never succeed."""
 
     def __init__(self, url: str, reason: str, attempts: int = 1, status: int | None = None,
-                 unanswered_since: float | None = None):
+                 unanswered: bool = False):
         super().__init__(f"{url}: {reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
         self.url = url
         self.reason = reason
         self.attempts = attempts
         self.status = status  # the HTTP status of a final answer, where one came
-        # When no attempt got any HTTP response: when the first was sent (time.monotonic()).
-        self.unanswered_since = unanswered_since
+        self.unanswered = unanswered  # no attempt got any HTTP response
 
     @property
     def not_found(self) -> bool:
@@ -197,7 +195,6 @@ class ClientStats:
     requests: int = 0
     retries: int = 0
     answered: int = 0  # requests that got an HTTP response, whatever its status
-    answered_sent_at: float = float("-inf")  # time.monotonic() when the latest-sent request that got one was sent
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_request(self) -> None:
@@ -205,11 +202,10 @@ class ClientStats:
         with self.lock:
             self.requests += 1
 
-    def count_answer(self, sent_at: float) -> None:
-        """Count one HTTP response received, to a request sent at `sent_at` (time.monotonic())."""
+    def count_answer(self) -> None:
+        """Count one HTTP response received."""
         with self.lock:
             self.answered += 1
-            self.answered_sent_at = max(self.answered_sent_at, sent_at)
 
     def count_retry(self) -> None:
         """Count one retry."""
@@ -380,20 +376,19 @@ class YTSClient:
             sleep=self._sleep,
             reraise=True,
         )
-        unanswered: list[float | None] = []  # per failed attempt: when it was sent, if it got no HTTP response
+        answered: list[bool] = []  # one entry per failed attempt: did it get an HTTP response?
 
         def attempt() -> Mapping[str, Any]:
             try:
                 return self._guarded_attempt(endpoint, dict(params or {}), validate, guard)
             except TransientError as error:
-                unanswered.append(error.unanswered_since)
+                answered.append(not error.unanswered)
                 raise
 
         try:
             return retrying(attempt)
         except TransientError as error:
-            since = unanswered[0] if None not in unanswered else None
-            raise FetchError(error.url, error.reason, self.max_attempts, unanswered_since=since) from error
+            raise FetchError(error.url, error.reason, self.max_attempts, unanswered=not any(answered)) from error
 
     def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
                          guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:
@@ -411,17 +406,16 @@ class YTSClient:
         if delay > 0:
             self._sleep(delay)  # several workers can queue for tokens for many seconds
         self.stats.count_request()
-        sent_at = time.monotonic()
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
             failure = TransientError(with_query(url, params), describe_network_error(error), host_failure=True,
-                                     unanswered_since=sent_at)
+                                     unanswered=True)
             self._strike(host_index, failure)
             raise failure from error
         except requests.RequestException as error:
             raise TransientError(with_query(url, params), f"{type(error).__name__}: {error}") from error
-        self.stats.count_answer(sent_at)
+        self.stats.count_answer()
         try:
             data = self._classify(url, response)
             if validate is not None:

@@ -53,8 +53,7 @@ class Breaker:
         self.paused = False
         self.suspect = probing
         self.last_error: str | None = None
-        # When no attempt of the current failures got an HTTP response: when the first was sent.
-        self.unanswered_since: float | None = None
+        self.unanswered = False  # whether no attempt of the current failures got an HTTP response
         self._lock = threading.Lock()
         self._turn = threading.Lock()
 
@@ -83,16 +82,13 @@ class Breaker:
             raise
         self.suspect = False
 
-    def record(self, ok: bool, error: str | None = None, unanswered_since: float | None = None) -> bool:
-        """Count one fetch outcome (`unanswered_since`: see FetchError); True if it paused the endpoint."""
+    def record(self, ok: bool, error: str | None = None, unanswered: bool = False) -> bool:
+        """Count one fetch outcome (`unanswered`: none of its attempts got an HTTP response); True if it paused."""
         with self._lock:
             if ok:
                 self.failures, self.probing = 0, False
                 return False
-            if not self.failures:
-                self.unanswered_since = unanswered_since
-            elif unanswered_since is None:
-                self.unanswered_since = None  # one of the failures got an answer
+            self.unanswered = unanswered and (self.unanswered or not self.failures)
             self.failures += 1
             self.last_error = error
             limit = 1 if self.probing else self.limit
@@ -358,7 +354,7 @@ class Pool:
                     breaker.record(True)
                     return ("not_found", None)
                 self.last_failure = error
-                if breaker.record(False, error.reason, error.unanswered_since):
+                if breaker.record(False, error.reason, error.unanswered):
                     log.info("pausing %s: %s", endpoint, error.reason)  # the run reports it at its end
                 return ("failed", str(error))
             breaker.record(True)
@@ -439,29 +435,27 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                 done.written.set()
             progress.advance(len(done.item.endpoints))
     finally:
-        silent = _silent_pauses(client, breakers)  # before the host check, whose answer would hide them
+        silent = _silent_pauses(breakers)
         failure = None if stop.is_set() else _host_failure(client, pool, silent, sent, answered)
-        unsure = silent if failure is not None or stop.is_set() else set()  # a stopped pass judges nothing
+        stopped = stop.is_set()  # before or during the host check: nothing is judged
+        unsure = silent if failure is not None or stopped else set()
         _save_breakers(db, {name: breaker for name, breaker in breakers.items() if name not in unsure}, report)
-    if failure is not None:
+    if failure is not None and not stopped:
         raise failure
     return report
 
 
-def _silent_pauses(client: YTSClient, breakers: Mapping[str, Breaker]) -> set[str]:
-    """Endpoints paused on fetches that got no HTTP response, with no answer to any request sent since.
-
-    (Answers to requests sent before their failures began are stragglers that prove nothing.)
-    """
-    return {name for name, breaker in breakers.items() if breaker.paused and breaker.unanswered_since is not None
-            and client.stats.answered_sent_at < breaker.unanswered_since}
+def _silent_pauses(breakers: Mapping[str, Breaker]) -> set[str]:
+    """Endpoints paused on fetches none of whose attempts got an HTTP response: the host itself may be gone."""
+    return {name for name, breaker in breakers.items() if breaker.paused and breaker.unanswered}
 
 
 def _host_failure(client: YTSClient, pool: Pool, silent: set[str], sent: int, answered: int) -> FetchError | None:
     """The error to end a pass with when the host, not an endpoint, failed; None otherwise.
 
     The host is in doubt when no request of the pass got an HTTP response, or when an endpoint
-    paused in `silent`: then one list_movies fetch asks whether it still serves the API.
+    paused in `silent` (whatever the others did: timing cannot tell a dead host from one silent
+    endpoint): then one list_movies fetch asks whether it still serves the API.
     """
     if client.stats.requests == sent or pool.last_failure is None:
         return None
