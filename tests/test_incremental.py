@@ -110,24 +110,36 @@ def test_a_movie_that_slips_past_a_full_crawl_is_not_marked_removed(db_path: Pat
         assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+def unlist(catalog: Catalog, position: int) -> tuple[int, dict[str, Any]]:
+    """Take the movie at `position` off the list; return its id and JSON, to list it again later."""
+    movie_id = catalog.order[position]
+    movie = catalog.movies[movie_id]
+    catalog.remove(ids=[movie_id])
+    return movie_id, movie
+
+
+def removal_and_listing_again(going: int, listed: int, movie: dict[str, Any], at: int) -> Callable[[Catalog], None]:
+    """A change that keeps movie_count: `going` leaves the list, `listed` (`movie`) is listed again at `at`."""
+
+    def change(catalog: Catalog) -> None:
+        catalog.remove(ids=[going])
+        with catalog.lock:
+            catalog.movies[listed] = movie
+            catalog.order.insert(at, listed)
+
+    return change
+
+
 def test_a_removal_hidden_by_a_return_is_found_by_the_next_sync(db_path: Path, config_file: Path) -> None:
     with ScriptedChurn(Catalog(1000, 3)) as sim:
         sync(db_path, sim, config_file, "--no-enrich")
         order = sim.catalog.order
-        returning = order[950]
-        movie = sim.catalog.movies[returning]
-        sim.catalog.remove(ids=[returning])
+        returning, movie = unlist(sim.catalog, 950)
         sync(db_path, sim, config_file, "--no-enrich", "--full")
         assert marked_removed(db_path) == {returning}
         going = order[60]
-
-        def remove_one_return_one(catalog: Catalog) -> None:  # movie_count stays the same
-            catalog.remove(ids=[going])
-            with catalog.lock:
-                catalog.movies[returning] = movie
-                order.insert(949, returning)
-
-        sim.rescript({5: remove_one_return_one})  # after page 4 is read: the first movie of page 5 slides up
+        # after page 4 is read: the first movie of page 5 slides up
+        sim.rescript({5: removal_and_listing_again(going, returning, movie, 949)})
         run = sync(db_path, sim, config_file, "--no-enrich", "--full")
         assert (run["status"], run["movies_removed"]) == ("ok", 0)
         assert not marked_removed(db_path)  # the removal above the crawl went unseen...
@@ -142,18 +154,9 @@ def test_a_removal_offset_by_a_movie_listed_again_loses_no_movie(db_path: Path, 
     with ScriptedChurn(Catalog(1000, 5)) as sim:
         sync(db_path, sim, config_file, "--no-enrich")
         order = sim.catalog.order
-        unlisted = order[700]
-        movie = sim.catalog.movies[unlisted]
-        sim.catalog.remove(ids=[unlisted])  # unlisted for a while: the mirror still holds it present
+        unlisted, movie = unlist(sim.catalog, 700)  # unlisted for a while: the mirror still holds it present
         going, sliding = order[60], order[200]
-
-        def remove_one_list_one_again(catalog: Catalog) -> None:  # movie_count stays the same
-            catalog.remove(ids=[going])
-            with catalog.lock:
-                catalog.movies[unlisted] = movie
-                order.insert(699, unlisted)
-
-        sim.rescript({5: remove_one_list_one_again})  # after page 4: the first movie of page 5 slides up
+        sim.rescript({5: removal_and_listing_again(going, unlisted, movie, 699)})  # page 5's first slides up
         sync(db_path, sim, config_file, "--no-enrich", "--full")
         assert sliding in order and sliding not in marked_removed(db_path)
 
