@@ -418,6 +418,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
     _announce(progress, report.backlog, len(items), client.limiter.rate)
     pool = Pool(client, breakers, config.enrich.concurrency, stop)
     sent, answered = client.stats.requests, client.stats.answered
+    crashed = False  # a bug or the database, not the API: no host check delays its error
     try:
         for done in pool.run(items):
             try:
@@ -434,11 +435,14 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
             finally:
                 done.written.set()
             progress.advance(len(done.item.endpoints))
+    except BaseException:
+        crashed = True
+        raise
     finally:
         silent = _silent_pauses(breakers)
-        failure = None if stop.is_set() else _host_failure(client, pool, silent, sent, answered)
+        failure = None if stop.is_set() or crashed else _host_failure(client, pool, silent, sent, answered)
         stopped = stop.is_set()  # before or during the host check: nothing is judged
-        unsure = silent if failure is not None or stopped else set()
+        unsure = silent if failure is not None or stopped or crashed else set()
         _save_breakers(db, {name: breaker for name, breaker in breakers.items() if name not in unsure}, report)
     if failure is not None and not stopped:
         raise failure

@@ -629,3 +629,29 @@ def test_a_stop_during_the_host_check_judges_nothing(tmp_path: Path, config_file
     assert process.returncode == 0, stderr
     assert last_run(db)["status"] == "interrupted"
     assert query(db, "SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL")[0][0] == 0
+
+
+def test_a_writer_error_after_a_silent_pause_asks_the_host_nothing(tmp_path: Path, config_file: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirror import enrich
+
+    db = tmp_path / "crash.db"
+    with SilentFor(Catalog(30, 4)) as sim:
+        run_process(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+                     "--no-enrich"])
+        sim.silent = {"movie_reviews"}
+        write_movie, written = enrich.write_movie, []
+
+        def fail_on_the_tenth(*args: Any) -> Any:  # by then movie_reviews has paused, in silence
+            written.append(1)
+            if len(written) == 10:
+                raise sqlite3.OperationalError("disk I/O error")
+            return write_movie(*args)
+
+        monkeypatch.setattr(enrich, "write_movie", fail_on_the_tenth)
+        listed = sim.counts.get("list_movies", 0)
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):  # a bug's way out: unclassified
+            run_cli(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--concurrency", "1",
+                     "--config", str(config_file)])
+    assert sim.counts.get("list_movies", 0) == listed  # the error comes out at once, with no host check
+    assert query(db, "SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL")[0][0] == 0
