@@ -352,7 +352,7 @@ def enrich(ctx: click.Context, db: str | None, config_path: str | None, base_url
            wait: bool) -> None:
     """Fetch details, cast, suggestions, reviews and parental guides for the backlog."""
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
-    run_enrich(config, endpoints=tuple(dict.fromkeys(endpoints)), limit=limit, wait=wait, quiet=ctx.obj["quiet"])
+    run_enrich(config, endpoints=endpoints, limit=limit, wait=wait, quiet=ctx.obj["quiet"])
 
 
 def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None = None, wait: bool = False,

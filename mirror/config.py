@@ -178,11 +178,9 @@ def validate(config: Config) -> Config:
         raise ConfigError("api.base_urls must name at least one URL")
     for url in config.api.base_urls:
         check_base_url(url)
-    if len(set(config.api.base_urls)) < len(config.api.base_urls):  # a host named twice is one host
-        config = replace(config, api=replace(config.api, base_urls=tuple(dict.fromkeys(config.api.base_urls))))
-    if len(set(config.enrich.endpoints)) < len(config.enrich.endpoints):  # and an endpoint is fetched once
-        endpoints = tuple(dict.fromkeys(config.enrich.endpoints))
-        config = replace(config, enrich=replace(config.enrich, endpoints=endpoints))
+    # A host named twice is one host, and an endpoint is listed once (stats counts its backlog once).
+    config = replace(config, api=replace(config.api, base_urls=tuple(dict.fromkeys(config.api.base_urls))),
+                     enrich=replace(config.enrich, endpoints=tuple(dict.fromkeys(config.enrich.endpoints))))
     for (section, key), (low, high) in LIMITS.items():
         value = getattr(getattr(config, section), key)
         if not (math.isfinite(value) and low <= value <= high):

@@ -405,7 +405,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
 
     `on_written(report)` runs inside each movie's transaction (to keep a run log current).
     """
-    endpoints = list(endpoints or config.enrich.endpoints)
+    endpoints = list(dict.fromkeys(endpoints or config.enrich.endpoints))  # a name given twice is fetched once
     stop = stop or threading.Event()
     progress = progress or Progress()
     report = EnrichReport()
@@ -470,7 +470,7 @@ def _host_failure(client: YTSClient, pool: Pool, silent: set[str], sent: int, an
     except FetchError:
         return pool.last_failure
     except Stopped:
-        return None
+        pass  # the caller sees the stop and judges nothing
     return None  # the host answers: the endpoints that failed are to blame
 
 

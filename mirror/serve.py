@@ -596,8 +596,6 @@ async def send_status(send: Any, status: int, headers: list[tuple[bytes, bytes]]
 
 def redirect_target(datasette: Any, scope: dict[str, Any]) -> str | None:
     """Where a GET of a mirror's movies, catalog or search page should go instead, if anywhere."""
-    if scope.get("method") not in ("GET", "HEAD"):
-        return None
     base = datasette.setting("base_url")
     path = scope.get("path", "")
     if not path.startswith(base):

@@ -331,11 +331,9 @@ def open_reader(path: str) -> sqlite_utils.Database:
         db = ImmediateDatabase(connect_read_only(path, immutable=True, check_same_thread=False))
     else:
         db = connect(path)
-    with closed_on_error(db):
-        if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
+    if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
+        with closed_on_error(db):
             ensure_db_shape(db)
-        else:
-            check_columns(db)
     return db
 
 
