@@ -77,7 +77,7 @@ def _loose_int(value: Any) -> int | None:
         return value
     if not isinstance(value, float):
         value = str(value).strip()
-        if not value:
+        if not value or not value.isascii() or "_" in value:  # float() would take "1_000" and "٣"
             return None
     try:
         return int(float(value))
@@ -146,8 +146,8 @@ def list_hash(raw: str) -> str:
 
 
 def normal_hash(value: Any) -> str:
-    """A torrent's info hash as the `torrents` table keys it: trimmed, upper case."""
-    return str(value).strip().upper()
+    """A torrent's info hash as the `torrents` table keys it: trimmed, upper case ('' for none)."""
+    return str(value).strip().upper() if value else ""
 
 
 def genres_of(movie: Mapping[str, Any]) -> list[str]:
@@ -192,9 +192,9 @@ def torrent_rows(
     magnet_suffix = _magnet_suffix(to_text(movie.get("title_long") or movie.get("title")), tuple(trackers))
     rows: dict[str, dict[str, Any]] = {}
     for torrent in movie.get("torrents") or []:
-        if not isinstance(torrent, Mapping) or not torrent.get("hash"):
+        info_hash = normal_hash(torrent.get("hash")) if isinstance(torrent, Mapping) else ""
+        if not info_hash:
             continue
-        info_hash = normal_hash(torrent["hash"])
         row = _copy_fields({"hash": info_hash, "movie_id": movie_id}, torrent, TORRENT_TEXT_FIELDS, TORRENT_INT_FIELDS)
         row["magnet"] = f"magnet:?xt=urn:btih:{info_hash}{magnet_suffix}"
         rows[info_hash] = row

@@ -15,6 +15,7 @@ from mirror import transform
     ("0", 0), ("1", 1), ("", None), (None, None), (8, 8), ("8", 8), (7.0, 7), ("7.9", 7), ("x", None), (True, 1),
     ("inf", None), ("1e999", None), ("nan", None), (float("inf"), None), (float("-inf"), None), (float("nan"), None),
     ("9" * 5000, None), ("9" * 19, None), ("9" * 18, 999_999_999_999_999_999),
+    (" 12 ", 12), ("1_000", None), ("\u0663", None), ("\uff18", None),  # float() takes these three
 ])
 def test_to_int(value: object, expected: int | None) -> None:
     assert transform.to_int(value) == expected
@@ -94,6 +95,11 @@ def test_list_hash_ignores_swarm_counts_but_not_new_torrents() -> None:
     grown = copy.deepcopy(MOVIE)
     grown["torrents"].append({"hash": "FF" * 20, "quality": "1080p"})
     assert transform.list_hash(transform.dumps(grown)) != base
+
+
+def test_torrents_without_a_hash_are_dropped() -> None:
+    movie = {"id": 5, "title": "Bare", "torrents": [{"hash": " "}, {"hash": None}, {}, "junk", {"hash": " ab "}]}
+    assert [row["hash"] for row in transform.torrent_rows(movie)] == ["AB"]
 
 
 def test_missing_genres_and_torrents() -> None:
