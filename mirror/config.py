@@ -168,6 +168,7 @@ LIMITS: dict[tuple[str, str], tuple[float, float]] = {
     ("schedule", "enrich_limit"): (0, 10_000_000),
     ("schedule", "misfire_grace_seconds"): (0, YEAR),
 }
+API_PATH = "/api/v2"
 MIN_INTERVAL = 1.0  # seconds between scheduled runs of a job, unless 0 (off)
 MIN_RATE = 1 / DAY  # below one request a day, a rate is surely a typo for 0 (no limit)
 
@@ -179,7 +180,8 @@ def validate(config: Config) -> Config:
     for url in config.api.base_urls:
         check_base_url(url)
     # A host named twice is one host, and an endpoint is listed once (stats counts its backlog once).
-    config = replace(config, api=replace(config.api, base_urls=tuple(dict.fromkeys(config.api.base_urls))),
+    base_urls = tuple(dict.fromkeys(site_root(url) for url in config.api.base_urls))
+    config = replace(config, api=replace(config.api, base_urls=base_urls),
                      enrich=replace(config.enrich, endpoints=tuple(dict.fromkeys(config.enrich.endpoints))))
     for (section, key), (low, high) in LIMITS.items():
         value = getattr(getattr(config, section), key)
@@ -209,6 +211,14 @@ def check_tracker(url: str) -> None:
     scheme, _, rest = url.partition("://")
     if not (scheme.isalpha() and rest) or not url.isprintable() or any(c.isspace() for c in url):
         raise ConfigError(f"sync.trackers: {url!r} is not a tracker URL such as udp://tracker.example:1337/announce")
+
+
+def site_root(url: str) -> str:
+    """The site's address a base URL gives: without trailing slashes, or the API's own /api/v2 path."""
+    root = url.rstrip("/")
+    if root.lower().endswith(API_PATH):  # people paste the API's address; the client adds the path itself
+        root = root[: -len(API_PATH)].rstrip("/")
+    return root
 
 
 def check_base_url(url: str) -> None:

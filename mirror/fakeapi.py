@@ -15,6 +15,7 @@ import random
 import socket
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -52,6 +53,7 @@ LAST_NAMES = (
     "Abara", "Brandt", "Castellano", "Duval", "Eriksen", "Fontaine", "Gallo", "Haddad", "Ivanova", "Jansen",
     "Kowalski", "Laurent", "Moreau", "Nakamura", "Okafor", "Petrova", "Quintero", "Rossi", "Sato", "Toivonen",
 )
+ACCENTED = ("Aglaé", "Café Noir", "Mañana", "Straße", "Øresund", "Città Aperta", "Été — Encore", "Zoë")
 QUALITIES = (("720p", "x264", "2.0"), ("1080p", "x264", "5.1"), ("2160p", "x265", "5.1"), ("3D", "x264", "5.1"))
 LANGUAGES = ("en", "en", "en", "en", "fr", "es", "de", "ja", "ko", "it", "tr", "hi")
 MPA = ("", "PG", "PG-13", "R", "G", "NR", "TV-MA", "12")
@@ -80,7 +82,14 @@ def _hash40(*parts: Any) -> str:
     return hashlib.sha1(":".join(map(str, parts)).encode()).hexdigest().upper()
 
 
+def _query_term(params: Mapping[str, str]) -> str | None:
+    """The list_movies search text; the reference gives 0 as the default, meaning none."""
+    term = params.get("query_term")
+    return None if not term or term == "0" else term
+
+
 def _slugify(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
@@ -117,13 +126,16 @@ class Catalog:
     def _new_movie(self, movie_id: int, added: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """A new movie's list JSON and its details-only data, the same for the same seed and id."""
         rng = random.Random(f"{self.seed}:{movie_id}")  # each step below draws from it in turn
-        movie = _list_movie(rng, movie_id, added)
+        shapes = random.Random(f"{self.seed}:shapes:{movie_id}")  # apart, so the shapes leave rng's draws as they were
+        movie = _list_movie(rng, movie_id, added, shapes.choice(ACCENTED) if shapes.random() < 0.05 else None)
         _loosen(rng, movie)
         for index, (quality, codec, channels) in enumerate(rng.sample(QUALITIES[:3], rng.randint(1, 3))):
             movie["torrents"].append(self._new_torrent(rng, movie_id, index, quality, codec, channels, added))
         if rng.random() < 0.03:
             movie["torrents"].append(self._new_torrent(rng, movie_id, 9, *QUALITIES[3], added))
-        return movie, _details_extra(rng, movie, added)
+        extra = _details_extra(rng, movie, added)
+        _older_shapes(shapes, movie, extra, added)
+        return movie, extra
 
     def _new_torrent(self, rng: random.Random, movie_id: int, index: int, quality: str, codec: str,
                      channels: str, added: int) -> dict[str, Any]:
@@ -253,7 +265,7 @@ class Catalog:
         if key in ("seeds", "peers"):
             return max((int(t.get(key) or 0) for t in movie["torrents"]), default=0)
         if key in ("like_count", "download_count"):
-            return self.extra[movie_id][key]
+            return self.extra[movie_id][key] or 0
         if key == "title":
             return (movie.get("title") or "").lower()
         if key in ("year", "rating"):
@@ -306,7 +318,8 @@ class Catalog:
                     "runtime", "genres")
             out: dict[str, Any] = {k: movie[k] for k in keep if k in movie}
             out["like_count"] = extra["like_count"]
-            out["download_count"] = extra["download_count"]
+            if extra["download_count"] is not None:
+                out["download_count"] = extra["download_count"]
             out["description_intro"] = extra["description_intro"]
             for k in ("description_full", "yt_trailer_code", "language", "mpa_rating", "background_image",
                       "background_image_original", "small_cover_image", "medium_cover_image", "large_cover_image"):
@@ -337,10 +350,12 @@ class Catalog:
         return suggestion_form(self.movies.get(movie_id) or self.removed[movie_id])
 
 
-def _list_movie(rng: random.Random, movie_id: int, added: int) -> dict[str, Any]:
-    """A movie as list_movies shows it, without torrents yet."""
+def _list_movie(rng: random.Random, movie_id: int, added: int, accented: str | None = None) -> dict[str, Any]:
+    """A movie as list_movies shows it, without torrents yet (`accented`: a non-ASCII word for its title)."""
     title = f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}" if rng.random() < 0.5 else \
         f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {movie_id}"
+    if accented:  # "Crash Test Aglaé": list_movies__yts-api-rs-query_test.json
+        title = f"{title} {accented}"
     year = rng.randint(1930, 2026)
     slug = f"{_slugify(title)}-{year}"
     folder = slug.replace("-", "_")
@@ -384,7 +399,7 @@ def _list_movie(rng: random.Random, movie_id: int, added: int) -> dict[str, Any]
 
 
 def _loosen(rng: random.Random, movie: dict[str, Any]) -> None:
-    """Give a movie the loose shapes seen in the samples: missing keys and numbers as strings."""
+    """Give a movie loose shapes: missing keys as in the samples, and numbers as strings besides."""
     if rng.random() < 0.03:
         del movie["genres"]  # list_movies__bbak0105-Clone_Movie_React.json
     if rng.random() < 0.05:
@@ -393,6 +408,25 @@ def _loosen(rng: random.Random, movie: dict[str, Any]) -> None:
         movie["runtime"] = str(movie["runtime"])
     if rng.random() < 0.02:
         movie["year"] = str(movie["year"])
+
+
+def _older_shapes(shapes: random.Random, movie: dict[str, Any], extra: dict[str, Any], added: int) -> None:
+    """Give some movies the shapes of other years: bare torrents, no rating yet, no download count."""
+    if shapes.random() < 0.2:  # no is_repack, codec, bit depth or channels: list_movies__1eeyerin-netflix-app.json
+        for torrent in movie["torrents"]:
+            for key in ("is_repack", "video_codec", "bit_depth", "audio_channels"):
+                torrent.pop(key, None)
+    if shapes.random() < 0.03:
+        movie["rating"] = 0  # a new movie not rated yet: list_movies__1eeyerin-netflix-app.json
+    if shapes.random() < 0.01:
+        movie["year"] = 0  # list_movies__bbak0105-Clone_Movie_React.json
+    if shapes.random() < 0.3:
+        extra["download_count"] = None  # not sent since 2026: movie_details__GabJS10-yts-movie-player.json
+    for review in extra["reviews"]:
+        written = added - shapes.randint(30, 7000) * 86400
+        written -= written % 86400
+        review["date_written"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(written))
+        review["date_written_unix"] = written
 
 
 def _details_extra(rng: random.Random, movie: Mapping[str, Any], added: int) -> dict[str, Any]:
@@ -771,7 +805,7 @@ class FakeYTS:
         catalog = self.catalog
         with catalog.lock:
             ids = catalog.query(sort_by, order_by, params.get("quality"),
-                                _to_float(params.get("minimum_rating", 0)), params.get("query_term") or None,
+                                _to_float(params.get("minimum_rating", 0)), _query_term(params),
                                 params.get("genre"))
             window = [] if fault == "empty" else ids[(page - 1) * limit: page * limit]
             movies = b",".join(catalog.encoded(i) for i in window)
@@ -815,8 +849,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, {"Content-Type": "application/json"}, json.dumps(self.sim.catalog.dump()).encode())
         if path == "/_admin/catalog":
             return self._send(200, {"Content-Type": "application/json"}, json.dumps(self.sim.catalog.ids()).encode())
-        endpoint = path.rsplit("/", 1)[-1].removesuffix(".json")
-        if not path.startswith("/api/v2/") or endpoint not in SIMULATED_ENDPOINTS:
+        folder, _, name = path.rpartition("/")
+        endpoint = name.removesuffix(".json")
+        if folder != "/api/v2" or endpoint not in SIMULATED_ENDPOINTS:
             return self._send(404, {"Content-Type": "text/html"}, b"<html><body>404 Not Found</body></html>")
         if self.sim.latency:
             time.sleep(self.sim.latency)

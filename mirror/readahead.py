@@ -150,7 +150,7 @@ class PageReader:
         """End the child, unless it is ending by itself; count what it spent, and wait for it."""
         self.requests.close()
         if not self.finished:  # what it would still read is not wanted (a stop, an error, the writer's own end)
-            self.process.terminate()
+            self.process.kill()  # it ignores SIGTERM
         self.process.wait()
         if self.working:
             self._drain()
@@ -254,6 +254,8 @@ def replay_log(name: str, level: int, message: str, created: float) -> None:
 def main() -> None:
     """The child's entry point: say it is up on the pipes named on the command line, take the walk, read ahead."""
     requests, replies = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # `systemctl stop` signals every process
+        signal.signal(stop_signal, signal.SIG_IGN)  # of a service: the writer stops, then ends us
     _end_with_writer(int(sys.argv[3]))
     try:
         replies.send_bytes(marshal.dumps(("up", (0, 0, 0, None), ())))
@@ -266,7 +268,7 @@ def main() -> None:
 def _end_with_writer(writer: int) -> None:
     """Have the kernel end this process when the writer dies, even mid-request or mid-backoff (Linux)."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # no prctl: the closed pipe still ends us, once the request in hand is done
         return
     if os.getppid() != writer:  # it died before we asked

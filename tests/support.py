@@ -116,7 +116,7 @@ def describe_movie(movie: Mapping[str, Any]) -> dict[str, Any]:
         "genres": sorted(movie.get("genres") or []),
         "torrents": {
             t["hash"].upper(): (t["quality"], as_int(t["seeds"]), as_int(t["peers"]), as_int(t["size_bytes"]),
-                                as_int(t["is_repack"]), as_int(t["bit_depth"]))
+                                as_int(t.get("is_repack")), as_int(t.get("bit_depth")))
             for t in movie["torrents"]
         },
     }

@@ -42,7 +42,8 @@ def expected_details(sim: FakeYTS, movie_id: int) -> dict:
         "cast": [(c["name"], c["character_name"], c["imdb_code"], c.get("url_small_image")) for c in extra["cast"]],
         "suggestions": sim.catalog.suggestions(movie_id),
         "guides": [(g["type"], g["parental_guide_text"]) for g in extra["parental_guides"]],
-        "reviews": [(r["username"], r["user_rating"], r["review_text"]) for r in extra["reviews"]],
+        "reviews": [(r["username"], r["user_rating"], r["review_text"], r["date_written"], r["date_written_unix"])
+                    for r in extra["reviews"]],
     }
 
 
@@ -58,7 +59,8 @@ def mirrored_details(db: Path, movie_id: int) -> dict:
     details["guides"] = [tuple(r) for r in conn.execute(
         "SELECT type, parental_guide_text FROM movie_parental_guides WHERE movie_id = ? ORDER BY position", [movie_id])]
     details["reviews"] = [tuple(r) for r in conn.execute(
-        "SELECT username, user_rating, review_text FROM movie_reviews WHERE movie_id = ? ORDER BY position", [movie_id])]
+        "SELECT username, user_rating, review_text, date_written, date_written_unix FROM movie_reviews "
+        "WHERE movie_id = ? ORDER BY position", [movie_id])]
     conn.close()
     return details
 

@@ -214,11 +214,14 @@ def crawling(slow_long_catalog: FakeYTS, db_path: Path, config_file: Path) -> It
         yield running
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "systemctl stop"])
 def test_a_stopped_crawl_ends_its_reader_and_resumes(crawling: tuple, slow_long_catalog: FakeYTS, db_path: Path,
                                                      config_file: Path, how: str) -> None:
     process, reader = crawling
     if how == "SIGTERM":
+        process.send_signal(signal.SIGTERM)
+    elif how == "systemctl stop":  # signals every process of the service, the reader first here
+        os.kill(reader, signal.SIGTERM)
         process.send_signal(signal.SIGTERM)
     else:
         os.killpg(process.pid, signal.SIGINT)  # a terminal sends it to the whole process group
@@ -227,7 +230,7 @@ def test_a_stopped_crawl_ends_its_reader_and_resumes(crawling: tuple, slow_long_
     assert "Traceback" not in stderr
     assert not alive(reader)
     stopped = last_run(db_path)
-    assert stopped["status"] == "interrupted"
+    assert stopped["status"] == "interrupted" and stopped["error"] is None, stopped["error"]
     assert stopped["requests"] == sum(slow_long_catalog.counts.values()), "the reader's last request counts too"
     run = sync(db_path, slow_long_catalog, config_file)
     assert run["status"] == "ok" and run["kind"] == "full"

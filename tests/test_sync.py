@@ -568,6 +568,16 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     assert len(mirror_movies(tmp_path / "cfg.db")) == 30
 
 
+@pytest.mark.parametrize("suffix", ["/", "/api/v2", "/api/v2/", "/API/V2//"])
+def test_a_base_url_may_end_in_the_api_path(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path,
+                                              suffix: str) -> None:
+    sim = simulator(movies=30)
+    result = run_cli(["sync", "--db", str(db_path), "--base-url", sim.url + suffix, "--rate", "0",
+                      "--config", str(config_file), "--no-enrich"])
+    assert result.exit_code == 0, result.output
+    assert len(mirror_movies(db_path)) == 30
+
+
 @pytest.mark.parametrize("body, message", [
     ("[api]\nrate = 'fast'\n", "api.rate must be a number"),
     ("[api]\nrat = 1\n", "unknown config key api.rat"),
@@ -867,6 +877,13 @@ def test_a_host_named_twice_is_one_host(tmp_path: Path) -> None:
 
     config = resolve(db=str(tmp_path / "x.db"), base_url="http://127.0.0.1:9,http://127.0.0.1:8,http://127.0.0.1:9")
     assert config.api.base_urls == ("http://127.0.0.1:9", "http://127.0.0.1:8")  # no switching to itself
+
+
+def test_a_host_named_with_and_without_the_api_path_is_one_host(tmp_path: Path) -> None:
+    from mirror.config import resolve
+
+    config = resolve(db=str(tmp_path / "x.db"), base_url="https://a.example/api/v2/,https://a.example,http://b.example/x/")
+    assert config.api.base_urls == ("https://a.example", "http://b.example/x")
 
 
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -1191,3 +1208,27 @@ def test_odd_ids_and_genres_upstream_cost_nothing_else(simulator: Callable[..., 
     assert stored[ids[4]] == sim.catalog.movies[ids[4]]["title"]
     genres = query(db_path, "SELECT movie_id, genre FROM movie_genres WHERE movie_id IN (?, ?)", [ids[0], ids[1]])
     assert [(row["movie_id"], row["genre"]) for row in genres] == [(ids[1], "Drama")]
+
+
+def test_titles_beyond_ascii_are_kept_found_and_quoted(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                       config_file: Path) -> None:
+    import unicodedata
+    from urllib.parse import quote_plus
+
+    sim = simulator(movies=300)
+    accented = {i: m for i, m in sim.catalog.movies.items() if not m["title"].isascii()}
+    assert accented  # "Crash Test Aglaé": list_movies__yts-api-rs-query_test.json
+    assert run_cli(sync_args(db_path, sim.url, config_file)).exit_code == 0
+    for movie_id, movie in accented.items():
+        assert query(db_path, "SELECT title FROM movies WHERE id = ?", [movie_id])[0][0] == movie["title"]
+        dn = f"&dn={quote_plus(movie['title_long'])}&"
+        assert all(dn in row[0] for row in query(db_path, "SELECT magnet FROM torrents WHERE movie_id = ?", [movie_id]))
+    def folded(word: str) -> str:
+        return unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode()
+
+    movie_id, word = next((i, w) for i, m in accented.items() for w in m["title"].split()
+                          if w.isalpha() and not w.isascii() and len(folded(w)) == len(w))  # é, ñ, à, ë
+    for term in (word, word.upper(), folded(word)):  # FTS5 folds case and diacritics
+        result = run_cli(["search", f"title:{term}", "--db", str(db_path), "--json", "--limit", "1000"])
+        assert result.exit_code == 0, result.output
+        assert movie_id in {row["id"] for row in json.loads(result.output)}, term
