@@ -363,8 +363,9 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
         outcome, report = logged_enrichment(database, client, config, event, progress.callbacks(), endpoints, limit)
     for message in report.messages():
         progress.message(message)
+    planned = f"{report.backlog} requests planned" + (f" (at most {limit} movies of the backlog)" if limit else "")
     line = (f"enrich {outcome.status}: {report.movies_done} movies, {client.stats.requests} requests "
-            f"({client.stats.retries} retries), backlog was {report.backlog} requests")
+            f"({client.stats.retries} retries), {planned}")
     if not quiet:
         click.echo(line, err=True)
     return JobReport(line, report.messages())
@@ -381,6 +382,7 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
 def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_url: str | None,
              rate: float | None, concurrency: int | None) -> None:
     """Run incremental syncs, full refreshes and enrichment on the [schedule] from the config."""
+    from .schedule import log as schedule_log
     from .schedule import require_jobs, run_forever
 
     config = resolve(config_path, db=db, base_url=base_url, rate=rate, concurrency=concurrency)
@@ -390,7 +392,7 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
     # database that no job would create.
     store.require_mirror(config.db, must_exist=not syncs)
     if not ctx.obj["quiet"] and logging.getLogger().level > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)  # a daemon should say what it does
+        logging.getLogger(schedule_log.name).setLevel(logging.INFO)  # a daemon says what each job did; -v: each retry
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own lines say what each job did
     limit = config.schedule.enrich_limit or None

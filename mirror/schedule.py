@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -11,7 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED,
+                                JobEvent)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 SyncFn = Callable[..., Any]
 
 CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbers them 0-6, and 7 is Sunday too
+CRON_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+CRON_FIELD = re.compile(r"[0-9*,/-]+", re.ASCII)  # what crontab(5) allows besides names: not APScheduler's "last"
 
 
 def crontab_trigger(expr: str) -> BaseTrigger:
@@ -37,6 +41,9 @@ def crontab_trigger(expr: str) -> BaseTrigger:
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
+    for field, names in zip(fields, ((), (), (), CRON_MONTHS, CRON_WEEKDAYS)):
+        if not CRON_FIELD.fullmatch(re.sub("|".join(names) or "$^", "0", field.lower())):
+            raise ValueError(f"bad field {field!r}")
     minute, hour, day, month, weekday = fields
     # Not CronTrigger.from_crontab: APScheduler 3 numbers weekdays from Monday = 0 (its docstring says so).
     weekdays = weekday_names(weekday)
@@ -76,7 +83,7 @@ def weekday_number(text: str, field: str) -> int:
     """A crontab weekday, 0-7 (0 and 7 are Sunday) or a three-letter name."""
     if text.lower() in CRON_WEEKDAYS:
         return CRON_WEEKDAYS.index(text.lower())
-    if text.isdigit() and int(text) <= 7:
+    if text.isascii() and text.isdigit() and int(text) <= 7:
         return int(text)
     raise ValueError(f"bad weekday {text!r} in {field!r}")
 
@@ -196,21 +203,36 @@ def build_scheduler(config: Config, jobs: Jobs) -> BackgroundScheduler:
         scheduler.add_job(jobs.enrich, IntervalTrigger(seconds=settings.enrich_seconds, timezone=UTC),
                           id="enrich", name="enrichment")
 
-    def log_next_runs(event: JobExecutionEvent) -> None:
-        if event.code == EVENT_JOB_MISSED and (job := scheduler.get_job(event.job_id)):
+    overran: set[str] = set()  # jobs still running when they fell due again
+
+    def log_next_runs(event: JobEvent) -> None:
+        job = scheduler.get_job(event.job_id)
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            if job and event.job_id not in overran:
+                log.warning("%s: still running when it fell due again; it runs again once it ends", job.name)
+            overran.add(event.job_id)
+            return
+        if event.code == EVENT_JOB_MISSED and job:
             log.warning("%s: skipped a run more than schedule.misfire_grace_seconds late", job.name)
+        if event.job_id in overran and event.code != EVENT_JOB_MISSED:
+            overran.discard(event.job_id)
+            if job and not jobs.stop.is_set():  # the run it missed, once, as for a run another job held up
+                job.modify(next_run_time=datetime.now(UTC))
         if not jobs.stop.is_set():
             log_next_run_times(scheduler)
 
-    scheduler.add_listener(log_next_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    scheduler.add_listener(log_next_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                           | EVENT_JOB_MAX_INSTANCES)
     return scheduler
 
 
 def require_jobs(config: Config) -> None:
-    """ConfigError unless the [schedule] section enables a job."""
+    """ConfigError unless the [schedule] section enables a job, with a full_cron that fires."""
     settings = config.schedule
     if not (settings.incremental_seconds > 0 or settings.full_cron or settings.enrich_seconds > 0):
         raise ConfigError("the [schedule] section enables no job")
+    if settings.full_cron:
+        full_refresh_trigger(settings.full_cron, datetime.now(UTC))
 
 
 def missed_full_refresh(trigger: BaseTrigger, last_full: datetime | None, now: datetime) -> datetime | None:
@@ -249,7 +271,8 @@ def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn,
         jobs.stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, request_stop)
+        if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN):  # nohup: outlive the terminal
+            signal.signal(sig, request_stop)
     scheduler = build_scheduler(config, jobs)
     log_next_run_times(scheduler)  # before the first runs are dispatched, which moves them on
     scheduler.start()

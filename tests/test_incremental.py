@@ -392,6 +392,27 @@ def test_one_scheduler_per_database(simulator: Callable[..., FakeYTS], tmp_path:
     assert first.returncode == 0
 
 
+def test_a_scheduler_under_nohup_outlives_sighup_and_logs_its_jobs_not_each_retry(
+        simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    sim = simulator(movies=200, faults="mix=0.2,retry_after=0")
+    db = tmp_path / "s.db"
+    config = schedule_config(tmp_path, "incremental_seconds = 1\nenrich_seconds = 0\n")
+    process = cli_subprocess(["schedule", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config",
+                              str(config)], preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # nohup
+    try:
+        wait_for(lambda: synced_ok(db))
+        process.send_signal(signal.SIGHUP)  # the terminal closes
+        time.sleep(1.5)
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert connect(db).execute("SELECT SUM(retries) FROM sync_runs").fetchone()[0] > 0
+    assert "INFO mirror.schedule: incremental sync: incremental sync ok" in stderr
+    assert "retry" not in stderr and "INFO mirror.client" not in stderr, stderr  # -v shows those
+
+
 def test_the_scheduler_starts_no_new_mirror_when_its_database_vanishes(simulator: Callable[..., FakeYTS],
                                                                         tmp_path: Path) -> None:
     sim = simulator(movies=50)

@@ -51,7 +51,9 @@ def test_day_of_month_and_weekday_both_set_fire_on_either() -> None:
     assert next_fires("0 4 */10 * 3", 2) == ["Wed 31 Mar 04:00", "Wed 21 Apr 04:00"]
 
 
-@pytest.mark.parametrize("expr", ["0 4 * * 8", "0 4 * * 5-1", "0 4 * * */0", "0 4 * * mo", "0 4 * *", "61 4 * * *"])
+@pytest.mark.parametrize("expr", ["0 4 * * 8", "0 4 * * 5-1", "0 4 * * */0", "0 4 * * mo", "0 4 * *", "61 4 * * *",
+                                  "0 4 last * *", "0 4 L * *", "0 4 * * \u0663", "0 \u0664 * * *", "0 4 * * 1#2",
+                                  "0 4 * mon *", "0 4 * * jan"])
 def test_bad_expressions_raise_value_error(expr: str) -> None:
     with pytest.raises(ValueError):
         crontab_trigger(expr)
@@ -64,6 +66,18 @@ def test_a_cron_that_never_fires_is_a_config_error(tmp_path) -> None:
     config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "0 4 31 2 *"\n')
     result = run_cli(["schedule", "--db", str(tmp_path / "x.db"), "--config", str(config)])
     assert result.exit_code == 2 and result.output == "error: schedule.full_cron '0 4 31 2 *' never fires\n"
+
+
+def test_a_bad_cron_is_reported_while_another_scheduler_runs(tmp_path: Path) -> None:
+    from support import run_cli, write_config
+
+    from mirror.sync import scheduler_lock
+
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "0 4 * * 8"\n')
+    with scheduler_lock(str(tmp_path / "x.db")):  # a running scheduler: checking a new config must still work
+        result = run_cli(["schedule", "--db", str(tmp_path / "x.db"), "--config", str(config)])
+    assert result.exit_code == 2 and result.output == "error: schedule.full_cron '0 4 * * 8': bad weekday '8' in '8'\n"
 
 
 def sqlite_error(kind: str, tmp_path: Path) -> sqlite3.Error:
@@ -209,6 +223,29 @@ def test_a_run_held_up_by_another_job_still_runs_later(caplog: pytest.LogCapture
         assert skipped() == []
         assert run(grace=1)[0] == "sync"
         assert skipped() == ["enrichment: skipped a run more than schedule.misfire_grace_seconds late"]
+
+
+def test_a_run_that_outlasts_its_interval_runs_again_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def slow_sync(config: Config, **kwargs: object) -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            time.sleep(4)  # due again at 3 s
+        ends.append(time.monotonic())
+
+    config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=3, full_cron="", enrich_seconds=0))
+    scheduler = build_scheduler(config, Jobs(config, slow_sync, slow_sync))
+    with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while len(starts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        scheduler.shutdown(wait=True)
+    assert len(starts) >= 2 and starts[1] - ends[0] < 1.0  # not at the next interval, 2 s after it ended
+    assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == [
+        "incremental sync: still running when it fell due again; it runs again once it ends"]
 
 
 def test_a_full_refresh_another_process_completed_while_it_waited_is_not_repeated(
