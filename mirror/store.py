@@ -31,6 +31,7 @@ CRAWL_STATE = "crawl"  # the checkpoint of an unfinished crawl
 FULL_CRAWL_STATE = "full_crawl"  # when the last full crawl completed (its enrichment may have been cut short)
 RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
 HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
+SEEN_STATE = "seen"  # the latest seen-at time a crawl wrote (a clock set back since must not undercut it)
 DEMO_STATE = "demo"  # set by `yts-mirror demo`: this mirror holds simulated movies
 
 
@@ -86,6 +87,16 @@ ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every time stored: UTC, and sorts as tex
 def now_iso(days_ago: float = 0) -> str:
     """The current UTC time (or `days_ago` days before it) as an ISO-8601 string that sorts correctly."""
     return (datetime.now(UTC) - timedelta(days=days_ago)).strftime(ISO_FORMAT)
+
+
+def crawl_start(db: sqlite_utils.Database) -> str:
+    """A new crawl's start: now, or just after the latest time a crawl wrote if the clock is behind that."""
+    state = get_state(db, SEEN_STATE)
+    latest = state["latest"] if state else db.execute("SELECT MAX(last_seen_at) FROM movies").fetchone()[0]
+    now = now_iso()
+    if latest is None or now > latest:
+        return now
+    return (datetime.strptime(latest, ISO_FORMAT) + timedelta(microseconds=1)).strftime(ISO_FORMAT)
 
 
 def schema_sql() -> str:

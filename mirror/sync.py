@@ -253,6 +253,7 @@ class Syncer:
             # Never before the crawl began, even if the clock was set back: "seen by this crawl" means since then.
             seen_at = max(store.now_iso(), checkpoint["started_at"])
             result = store.write_page(self.db, page.rows, seen_at)
+            store.set_state(self.db, store.SEEN_STATE, {"latest": seen_at})
             if result.returned_ids:  # listed again below the top: an addition movie_count does not show
                 checkpoint["moved"] = True  # so a removal may hide behind it
             checkpoint.update(next_page=page.next_page, movie_count=page.movie_count)
@@ -271,7 +272,8 @@ class Syncer:
 
     def _begin(self, kind: str, checkpoint: dict[str, Any] | None) -> tuple[dict[str, Any], set[int]]:
         """The crawl's checkpoint (a new one unless resuming), and the ids it has committed so far."""
-        checkpoint = checkpoint or {"kind": kind, "started_at": store.now_iso(), "next_page": 1, "movie_count": None}
+        if checkpoint is None:  # after every time a crawl wrote, so "seen by this crawl" holds under a clock set back
+            checkpoint = {"kind": kind, "started_at": store.crawl_start(self.db), "next_page": 1, "movie_count": None}
         resumed = checkpoint["next_page"] > 1
         return checkpoint, store.ids_seen_since(self.db, checkpoint["started_at"]) if resumed else set()
 

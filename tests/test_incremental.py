@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from mirror import store
 from mirror.fakeapi import Catalog, Churn, FakeYTS, FaultPlan
 from support import (ScriptedChurn, assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok,
-                     last_run, mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
+                     last_run, mirror_movies, query, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
 
 def sync(db: Path, sim: FakeYTS, config: Path, *extra: str) -> dict:
@@ -262,6 +263,32 @@ def test_a_clock_set_back_before_a_crawl_resumes_marks_nothing_removed(
     run = sync(db_path, sim, config_file, "--no-enrich")  # resumes the full crawl and finishes it
     assert (run["kind"], run["status"], run["movies_removed"]) == ("full", "ok", 0)
     assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["first crawl", "full refresh", "full refresh by an older version"])
+def test_after_a_clock_that_ran_ahead_syncs_still_read_only_whats_new_and_mark_removals(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    sim = simulator(movies=500)
+    real_now = store.now_iso
+    if kind != "first crawl":
+        sync(db_path, sim, config_file, "--no-enrich")
+    monkeypatch.setattr(store, "now_iso", lambda days_ago=0: real_now(days_ago - 1))  # a day ahead
+    sync(db_path, sim, config_file, "--no-enrich", *(["--full"] if kind != "first crawl" else []))
+    monkeypatch.setattr(store, "now_iso", real_now)  # set right again
+    if kind == "full refresh by an older version":  # which kept no SEEN_STATE
+        with closing(connect(db_path)) as conn, conn:
+            conn.execute("DELETE FROM sync_state WHERE key = ?", [store.SEEN_STATE])
+    added = sim.catalog.add(60)
+    before = sim.ok_counts["list_movies"]
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert (run["kind"], run["movies_new"]) == ("incremental", 60)
+    assert sim.ok_counts["list_movies"] - before <= math.ceil(60 / 50) + 1  # not the whole list
+    removed = sim.catalog.remove(ids=[i for i in sim.catalog.order if i not in added][200:205])  # beyond the walk
+    run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+    assert run["movies_removed"] == 5
+    assert {row[0] for row in query(db_path, "SELECT id FROM movies WHERE removed_at IS NOT NULL")} == set(removed)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
 def test_implausible_mass_removal_is_refused(simulator: Callable[..., FakeYTS], db_path: Path,
