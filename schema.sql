@@ -178,6 +178,7 @@ CREATE TABLE IF NOT EXISTS enrich_state (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     list_hash TEXT,                        -- movies.list_hash when fetched
+    attempted_at TEXT,                     -- the last fetch, whatever its outcome
     PRIMARY KEY (movie_id, endpoint)
 );
 

@@ -161,8 +161,11 @@ def _backlog_where(only_new: bool) -> str:
         return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND s.attempts < {SYNC_ATTEMPTS}) OR {changed})"
                 f" AND {_DETAILS_FOUND}")
     # A listed movie whose details were not found is asked again after a day, not after the TTL:
-    # the list and the details can disagree for a while (seen during a host's restart).
-    return (f"(s.movie_id IS NULL OR s.status = 'failed' OR s.fetched_at < :cutoff OR {changed}"
+    # the list and the details can disagree for a while (seen during a host's restart). So is a
+    # fetch that failed as often as a sync retries it: it may fail for good.
+    retry = f"(s.attempts < {SYNC_ATTEMPTS} OR s.attempted_at IS NULL OR s.attempted_at < :recheck)"
+    return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND {retry}) OR (s.status != 'failed' AND s.fetched_at < :cutoff)"
+            f" OR {changed}"
             f" OR (s.status = 'not_found' AND s.fetched_at < :recheck)) AND {_DETAILS_FOUND}")
 
 
@@ -246,9 +249,9 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
                 fetched += 1
                 not_found += status == "not_found"
             db.execute(
-                "INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, last_error, list_hash) "
-                "VALUES (:movie_id, :endpoint, :status, :now, 1, :error, :list_hash) "
-                "ON CONFLICT(movie_id, endpoint) DO UPDATE SET status = excluded.status, "
+                "INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, last_error, list_hash, "
+                "attempted_at) VALUES (:movie_id, :endpoint, :status, :now, 1, :error, :list_hash, :now) "
+                "ON CONFLICT(movie_id, endpoint) DO UPDATE SET status = excluded.status, attempted_at = excluded.attempted_at, "
                 "fetched_at = CASE WHEN excluded.status = 'failed' THEN enrich_state.fetched_at ELSE excluded.fetched_at END, "
                 "attempts = enrich_state.attempts + 1, last_error = excluded.last_error, "
                 "list_hash = CASE WHEN excluded.status = 'failed' THEN enrich_state.list_hash ELSE excluded.list_hash END",
@@ -334,7 +337,10 @@ class Pool:
             breaker = self.breakers[endpoint]
             if self.stop.is_set() or self.halt.is_set() or breaker.paused:
                 continue
-            outcome = self.fetch_one(breaker, endpoint, item.movie_id)
+            try:
+                outcome = self.fetch_one(breaker, endpoint, item.movie_id)
+            except Stopped:  # while it waited for its turn: what this movie has so far is written
+                break
             if outcome:
                 outcomes[endpoint] = outcome
             if endpoint == "movie_details" and outcome and details_not_found(outcome, item.movie_id):

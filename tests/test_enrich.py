@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from mirror import store
+from mirror.config import ENRICH_ENDPOINTS as ENDPOINTS
 from mirror.fakeapi import Catalog, FakeYTS
 from support import cli_subprocess, connect, free_port, integrity_ok, last_run, query, run_cli, wait_for
 
@@ -281,6 +282,21 @@ def test_enrich_options_are_validated(tmp_path: Path) -> None:
     assert run_cli(["enrich", "--endpoint", "movie_trailers"]).exit_code == 2
     result = run_cli(["enrich", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 1 and "no database at" in result.output
+
+
+def test_a_stop_keeps_every_answer_the_workers_got(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                  config_file: Path) -> None:
+    sim = simulator(movies=40)
+    db = tmp_path / "stop.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    process = cli_subprocess(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "4", "--concurrency", "4",
+                              "--config", str(config_file)])
+    wait_for(lambda: sum(sim.ok_counts.get(e, 0) for e in ENDPOINTS) >= 6)  # each worker midway through a movie
+    process.send_signal(signal.SIGTERM)  # most likely while workers wait for their rate-limit tokens
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0 and last_run(db)["status"] == "interrupted", stderr
+    stored = dict(query(db, "SELECT endpoint, COUNT(*) FROM enrich_state GROUP BY endpoint"))
+    assert stored == {e: sim.ok_counts[e] for e in ENDPOINTS if sim.ok_counts.get(e)}  # no answer thrown away
 
 
 def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[..., FakeYTS], tmp_path: Path,
@@ -566,6 +582,28 @@ def test_lasting_failures_do_not_keep_an_endpoint_from_the_rest(tmp_path: Path, 
     assert reviewed == set(catalog.order) - failing  # the second sync gets past them
     assert spent[-3:] == [0, 0, 0], spent  # and syncs stop asking after a few tries
     assert query(db, "SELECT MIN(attempts) FROM enrich_state WHERE status = 'failed'")[0][0] >= 3
+
+
+def test_enrich_retries_a_lasting_failure_once_a_day(tmp_path: Path, config_file: Path) -> None:
+    catalog = Catalog(40, 4)
+    failing = set(catalog.order[5:7])
+    db = tmp_path / "daily.db"
+    enrich = ["enrich", "--db", str(db), "--rate", "0", "--config", str(config_file)]
+    with FailsFor(catalog, failing) as sim:
+        run_process(sync_args(db, sim, config_file))
+        spent = []
+        for _ in range(5):
+            before = sim.counts.get("movie_reviews", 0)
+            run_process([*enrich, "--base-url", sim.url])
+            spent.append(sim.counts.get("movie_reviews", 0) - before)
+        assert spent[0] > 0 and spent[-2:] == [0, 0], spent  # after a sync's three tries, not on every run
+        with closing(connect(db)) as conn, conn:
+            conn.execute("UPDATE enrich_state SET attempted_at = ? WHERE status = 'failed'", [store.now_iso(days_ago=1.1)])
+        before = sim.counts.get("movie_reviews", 0)
+        sim.failing = set()  # it answers again
+        run_process([*enrich, "--base-url", sim.url])
+        assert sim.counts.get("movie_reviews", 0) - before == len(failing)  # a day later, once each
+    assert query(db, "SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'")[0][0] == 0
 
 
 @pytest.mark.parametrize("new_movies", [3, 4, 60])

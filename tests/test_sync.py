@@ -140,8 +140,23 @@ def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> No
     conn.commit()
     conn.close()
     db = store.open_db(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
     assert [(r["kind"], r["warning"]) for r in store.last_runs(db)] == [("full", None)]
+
+
+def test_upgrade_from_schema_3_adds_the_attempt_time(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    store.open_db(path).close()
+    conn = connect(path)
+    conn.execute("ALTER TABLE enrich_state DROP COLUMN attempted_at")  # what version 3 created
+    conn.execute("INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_reviews', 'failed', 9)")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    db = store.open_db(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
+    assert [tuple(r) for r in db.execute("SELECT status, attempts, attempted_at FROM enrich_state")] == [
+        ("failed", 9, None)]  # retried by the next `enrich`, then once a day
 
 
 def torrent_state(db: Any) -> dict[str, tuple[Any, ...]]:
