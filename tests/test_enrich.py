@@ -584,13 +584,19 @@ def test_lasting_failures_do_not_keep_an_endpoint_from_the_rest(tmp_path: Path, 
     assert query(db, "SELECT MIN(attempts) FROM enrich_state WHERE status = 'failed'")[0][0] >= 3
 
 
-def test_enrich_retries_a_lasting_failure_once_a_day(tmp_path: Path, config_file: Path) -> None:
+@pytest.mark.parametrize("fetch", ["first", "refresh"])
+def test_enrich_retries_a_lasting_failure_once_a_day(tmp_path: Path, config_file: Path, fetch: str) -> None:
     catalog = Catalog(40, 4)
     failing = set(catalog.order[5:7])
     db = tmp_path / "daily.db"
     enrich = ["enrich", "--db", str(db), "--rate", "0", "--config", str(config_file)]
-    with FailsFor(catalog, failing) as sim:
+    with FailsFor(catalog, failing if fetch == "first" else set()) as sim:
         run_process(sync_args(db, sim, config_file))
+        if fetch == "refresh":  # reviews fetched long ago, due again, and failing now
+            with closing(connect(db)) as conn, conn:
+                conn.execute(f"UPDATE enrich_state SET fetched_at = ? WHERE endpoint = 'movie_reviews' AND movie_id IN "
+                             f"({','.join(map(str, failing))})", [store.now_iso(days_ago=400)])
+            sim.failing = failing
         spent = []
         for _ in range(5):
             before = sim.counts.get("movie_reviews", 0)
