@@ -284,21 +284,6 @@ def test_enrich_options_are_validated(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no database at" in result.output
 
 
-def test_a_stop_keeps_every_answer_the_workers_got(simulator: Callable[..., FakeYTS], tmp_path: Path,
-                                                  config_file: Path) -> None:
-    sim = simulator(movies=40)
-    db = tmp_path / "stop.db"
-    run_process(sync_args(db, sim, config_file, "--no-enrich"))
-    process = cli_subprocess(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "4", "--concurrency", "4",
-                              "--config", str(config_file)])
-    wait_for(lambda: sum(sim.ok_counts.get(e, 0) for e in ENDPOINTS) >= 6)  # each worker midway through a movie
-    process.send_signal(signal.SIGTERM)  # most likely while workers wait for their rate-limit tokens
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0 and last_run(db)["status"] == "interrupted", stderr
-    stored = dict(query(db, "SELECT endpoint, COUNT(*) FROM enrich_state GROUP BY endpoint"))
-    assert stored == {e: sim.ok_counts[e] for e in ENDPOINTS if sim.ok_counts.get(e)}  # no answer thrown away
-
-
 def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[..., FakeYTS], tmp_path: Path,
                                                            config_file: Path) -> None:
     sim = simulator(movies=20, faults="dead=movie_reviews")
@@ -316,7 +301,7 @@ def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[.
     assert connect(db).execute("SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'").fetchone()[0] == 0
 
 
-def test_sigterm_during_rate_limited_enrichment_keeps_its_count(simulator: Callable[..., FakeYTS], tmp_path: Path,
+def test_sigterm_during_rate_limited_enrichment_keeps_its_count_and_answers(simulator: Callable[..., FakeYTS], tmp_path: Path,
                                                                 config_file: Path) -> None:
     sim = simulator(movies=40)
     db = tmp_path / "count.db"
@@ -329,6 +314,8 @@ def test_sigterm_during_rate_limited_enrichment_keeps_its_count(simulator: Calla
     assert process.returncode == 0 and "enrich interrupted:" in stderr, stderr
     enriched = connect(db).execute("SELECT COUNT(DISTINCT movie_id) FROM enrich_state WHERE status = 'ok'").fetchone()[0]
     assert last_run(db)["status"] == "interrupted" and last_run(db)["enriched"] == enriched >= 5
+    stored = dict(query(db, "SELECT endpoint, COUNT(*) FROM enrich_state GROUP BY endpoint"))
+    assert stored == {e: sim.ok_counts[e] for e in ENDPOINTS if sim.ok_counts.get(e)}  # no answer thrown away
 
 
 def test_a_listed_movie_not_found_is_asked_again_after_a_day(simulator: Callable[..., FakeYTS], tmp_path: Path,
