@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 import requests
 import tenacity
+import urllib3
 
 from . import __version__
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"yts-mirror/{__version__} (+offline catalog mirror; polite crawler)"
+MAX_BODY_BYTES = 16 * 2**20  # a 50-movie list page is about 250 KB; an endless body must not fill the memory
+MAX_REDIRECTS = 3  # a moved domain redirects once or twice; a loop ends here
+READ_CHUNK = 2**16
 
 
 class YTSError(Exception):
@@ -65,6 +69,10 @@ class FetchError(YTSError):
         return self.status == 404
 
 
+class InsecureRedirect(requests.RequestException):
+    """A redirect from https to plain http, which the client does not follow."""
+
+
 class Stopped(YTSError):
     """A stop was asked for while a request waited for its next attempt."""
 
@@ -97,15 +105,13 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, AttributeError):  # not a date, or one no clock can hold
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, when - (time.time() if now is None else now))
 
 
 _decoder = json.JSONDecoder()
@@ -186,6 +192,17 @@ def describe_network_error(error: requests.RequestException) -> str:
     elif "RemoteDisconnected" in text or "Connection aborted" in text:
         text = "connection closed by the server"
     return f"connection failed: {text}"
+
+
+def describe_body_error(error: Exception) -> str:
+    """A short reason for a body that could not be read to its end."""
+    if isinstance(error, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return "timed out"
+    if isinstance(error, urllib3.exceptions.DecodeError):
+        return "content encoding does not decode"
+    if isinstance(error, urllib3.exceptions.ProtocolError):
+        return "connection closed before the end"
+    return type(error).__name__
 
 
 @dataclass
@@ -275,6 +292,8 @@ class YTSClient:
         self.stop: threading.Event | None = None  # when set, it ends any wait of a request
         self.session = Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
+        self.session.max_redirects = MAX_REDIRECTS
+        self.session.hooks["response"].append(self._before_redirect)
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -398,26 +417,41 @@ class YTSClient:
         with guard():
             return self._attempt(endpoint, params, validate)
 
-    def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
-        """Send one request and classify its outcome."""
-        host_index = self._host_index
-        url = f"{self.base_urls[host_index]}/api/v2/{endpoint}.json"
+    def _take_token(self) -> None:
+        """Wait for the rate limiter, and count the request about to go out."""
         delay = self.limiter.reserve()
         if delay > 0:
             self._sleep(delay)  # several workers can queue for tokens for many seconds
         self.stats.count_request()
+
+    def _before_redirect(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """A response hook: a redirect's next request waits for its own token, and never leaves https."""
+        if not response.is_redirect:
+            return
+        location = response.headers.get("Location", "")
+        if urlsplit(response.url).scheme == "https" and urlsplit(location).scheme == "http":
+            raise InsecureRedirect(f"redirected from https to plain {location}")
+        self._take_token()
+
+    def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
+        """Send one request and classify its outcome."""
+        host_index = self._host_index
+        url = f"{self.base_urls[host_index]}/api/v2/{endpoint}.json"
+        self._take_token()
         try:
-            response = self.session.get(url, params=params, timeout=self.timeout)
+            response = self.session.get(url, params=params, timeout=self.timeout, stream=True)
         except (requests.ConnectionError, requests.Timeout) as error:
             failure = TransientError(with_query(url, params), describe_network_error(error), host_failure=True,
                                      unanswered=True)
             self._strike(host_index, failure)
             raise failure from error
-        except requests.RequestException as error:
-            raise TransientError(with_query(url, params), f"{type(error).__name__}: {error}") from error
+        except (requests.RequestException, ValueError) as error:  # a redirect loop, out of https, to no URL
+            failure = TransientError(with_query(url, params), f"bad redirect: {error}", server_failure=True)
+            self._strike(host_index, failure)
+            raise failure from error
         self.stats.count_answer()
         try:
-            data = self._classify(url, response)
+            data = self._classify(url, response, self._read_body(response, url))
             if validate is not None:
                 validate(data)
             self._answered_by(host_index)
@@ -426,17 +460,35 @@ class YTSClient:
             self._strike(host_index, error)
             raise
 
-    def _classify(self, url: str, response: requests.Response) -> Mapping[str, Any]:
-        """Turn an HTTP response into `data`, or raise the matching error."""
+    def _read_body(self, response: requests.Response, url: str) -> bytes:
+        """The whole body within `read_timeout` seconds and MAX_BODY_BYTES (each read alone could trickle on for good)."""
+        deadline = time.monotonic() + self.timeout[1]
+        body = bytearray()
+        try:
+            while chunk := response.raw.read1(READ_CHUNK, decode_content=True):  # what has come, up to a chunk
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise TransientError(response.url or url, f"body over {MAX_BODY_BYTES // 2**20} MB",
+                                         server_failure=True)
+                if time.monotonic() > deadline:
+                    raise TransientError(response.url or url, f"body still coming after {self.timeout[1]:g} s",
+                                         server_failure=True)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            response.close()
+            raise TransientError(response.url or url, f"body lost: {describe_body_error(error)}",
+                                 server_failure=True) from error
+        except TransientError:
+            response.close()  # the rest of the body is not wanted: nor is the connection
+            raise
+        return bytes(body)
+
+    def _classify(self, url: str, response: requests.Response, body: bytes) -> Mapping[str, Any]:
+        """Turn an HTTP response and its body into `data`, or raise the matching error."""
         full_url = response.url or url
         status = response.status_code
-        try:
-            body = response.content
-        except (requests.RequestException, OSError) as error:
-            raise TransientError(full_url, f"body lost: {error}") from error
 
         def text() -> str:  # decoded only where needed: orjson reads the bytes
-            return response.text
+            return body.decode("utf-8", errors="replace")  # not requests' guess: ISO-8859-1 for text/html
 
         if status >= 400:
             _raise_for_status(full_url, status, response.headers.get("Retry-After"), text)

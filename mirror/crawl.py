@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .client import FetchError, TransientError, YTSClient
-from .transform import echoed_paging, list_page_movies, listed_count, listed_ids, movie_count
+from .transform import echoed_paging, list_page_movies, listed_count, listed_ids, movie_count, to_int
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ class ShortPageError(TransientError):
         self.data = data
 
 
+class MalformedPageError(TransientError):
+    """A list answer without a readable movie_count, or whose movies are no list; retried like a fault.
+
+    Every recorded list answer has movie_count, empty pages included (list_movies__yts-api-rs-empty.json):
+    without it, `{"status": "ok", "data": null}` would read as an empty catalog, and a full crawl
+    would mark every movie removed.
+    """
+
+    def __init__(self, page: int, reason: str):
+        super().__init__(f"list_movies page {page}", f"page {page}: {reason}", server_failure=True)
+
+
 class WrongPageError(TransientError):
     """An answer to other paging than asked for, as from a cache that ignores the query string; retried."""
 
@@ -71,6 +83,13 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
     """Fetch one newest-first page; a page that stays short is believed only if the next one is empty."""
 
     def validate(data: Mapping[str, Any]) -> None:
+        if not isinstance(data, Mapping) or to_int(data.get("movie_count")) is None:
+            raise MalformedPageError(page, "no movie_count")
+        movies = data.get("movies") or []
+        if not isinstance(movies, list):
+            raise MalformedPageError(page, "movies is not a list")
+        if any(isinstance(m, Mapping) and not isinstance(m.get("torrents") or [], list) for m in movies):
+            raise MalformedPageError(page, "a movie's torrents are not a list")
         number, size = echoed_paging(data)
         if number not in (None, page) or size not in (None, limit):
             raise WrongPageError(page, limit, (number, size))

@@ -145,6 +145,11 @@ def list_hash(raw: str) -> str:
     return hashlib.blake2b(stable, digest_size=12).hexdigest()
 
 
+def mappings(value: Any) -> list[Mapping[str, Any]]:
+    """The objects of a JSON array, in order; none for anything else (a number where a list belongs)."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
 def normal_hash(value: Any) -> str:
     """A torrent's info hash as the `torrents` table keys it: trimmed, upper case ('' for none)."""
     return str(value).strip().upper() if value else ""
@@ -191,8 +196,8 @@ def torrent_rows(
     movie_id = to_id(movie.get("id"))
     magnet_suffix = _magnet_suffix(to_text(movie.get("title_long") or movie.get("title")), tuple(trackers))
     rows: dict[str, dict[str, Any]] = {}
-    for torrent in movie.get("torrents") or []:
-        info_hash = normal_hash(torrent.get("hash")) if isinstance(torrent, Mapping) else ""
+    for torrent in mappings(movie.get("torrents")):
+        info_hash = normal_hash(torrent.get("hash"))
         if not info_hash:
             continue
         row = _copy_fields({"hash": info_hash, "movie_id": movie_id}, torrent, TORRENT_TEXT_FIELDS, TORRENT_INT_FIELDS)
@@ -321,7 +326,7 @@ def cast_rows(movie: Mapping[str, Any]) -> list[dict[str, Any]]:
             # 2015 named the thumbnail small_image (medium_image was full size): movie_details__jonlunsford-yify-2015.json
             "url_small_image": to_text(member.get("url_small_image", member.get("small_image"))),
         }
-        for position, member in enumerate(m for m in members or [] if isinstance(m, Mapping))
+        for position, member in enumerate(mappings(members))
     ]
 
 
@@ -332,7 +337,7 @@ def suggestion_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]
     # 2015 named the list "movie_suggestions" (movie_suggestions__jonlunsford-yify-2015.json);
     # movie_count can be 0 while movies are present (movie_suggestions__GabJS10-yts-movie-player.json)
     movies = data.get("movies", data.get("movie_suggestions"))
-    return [m for m in movies or [] if isinstance(m, Mapping) and to_id(m.get("id"))]
+    return [m for m in mappings(movies) if to_id(m.get("id"))]
 
 
 def suggestion_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -358,7 +363,7 @@ def review_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str,
             "date_written": to_text(review.get("date_written")),
             "date_written_unix": to_int(review.get("date_written_unix")),
         }
-        for position, review in enumerate(r for r in reviews or [] if isinstance(r, Mapping))
+        for position, review in enumerate(mappings(reviews))
     ]
 
 
@@ -372,7 +377,7 @@ def parental_guide_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[d
             "type": to_text(guide.get("type")),
             "parental_guide_text": to_text(guide.get("parental_guide_text")),
         }
-        for position, guide in enumerate(g for g in guides or [] if isinstance(g, Mapping))
+        for position, guide in enumerate(mappings(guides))
     ]
 
 
@@ -387,7 +392,7 @@ def comment_rows(movie_id: int, data: Mapping[str, Any] | None) -> list[dict[str
     """Turn a movie_comments `data` into `movie_comments` rows."""
     comments = data.get("comments") if isinstance(data, Mapping) else None
     rows = []
-    for position, comment in enumerate(c for c in comments or [] if isinstance(c, Mapping)):
+    for position, comment in enumerate(mappings(comments)):
         row: dict[str, Any] = {"movie_id": movie_id, "position": position}
         row.update({field: to_text(comment.get(field)) for field in COMMENT_TEXT_FIELDS})
         row.update({field: to_int(comment.get(field)) for field in COMMENT_INT_FIELDS})
@@ -422,4 +427,4 @@ def list_page_movies(data: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     # No "movies" key when empty: list_movies__yts-api-rs-empty.json
     if not isinstance(data, Mapping):
         return []
-    return [m for m in data.get("movies") or [] if isinstance(m, Mapping) and to_id(m.get("id"))]
+    return [m for m in mappings(data.get("movies")) if to_id(m.get("id"))]

@@ -6,12 +6,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+import requests
 
-from mirror.client import FetchError, RateLimiter, YTSClient, extract_json, retry_after_seconds
+from mirror.client import (MAX_BODY_BYTES, MAX_REDIRECTS, FetchError, InsecureRedirect, RateLimiter, YTSClient,
+                           extract_json, retry_after_seconds)
 from mirror.fakeapi import FAULT_KINDS, FakeYTS
-from support import free_port
+from support import free_port, misbehaving_server
 
 
 def fast_client(*urls: str, attempts: int = 8, rate: float = 0) -> YTSClient:
@@ -142,6 +145,8 @@ def test_retry_after_is_honoured(simulator: Callable[..., FakeYTS]) -> None:
 def test_retry_after_parsing() -> None:
     assert retry_after_seconds("7") == 7
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("\u00b2") is None  # a digit to str.isdigit, not to float()
+    assert retry_after_seconds("Mon, 01 Jan 99999999999999999999 00:00:00 GMT") is None
     assert retry_after_seconds("Fri, 04 Dec 2026 20:00:10 GMT", now=1796414400.0) == pytest.approx(10, abs=1)
 
 
@@ -224,3 +229,110 @@ def test_json_error_envelope_on_404_is_final() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+ENVELOPE = b'{"status":"ok","status_message":"Query was successful","data":{"movie_count":1}}'
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = ENVELOPE, **headers: str) -> None:
+    """Answer with `status`, `headers` (underscores for dashes) and `body`, its length included unless given."""
+    handler.send_response(status)
+    headers.setdefault("Content_Length", str(len(body)))
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def test_a_redirect_loop_fails_over_and_each_hop_waits_for_its_token(simulator: Callable[..., FakeYTS]) -> None:
+    hops: list[float] = []
+
+    def loop(handler: BaseHTTPRequestHandler) -> None:
+        hops.append(time.monotonic())
+        send(handler, 302, b"", Location=handler.path)
+
+    with misbehaving_server(loop) as url:
+        client = YTSClient([url], rate=20, max_attempts=2, backoff_initial=0.001, backoff_max=0.01)
+        with pytest.raises(FetchError, match="bad redirect"):
+            client.get("list_movies")
+        assert len(hops) == 2 * (MAX_REDIRECTS + 1)
+        assert hops[-1] - hops[0] >= (len(hops) - 1) / 20 * 0.9  # the rate limit holds across hops
+        live = simulator(movies=4)
+        client = fast_client(url, live.url, attempts=6)
+        assert client.get("list_movies")["movie_count"] == 4
+
+
+@pytest.mark.parametrize("location", ["http://[::zz", "file:///etc/passwd"])
+def test_a_redirect_to_no_usable_url_is_one_error(location: str) -> None:
+    with misbehaving_server(lambda handler: send(handler, 301, b"", Location=location)) as url:
+        with pytest.raises(FetchError, match="bad redirect"):
+            fast_client(url, attempts=2).get("list_movies")
+
+
+def test_a_redirect_from_https_to_http_is_not_followed() -> None:
+    client = fast_client("https://yts.example")
+    response = requests.Response()
+    response.status_code, response.url = 301, "https://yts.example/api/v2/list_movies.json"
+    response.headers["Location"] = "http://yts.example/api/v2/list_movies.json"
+    with pytest.raises(InsecureRedirect):
+        client._before_redirect(response)
+    response.headers["Location"] = "https://yts.new/api/v2/list_movies.json"
+    client._before_redirect(response)  # a moved domain, still https
+
+
+def test_a_body_that_trickles_fails_at_the_read_timeout() -> None:
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(100000):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.02)  # each read gets a byte well within the read timeout
+
+    with misbehaving_server(trickle) as url:
+        client = YTSClient([url], rate=0, max_attempts=2, backoff_initial=0.001, backoff_max=0.01,
+                           connect_timeout=1, read_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="body still coming after 0.5 s"):
+            client.get("list_movies")
+        assert time.monotonic() - started < 3
+
+
+def test_an_endless_body_fails_at_the_size_cap() -> None:
+    def endless(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        chunk = b"x" * 65536
+        for _ in range(2 * MAX_BODY_BYTES // len(chunk)):
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+
+    with misbehaving_server(endless) as url:
+        with pytest.raises(FetchError, match=f"body over {MAX_BODY_BYTES // 2**20} MB"):
+            fast_client(url, attempts=1).get("list_movies")
+
+
+@pytest.mark.parametrize("fault", ["cut short", "chunked cut", "bad gzip"])
+def test_a_body_lost_on_the_way_fails_over(simulator: Callable[..., FakeYTS], fault: str) -> None:
+    def broken(handler: BaseHTTPRequestHandler) -> None:
+        if fault == "cut short":
+            send(handler, 200, ENVELOPE[:20], Content_Length=str(len(ENVELOPE)))
+        elif fault == "chunked cut":
+            send(handler, 200, b"%x\r\n%s\r\n" % (len(ENVELOPE), ENVELOPE), Transfer_Encoding="chunked",
+                 Content_Length="")
+        else:
+            send(handler, 200, b"not gzip at all", Content_Encoding="gzip")
+        handler.close_connection = True
+
+    with misbehaving_server(broken) as url:
+        with pytest.raises(FetchError, match="body lost"):
+            fast_client(url, attempts=2).get("list_movies")
+        live = simulator(movies=4)
+        assert fast_client(url, live.url, attempts=6).get("list_movies")["movie_count"] == 4
+
+
+def test_json_in_an_html_page_without_a_charset_is_read_as_utf8() -> None:
+    body = '<html><body>{"status":"ok","data":{"movie_count":1,"movies":[{"id":1,"title":"Amélie 東京"}]}}</body></html>'
+    with misbehaving_server(lambda handler: send(handler, 200, body.encode(), Content_Type="text/html")) as url:
+        assert fast_client(url).get("list_movies")["movies"][0]["title"] == "Amélie 東京"

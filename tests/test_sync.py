@@ -1247,3 +1247,34 @@ def test_titles_beyond_ascii_are_kept_found_and_quoted(simulator: Callable[..., 
         result = run_cli(["search", f"title:{term}", "--db", str(db_path), "--json", "--limit", "1000"])
         assert result.exit_code == 0, result.output
         assert movie_id in {row["id"] for row in json.loads(result.output)}, term
+
+
+class MalformedLists(FakeYTS):
+    """A simulator whose list pages, once `data` is set, answer with that `data` in a status-ok envelope."""
+
+    data: Any = None
+    broken = False
+
+    def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        if endpoint == "list_movies" and self.broken:
+            self._count(self.counts, endpoint)
+            body = json.dumps({"status": "ok", "status_message": "Query was successful", "data": self.data})
+            return 200, {"Content-Type": "application/json"}, body.encode(), None
+        return super().respond(endpoint, params)
+
+
+@pytest.mark.parametrize("data", [
+    None, [], {"movies": []},  # data null, or no movie_count: an empty catalog to a careless reader
+    {"movie_count": 30, "limit": 50, "page_number": 1, "movies": 5},
+    {"movie_count": 30, "limit": 50, "page_number": 1, "movies": [{"id": 1, "title": "x", "torrents": 7}]},
+])
+def test_a_list_answer_of_the_wrong_shape_is_retried_and_marks_nothing_removed(tmp_path: Path, db_path: Path,
+                                                                             config_file: Path, data: Any) -> None:
+    with MalformedLists(Catalog(30, 3)) as sim:
+        assert run_cli(sync_args(db_path, sim.url, config_file)).exit_code == 0
+        sim.data, sim.broken = data, True
+        before = sim.counts["list_movies"]
+        result = run_cli(sync_args(db_path, sim.url, config_file, "--full"))
+    assert result.exit_code == 1 and result.output.startswith("error: API request failed: "), result.output
+    assert "(after 6 attempts)" in result.output and sim.counts["list_movies"] - before == 6
+    assert query(db_path, "SELECT COUNT(*) FROM movies WHERE removed_at IS NULL")[0][0] == 30
