@@ -457,7 +457,9 @@ class YTSClient:
             self._answered_by(host_index)
             return data
         except TransientError as error:
-            self._strike(host_index, error)
+            # A 403/404 page for one endpoint of a host that serves the list is that endpoint's.
+            if not (error.host_failure and endpoint != "list_movies" and host_index in self._answered):
+                self._strike(host_index, error)
             raise
 
     def _read_body(self, response: requests.Response, url: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import time
@@ -597,6 +598,28 @@ def test_enrich_retries_a_lasting_failure_once_a_day(tmp_path: Path, config_file
         run_process([*enrich, "--base-url", sim.url])
         assert sim.counts.get("movie_reviews", 0) - before == len(failing)  # a day later, once each
     assert query(db, "SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'")[0][0] == 0
+
+
+def test_an_endpoint_that_answers_404_pages_keeps_the_host(tmp_path: Path, config_file: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    class NoReviews(FakeYTS):  # as if upstream dropped the endpoint, behind an HTML 404 page
+        def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+            if endpoint == "movie_reviews":
+                self._count(self.counts, endpoint)
+                return 404, {"Content-Type": "text/html"}, b"<html>Not Found</html>", "http503"
+            return super().respond(endpoint, params)
+
+    db = tmp_path / "404.db"
+    with NoReviews(Catalog(20, 4)) as sim:
+        run_process(sync_args(db, sim, config_file, "--no-enrich"))
+        with caplog.at_level(logging.INFO, logger="mirror.client"):
+            result = run_cli(["enrich", "--db", str(db), "--base-url", f"{sim.url},http://127.0.0.1:{free_port()}",
+                              "--rate", "0", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    assert not [r for r in caplog.records if "switching API host" in r.getMessage()]
+    assert query(db, "SELECT COUNT(*) FROM enrich_state WHERE endpoint = 'movie_details' AND status = 'ok'")[0][0] == 20
+    assert [tuple(r) for r in query(db, "SELECT endpoint FROM endpoint_state WHERE paused_at IS NOT NULL")] == [
+        ("movie_reviews",)]
 
 
 @pytest.mark.parametrize("new_movies", [3, 4, 60])
