@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .interpreter import python_command
-from .progress import Progress
+from .progress import Progress, counted
 from .readahead import ReaderError
 from .sync import JobReport, LockedError, RunSummary, Syncer, logged_enrichment, scheduler_lock, writer_alive, writing
 
@@ -106,12 +107,34 @@ class SafeFormatter(logging.Formatter):
         return terminal_safe(super().formatStack(stack_info), lines=True)
 
 
+class BarLine:
+    """Whether a progress bar was the last thing drawn on stderr, its line left open (no newline yet)."""
+
+    open = False
+
+    @classmethod
+    def end(cls) -> str:
+        """The newline that other output needs first, once, while a bar's line is open."""
+        if cls.open:
+            cls.open = False
+            return "\n"
+        return ""
+
+
+class BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stderr log handler that starts below a progress bar rather than at its end."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write(BarLine.end())
+        super().emit(record)
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Log to stderr at the level -v/-q ask for."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     formatter = SafeFormatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime  # UTC, as every time yts-mirror stores or schedules
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarAwareHandler(sys.stderr)
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler])
 
@@ -134,37 +157,45 @@ class TerminalProgress:
     def total(self, total: int) -> None:
         """Set how much work there is; start the bar on a terminal."""
         self.total_count = max(total, self.done)
-        if self.quiet or not self.tty:
+        self._start(self.total_count)
+        if self.bar is not None:
+            self.bar.length = self.total_count
+
+    def _start(self, length: int | None) -> None:
+        """Draw the bar on a terminal, if not drawn yet; of unknown length (a moving mark) for None."""
+        if self.quiet or not self.tty or self.bar is not None:
             return
-        if self.bar is None:
-            self.bar = click.progressbar(length=self.total_count, label=self.label, file=sys.stderr,
-                                         show_pos=True, show_eta=True, width=30)
-            self.bar.__enter__()
-            self.bar.update(self.done)
-        self.bar.length = self.total_count
+        self.bar = click.progressbar(itertools.count() if length is None else None, length=length, label=self.label,
+                                     file=sys.stderr, show_pos=True, show_eta=True, width=30)
+        self.bar.__enter__()
+        self.bar.update(self.done)
+        BarLine.open = True
 
     def advance(self, count: int) -> None:
-        """Count finished work; without a terminal, log a line every 10 s."""
+        """Count finished work (an incremental walk gives no total); without a terminal, log a line every 10 s."""
         self.done += count
-        if self.quiet:
+        if self.quiet or not (count or self.bar):
             return
+        self._start(None)
         if self.bar is not None:
             self.bar.update(count)
+            BarLine.open = True
         elif not self.tty and time.monotonic() - self.last_log >= self.interval:
             self.last_log = time.monotonic()
             rate = self.done / max(1e-9, time.monotonic() - self.started)
             click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)
 
     def message(self, text: str) -> None:
-        """Print a line on stderr without breaking the bar."""
+        """Print a line on stderr below the bar, which goes on under it."""
         if not self.quiet:
-            click.echo(("\n" if self.bar is not None else "") + terminal_safe(text), err=True)
+            click.echo(BarLine.end() + terminal_safe(text), err=True)
 
     def close(self) -> None:
-        """Finish the bar, if one was drawn."""
+        """Finish the bar, if one was drawn, and end its line."""
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.__exit__(None, None, None)  # click ends the line
             self.bar = None
+            BarLine.open = False
 
     def callbacks(self) -> Progress:
         """The callbacks the pipeline reports progress through."""
@@ -182,7 +213,7 @@ def stop_on_signals(announce: str | None = "finishing the current page, then sto
             raise KeyboardInterrupt
         stop.set()
         if announce:
-            click.echo(f"\n{signal.Signals(signum).name}: {announce}", err=True)
+            click.echo(f"{BarLine.end()}{signal.Signals(signum).name}: {announce}", err=True)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -261,7 +292,7 @@ concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, ma
                                   help="Enrichment worker threads.")
 
 
-@cli.command()
+@cli.command(short_help="Copy the catalog into the database.")
 @db_option
 @config_option
 @base_url_option
@@ -291,7 +322,9 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
                    must_exist: bool = False) -> Iterator[tuple[Database, YTSClient, TerminalProgress, threading.Event]]:
     """A writer's database, client, progress output and stop event (set by SIGTERM or SIGINT)."""
     # Signals are caught once the lock is held, so a run queued by --wait still dies of SIGTERM.
-    with writing(config, wait, must_exist) as (db, client), stop_on_signals() as signal_stop:
+    announce = "finishing the current page, then stopping" if label == "sync" else \
+        "writing what the workers have fetched, then stopping"
+    with writing(config, wait, must_exist) as (db, client), stop_on_signals(announce) as signal_stop:
         client.stop = stop or signal_stop
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
         try:
@@ -305,14 +338,17 @@ def run_sync(config: Config, full: bool = False, enrich: bool = True, wait: bool
     """Run one sync under the writer lock, with progress output and signal handling."""
     with writer_session(config, "sync", "movies", wait, quiet, stop) as (db, client, progress, event):
         syncer = Syncer(db, client, config, progress.callbacks(), event)
-        after = enrich_after_crawl(syncer, quiet, enrich_limit) if enrich else None
+        after = enrich_after_crawl(syncer, quiet, enrich_limit, progress) if enrich else None
         return syncer.run(full=full, after_crawl=after)
 
 
-def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None) -> Callable[[RunSummary], None]:
+def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None,
+                       crawl: TerminalProgress | None = None) -> Callable[[RunSummary], None]:
     """The enrichment step a sync runs after its crawl: movies never enriched and changed ones, newest first."""
 
     def step(summary: RunSummary) -> None:
+        if crawl is not None:
+            crawl.close()  # the crawl's bar stays as it ended, above the enrichment's
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         before = summary.counts["enriched"]
 
@@ -335,7 +371,7 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None) ->
     return step
 
 
-@cli.command()
+@cli.command(short_help="Fetch details, cast, suggestions, reviews and guides.")
 @db_option
 @config_option
 @base_url_option
@@ -363,15 +399,18 @@ def run_enrich(config: Config, endpoints: Sequence[str] = (), limit: int | None 
         outcome, report = logged_enrichment(database, client, config, event, progress.callbacks(), endpoints, limit)
     for message in report.messages():
         progress.message(message)
-    planned = f"{report.backlog} requests planned" + (f" (at most {limit} movies of the backlog)" if limit else "")
-    line = (f"enrich {outcome.status}: {report.movies_done} movies, {client.stats.requests} requests "
-            f"({client.stats.retries} retries), {planned}")
+    if report.backlog:
+        planned = f"of {counted(report.backlog, 'request')} planned" + (f" for at most {limit} movies" if limit else "")
+        line = (f"enrich {outcome.status}: {counted(report.movies_done, 'movie')}, "
+                f"{counted(client.stats.requests, 'request')} ({counted(client.stats.retries, 'retry')}) {planned}")
+    else:
+        line = f"enrich {outcome.status}: nothing due"
     if not quiet:
         click.echo(line, err=True)
     return JobReport(line, report.messages())
 
 
-@cli.command()
+@cli.command(short_help="Run syncs and enrichment on the config's schedule.")
 @db_option
 @config_option
 @base_url_option
@@ -417,7 +456,7 @@ def schedule(ctx: click.Context, db: str | None, config_path: str | None, base_u
                     last_full=lambda: store.last_full_refresh(config.db))
 
 
-@cli.command()
+@cli.command(short_help="Full-text search of titles, descriptions and cast.")
 @click.argument("query")
 @db_option
 @config_option
@@ -440,18 +479,22 @@ def search(ctx: click.Context, query: str, db: str | None, config_path: str | No
         if not ctx.obj["quiet"]:
             click.echo("no matches", err=True)
         return
+    click.echo(SEARCH_HEADER)
     for row in rows:
         click.echo(search_line(row))
+
+
+SEARCH_HEADER = f"{'id':>7}  rating  title (year)"
 
 
 def search_line(row: dict[str, Any]) -> str:
     """One search result as `search` prints it: id, rating, title (year), and whether it was removed."""
     removed = "  [removed]" if row["removed_at"] else ""
-    rating = f"{row['rating']:.1f}" if row["rating"] is not None else "  - "
-    return terminal_safe(f"{row['id']:>7}  {rating}  {row['title']} ({row['year']}){removed}")
+    rating = f"{row['rating']:.1f}" if row["rating"] is not None else "-"
+    return terminal_safe(f"{row['id']:>7}  {rating:>6}  {row['title']} ({row['year']}){removed}")
 
 
-@cli.command()
+@cli.command(short_help="Counts, freshness, backlog, last runs, size.")
 @db_option
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -506,17 +549,19 @@ def format_stats(report: dict[str, Any]) -> str:
     if report["last_runs"]:
         lines.append("last runs:")
         for run in report["last_runs"]:
+            crawl = "" if run["kind"] == "enrich" else (
+                f"{counted(run['pages'], 'page')}, {run['movies_new']} new, {run['movies_updated']} updated, "
+                f"{run['movies_removed']} removed, ")
             lines.append(
-                f"  #{run['id']} {run['kind']:<11} {run['status']:<11} {run['started_at'][:19]}  "
-                f"{run['pages']} pages, {run['requests']} req, {run['retries']} retries, +{run['movies_new']} "
-                f"~{run['movies_updated']} -{run['movies_removed']}, {run['enriched']} enriched"
+                f"  #{run['id']} {run['kind']:<11} {run['status']:<11} started {run['started_at'][:19]}Z  {crawl}"
+                f"{counted(run['requests'], 'request')} ({counted(run['retries'], 'retry')}), {run['enriched']} enriched"
                 + (f"  error: {run['error']}" if run["error"] else "")
                 + (f"  warning: {run['warning']}" if run.get("warning") else "")
             )
     return "\n".join(terminal_safe(line) for line in lines)  # a line each, whatever an error message holds
 
 
-@cli.command("fake-api")
+@cli.command("fake-api", short_help="Serve a simulated YTS API on loopback.")
 @click.option("--movies", type=click.IntRange(min=0, max=2_000_000), default=1000, show_default=True,
               help="Movies in the simulated catalog.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True,
@@ -546,14 +591,14 @@ def fake_api(ctx: click.Context, movies: int, port: int, host: str, seed: int, l
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     if not ctx.obj["quiet"]:
-        click.echo(f"fake YTS API with {movies} movies at {sim.url}/api/v2/list_movies.json (Ctrl-C stops)", err=True)
+        click.echo(f"fake YTS API with {movies} movies: sync with --base-url {sim.url} (Ctrl-C stops)", err=True)
     with stop_on_signals(announce=None) as stop:  # nothing in flight worth announcing
         while not stop.wait(0.5):
             pass
     sim.stop()
 
 
-@cli.command()
+@cli.command(short_help="Try it offline: sync a simulated catalog, show it.")
 @click.option("--db", "db", type=click.Path(dir_okay=False), default="demo.db", show_default=True,
               help="Database to create (or a demo's own to sync again).")
 @click.option("--movies", type=click.IntRange(min=1, max=100000), default=3000, show_default=True,
@@ -566,16 +611,21 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     from dataclasses import replace
 
     config = resolve(None, db=db, base_url="http://127.0.0.1", rate=0, concurrency=4)
-    claim_for_demo(config.db)
+    claim_for_demo(config.db, movies)
     with simulator_process(movies, faults="mix=0.03,retry_after=0") as url:
         if not ctx.obj["quiet"]:
             click.echo(f"simulator with {movies} movies at {url} (3% of requests faulted)", err=True)
         api = replace(config.api, base_urls=(url,), backoff_initial=0.05, backoff_max=0.5)
-        run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
+        summary = run_sync(replace(config, api=api), full=True, enrich=not no_enrich, quiet=ctx.obj["quiet"])
+    if summary.status != "ok":  # stopped (Ctrl-C): the next demo on this database goes on from here
+        if not ctx.obj["quiet"]:
+            click.echo(f"{terminal_safe(summary.line())}\nrun the demo again to finish it", err=True)
+        return
     with closing(store.open_reader(config.db)) as database:
         click.echo(format_stats(collect_stats(database, config)))
         query = demo_query(database)
         click.echo(f"\n$ yts-mirror search '{query}' --db {db} --limit 5")
+        click.echo(SEARCH_HEADER)
         for row in store.search(database, query, 5):
             click.echo(search_line(row))
     from datasette.utils import tilde_encode
@@ -585,15 +635,19 @@ def demo(ctx: click.Context, db: str, movies: int, no_enrich: bool) -> None:
     click.echo(f"Query it:   sqlite3 {db} \"SELECT title, year, rating FROM movies ORDER BY rating DESC LIMIT 10\"")
 
 
-def claim_for_demo(path: str) -> None:
-    """Mark the demo's database as simulated; refuse one holding a real mirror, or anything else."""
+def claim_for_demo(path: str, movies: int) -> None:
+    """Mark the demo's database as simulated; refuse one holding a real mirror, another size of demo, or anything else."""
     if store.require_mirror(path, must_exist=False):
         with closing(store.open_reader(path)) as database:
-            if store.get_state(database, store.DEMO_STATE) is None:
-                fail(f"{path} holds a mirror the demo did not make; the demo writes simulated movies, "
-                     "so choose another --db", EXIT_USAGE)
+            demo = store.get_state(database, store.DEMO_STATE)
+        if demo is None:
+            fail(f"{path} holds a mirror the demo did not make; the demo writes simulated movies, "
+                 "so choose another --db", EXIT_USAGE)
+        elif demo.get("movies", movies) != movies:  # its sync would find most movies gone
+            fail(f"{path} holds a demo of {demo['movies']:,} movies; choose another --db for {movies:,}, "
+                 "or delete it", EXIT_USAGE)
     with closing(store.open_db(path)) as database, database.atomic():
-        store.set_state(database, store.DEMO_STATE, {"made_at": store.now_iso()})
+        store.set_state(database, store.DEMO_STATE, {"made_at": store.now_iso(), "movies": movies})
 
 
 def demo_query(database: Database) -> str:
@@ -635,7 +689,7 @@ def simulator_process(movies: int, faults: str = "") -> Iterator[str]:
         process.wait(timeout=30)
 
 
-@cli.command()
+@cli.command(short_help="Browse the mirror in Datasette, with a YTS-style API.")
 @db_option
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True, callback=an_address,

@@ -275,7 +275,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from None
     except ValueError as error:  # tomllib's own int() refuses integers of over 4,300 digits
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    return parse_config(data)
+    try:
+        return parse_config(data)
+    except ConfigError as error:  # name the file: the flags and the environment can set keys too
+        raise ConfigError(f"{path}: {error}") from None
 
 
 LONGEST_SUFFIX = ".schedule.lock"  # of the files kept beside a database: -wal, -shm, .lock, .schedule.lock

@@ -6,6 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+def counted(number: int, noun: str) -> str:
+    """`number` and `noun`, plural unless one: "1 page", "3 pages", "0 retries"."""
+    if number == 1:
+        return f"1 {noun}"
+    return f"{number} {noun[:-1]}ies" if noun.endswith("y") else f"{number} {noun}s"
+
+
 @dataclass
 class Progress:
     """Callbacks a front end can hook to show progress; the defaults do nothing."""

@@ -20,7 +20,7 @@ from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
 from .crawl import CatalogMoved, Walk, catalog_grew, crawl_new, find_missing
 from .enrich import EnrichReport, enrich_backlog, validator_for
-from .progress import Progress
+from .progress import Progress, counted
 from .readahead import ReadyPage
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,9 @@ class RunSummary:
     def line(self) -> str:
         """One line on what the run did."""
         c = self.counts
-        return (f"{self.kind} sync {self.status}: {c['pages']} pages, {c['requests']} requests ({c['retries']} "
-                f"retries), {c['movies_new']} new, {c['movies_updated']} updated, {c['movies_removed']} removed, "
-                f"{c['enriched']} enriched")
+        return (f"{self.kind} sync {self.status}: {counted(c['pages'], 'page')}, {counted(c['requests'], 'request')} "
+                f"({counted(c['retries'], 'retry')}), {c['movies_new']} new, {c['movies_updated']} updated, "
+                f"{c['movies_removed']} removed, {c['enriched']} enriched")
 
 
 class Syncer:
@@ -266,7 +266,8 @@ class Syncer:
             store.update_run(self.db, summary.run_id, **{k: summary.counts[k] for k in (
                 "pages", "movies_new", "movies_updated", "torrents_new", "torrents_removed")},
                 **dict(zip(("requests", "retries"), self.request_counts())))
-        self.progress.total(page.movie_count)
+        if checkpoint["kind"] == "full":  # an incremental walk cannot know how far it goes
+            self.progress.total(page.movie_count)
         self.progress.advance(page.listed)
         return result
 

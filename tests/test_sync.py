@@ -432,7 +432,7 @@ def test_sigterm_while_waiting_for_a_rate_token_stops_at_once(simulator: Callabl
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
     assert last_run(db_path)["status"] == "interrupted" and sim.counts["list_movies"] == 1
-    assert "full sync interrupted: 1 pages" in stderr  # the run's summary, as after any stop
+    assert "full sync interrupted: 1 page," in stderr  # the run's summary, as after any stop
 
 
 def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], db_path: Path,
@@ -629,6 +629,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     result = run_cli(["sync", "--db", str(tmp_path / "x.db"), "--config", str(config)])
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1
+    assert str(config) in result.output  # it names the file
     assert not (tmp_path / "x.db").exists()
 
 
@@ -796,8 +797,8 @@ def test_the_simulator_names_its_url_unless_quiet(quiet: bool) -> None:
     finally:
         process.kill()
     assert process.returncode == 0
-    url = f"http://127.0.0.1:{port}/api/v2/list_movies.json"
-    assert stderr == ("" if quiet else f"fake YTS API with 5 movies at {url} (Ctrl-C stops)\n")
+    url = f"http://127.0.0.1:{port}"
+    assert stderr == ("" if quiet else f"fake YTS API with 5 movies: sync with --base-url {url} (Ctrl-C stops)\n")
 
 
 def simulator_answers(url: str) -> bool:
@@ -1053,6 +1054,17 @@ def test_demo_syncs_and_shows_the_result_quietly(tmp_path: Path) -> None:
     assert integrity_ok(db)
 
 
+def test_a_demo_stopped_midway_says_so_and_shows_nothing_more(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    process = cli_subprocess(["demo", "--db", str(db), "--movies", "3000"], cwd=tmp_path)
+    wait_for_page(db, 2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert err.rstrip().endswith("run the demo again to finish it") and "sync interrupted:" in err, err
+    assert "Browse it:" not in out + err
+
+
 def test_a_mirror_module_in_the_working_directory_does_not_stop_the_demo(tmp_path: Path) -> None:
     (tmp_path / "mirror.py").write_text("raise SystemExit('the wrong mirror')\n")
     script = Path(sys.executable).with_name("yts-mirror")  # a console script, which never imports the working directory
@@ -1077,6 +1089,10 @@ def test_demo_never_writes_into_a_real_mirror(simulator: Callable[..., FakeYTS],
         assert process.returncode == 0 and err == "", err  # -q: errors only
     quiet, loud = (run_cli([*flag, "search", "zzzqqq", "--db", str(again)]) for flag in (["-q"], []))
     assert (quiet.exit_code, quiet.output, loud.output) == (0, "", "no matches\n")
+    process = cli_subprocess(["demo", "--db", str(again), "--movies", "40", "--no-enrich"], cwd=tmp_path)
+    _, err = process.communicate(timeout=60)  # a smaller demo would find most of these movies gone
+    assert process.returncode == 2 and err == f"error: {again} holds a demo of 50 movies; choose another --db for 40, " \
+        "or delete it\n", err
 
 
 def test_a_reader_that_stops_early_gets_no_error(simulator: Callable[..., FakeYTS], db_path: Path,
