@@ -194,6 +194,12 @@ def describe_network_error(error: requests.RequestException) -> str:
     return f"connection failed: {text}"
 
 
+def describe_request_error(error: Exception) -> str:
+    """A short reason for a request that ended in neither a response nor a network error."""
+    redirect = (requests.TooManyRedirects, requests.exceptions.InvalidSchema, InsecureRedirect, ValueError)
+    return f"bad redirect: {error}" if isinstance(error, redirect) else f"{type(error).__name__}: {error}"
+
+
 def describe_body_error(error: Exception) -> str:
     """A short reason for a body that could not be read to its end."""
     if isinstance(error, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
@@ -446,7 +452,7 @@ class YTSClient:
             self._strike(host_index, failure)
             raise failure from error
         except (requests.RequestException, ValueError) as error:  # a redirect loop, out of https, to no URL
-            failure = TransientError(with_query(url, params), f"bad redirect: {error}", server_failure=True)
+            failure = TransientError(with_query(url, params), describe_request_error(error), server_failure=True)
             self._strike(host_index, failure)
             raise failure from error
         self.stats.count_answer()
