@@ -402,8 +402,10 @@ class YTSClient:
             reraise=True,
         )
         answered: list[bool] = []  # one entry per failed attempt: did it get an HTTP response?
+        hosts: dict[str, None] = {}  # the hosts tried, in order
 
         def attempt() -> Mapping[str, Any]:
+            hosts[self.base_url] = None
             try:
                 return self._guarded_attempt(endpoint, dict(params or {}), validate, guard)
             except TransientError as error:
@@ -413,7 +415,9 @@ class YTSClient:
         try:
             return retrying(attempt)
         except TransientError as error:
-            raise FetchError(error.url, error.reason, self.max_attempts, unanswered=not any(answered)) from error
+            others = [host for host in hosts if not error.url.startswith(host + "/")]
+            reason = f"{error.reason}; also tried {', '.join(others)}" if others else error.reason
+            raise FetchError(error.url, reason, self.max_attempts, unanswered=not any(answered)) from error
 
     def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
                          guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:

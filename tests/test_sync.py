@@ -844,6 +844,8 @@ def test_failover_across_dead_hosts_is_still_one_line(tmp_path: Path, config_fil
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1 and stderr.startswith("error: API request failed: http://127.0.0.1:")
     assert stderr.count("\n") == 1, stderr
+    named = [port for port in (9, 10, 11) if f"http://127.0.0.1:{port}" in stderr]
+    assert named == [9, 10, 11] and "also tried http://127.0.0.1:" in stderr, stderr  # every host it tried
 
 
 def test_the_run_log_names_the_host_that_answered(simulator: Callable[..., FakeYTS], db_path: Path,
