@@ -130,15 +130,21 @@ def test_upgrade_from_schema_1_keeps_enrichment_fresh(simulator: Callable[..., F
     assert integrity_ok(db_path)
 
 
-def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> None:
-    path = tmp_path / "v2.db"
+def older_mirror(path: Path, version: int, *statements: str) -> None:
+    """A mirror as an older version left it: today's schema less what `statements` undo, at `version`."""
     store.open_db(path).close()
     conn = connect(path)
-    conn.execute("ALTER TABLE sync_runs DROP COLUMN warning")  # what version 2 created
-    conn.execute("INSERT INTO sync_runs (kind, started_at, status) VALUES ('full', '2026-12-01T00:00:00Z', 'ok')")
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
+    with conn:
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
+
+
+def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    older_mirror(path, 2, "ALTER TABLE sync_runs DROP COLUMN warning", "ALTER TABLE enrich_state DROP COLUMN attempted_at",
+                 "INSERT INTO sync_runs (kind, started_at, status) VALUES ('full', '2026-12-01T00:00:00Z', 'ok')")
     db = store.open_db(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
     assert [(r["kind"], r["warning"]) for r in store.last_runs(db)] == [("full", None)]
@@ -146,13 +152,8 @@ def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> No
 
 def test_upgrade_from_schema_3_adds_the_attempt_time(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
-    store.open_db(path).close()
-    conn = connect(path)
-    conn.execute("ALTER TABLE enrich_state DROP COLUMN attempted_at")  # what version 3 created
-    conn.execute("INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_reviews', 'failed', 9)")
-    conn.execute("PRAGMA user_version = 3")
-    conn.commit()
-    conn.close()
+    older_mirror(path, 3, "ALTER TABLE enrich_state DROP COLUMN attempted_at",
+                 "INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_reviews', 'failed', 9)")
     db = store.open_db(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
     assert [tuple(r) for r in db.execute("SELECT status, attempts, attempted_at FROM enrich_state")] == [
