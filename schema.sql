@@ -175,7 +175,7 @@ CREATE TABLE IF NOT EXISTS enrich_state (
     endpoint TEXT NOT NULL,
     status TEXT NOT NULL,                  -- ok | not_found | failed
     fetched_at TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,   -- failed fetches in a row (0 once answered)
     last_error TEXT,
     list_hash TEXT,                        -- movies.list_hash when fetched
     attempted_at TEXT,                     -- the last fetch, whatever its outcome

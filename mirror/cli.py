@@ -176,11 +176,12 @@ class TerminalProgress:
         self.done += count
         if self.quiet or not (count or self.bar):
             return
-        self._start(None)
-        if self.bar is not None:
+        if self.bar is None and self.tty:
+            self._start(None)  # drawn at self.done, this count included
+        elif self.bar is not None:
             self.bar.update(count)
             BarLine.open = True
-        elif not self.tty and time.monotonic() - self.last_log >= self.interval:
+        elif time.monotonic() - self.last_log >= self.interval:
             self.last_log = time.monotonic()
             rate = self.done / max(1e-9, time.monotonic() - self.started)
             click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)

@@ -300,6 +300,7 @@ class YTSClient:
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.session.max_redirects = MAX_REDIRECTS
         self.session.hooks["response"].append(self._before_redirect)
+        self._redirects = threading.local()  # redirects the current thread's request has had
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -438,6 +439,9 @@ class YTSClient:
         """A response hook: a redirect's next request waits for its own token, and never leaves https."""
         if not response.is_redirect:
             return
+        self._redirects.count = getattr(self._redirects, "count", 0) + 1
+        if self._redirects.count > MAX_REDIRECTS:
+            return  # requests raises TooManyRedirects rather than send it
         location = response.headers.get("Location", "")
         if urlsplit(response.url).scheme == "https" and urlsplit(location).scheme == "http":
             raise InsecureRedirect(f"redirected from https to plain {location}")
@@ -448,6 +452,7 @@ class YTSClient:
         host_index = self._host_index
         url = f"{self.base_urls[host_index]}/api/v2/{endpoint}.json"
         self._take_token()
+        self._redirects.count = 0
         try:
             response = self.session.get(url, params=params, timeout=self.timeout, stream=True)
         except (requests.ConnectionError, requests.Timeout) as error:

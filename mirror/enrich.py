@@ -145,7 +145,7 @@ def params_for(endpoint: str, movie_id: int) -> dict[str, Any]:
 
 
 NOT_FOUND_RECHECK_DAYS = 1.0
-SYNC_ATTEMPTS = 3  # fetches of a movie's endpoint a sync makes before only `enrich` retries it
+SYNC_ATTEMPTS = 3  # failed fetches in a row of a movie's endpoint before only `enrich` retries it, once a day
 
 
 # A movie whose movie_details said "not found" waits for that answer to change before the
@@ -156,7 +156,8 @@ _DETAILS_FOUND = ("(:details OR NOT EXISTS (SELECT 1 FROM enrich_state d WHERE d
 
 def _backlog_where(only_new: bool) -> str:
     """SQL condition for a movie an endpoint should fetch (parameters :cutoff, :recheck, :details)."""
-    changed = "(:details AND s.list_hash IS NOT m.list_hash)"
+    # A failed fetch keeps the list_hash of the data it did not replace: the retry rules below govern it.
+    changed = "(:details AND s.status != 'failed' AND s.list_hash IS NOT m.list_hash)"
     if only_new:  # a sync: movies never fetched, changed ones, and failures it has not retried enough
         return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND s.attempts < {SYNC_ATTEMPTS}) OR {changed})"
                 f" AND {_DETAILS_FOUND}")
@@ -250,10 +251,11 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
                 not_found += status == "not_found"
             db.execute(
                 "INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, last_error, list_hash, "
-                "attempted_at) VALUES (:movie_id, :endpoint, :status, :now, 1, :error, :list_hash, :now) "
+                "attempted_at) VALUES (:movie_id, :endpoint, :status, :now, :status = 'failed', :error, :list_hash, :now) "
                 "ON CONFLICT(movie_id, endpoint) DO UPDATE SET status = excluded.status, attempted_at = excluded.attempted_at, "
                 "fetched_at = CASE WHEN excluded.status = 'failed' THEN enrich_state.fetched_at ELSE excluded.fetched_at END, "
-                "attempts = enrich_state.attempts + 1, last_error = excluded.last_error, "
+                "attempts = CASE WHEN excluded.status = 'failed' THEN enrich_state.attempts + 1 ELSE 0 END, "
+                "last_error = excluded.last_error, "
                 "list_hash = CASE WHEN excluded.status = 'failed' THEN enrich_state.list_hash ELSE excluded.list_hash END",
                 {"movie_id": item.movie_id, "endpoint": endpoint, "status": status, "now": now,
                  "error": payload if status == "failed" else None, "list_hash": item.list_hash},

@@ -100,6 +100,7 @@ class Jobs:
         self.last_full = last_full  # when the mirror last completed a full crawl
         self.stop = threading.Event()
         self.busy = threading.Lock()
+        self.running: str | None = None  # the job in progress (others due meanwhile wait in the executor's queue)
 
     def _guarded(self, name: str, work: Callable[[], Any]) -> None:
         if self.stop.is_set():
@@ -108,6 +109,7 @@ class Jobs:
             if self.stop.is_set():  # asked to stop while it waited for the last job
                 return
             log.info("%s: starting", name)
+            self.running = name
             try:
                 report = self._when_unlocked(name, work)
             except (YTSError, StoreError, ReaderError) as error:  # expected: one line, as the CLI says it
@@ -121,6 +123,8 @@ class Jobs:
                     log.exception("%s failed unexpectedly", name)
             else:
                 self._log_report(name, report)
+            finally:
+                self.running = None
 
     def _when_unlocked(self, name: str, work: Callable[[], Any]) -> Any:
         """Run `work`; while another process writes to the database, wait for it (or for a stop request)."""
@@ -207,10 +211,10 @@ def build_scheduler(config: Config, jobs: Jobs) -> BackgroundScheduler:
 
     def log_next_runs(event: JobEvent) -> None:
         job = scheduler.get_job(event.job_id)
-        if event.code == EVENT_JOB_MAX_INSTANCES:
-            if job and event.job_id not in overran:
+        if event.code == EVENT_JOB_MAX_INSTANCES:  # running, or only queued behind another job
+            if job and job.name == jobs.running and event.job_id not in overran:
                 log.warning("%s: still running when it fell due again; it runs again once it ends", job.name)
-            overran.add(event.job_id)
+                overran.add(event.job_id)
             return
         if event.code == EVENT_JOB_MISSED and job:
             log.warning("%s: skipped a run more than schedule.misfire_grace_seconds late", job.name)

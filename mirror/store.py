@@ -62,9 +62,10 @@ def _add_run_warning(db: sqlite_utils.Database) -> None:
 
 
 def _add_attempted_at(db: sqlite_utils.Database) -> None:
-    """Version 4 gives `enrich_state` an `attempted_at` column, so a failing fetch is retried once a day."""
+    """Version 4: `enrich_state.attempted_at`, so a failing fetch is retried once a day; `attempts` counts failures in a row."""
     if "attempted_at" not in db["enrich_state"].columns_dict:
         db.execute("ALTER TABLE enrich_state ADD COLUMN attempted_at TEXT")
+    db.execute("UPDATE enrich_state SET attempts = 0 WHERE status != 'failed'")  # it counted every fetch
 
 
 # Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database

@@ -255,7 +255,7 @@ def test_a_redirect_loop_fails_over_and_each_hop_waits_for_its_token(simulator: 
         client = YTSClient([url], rate=20, max_attempts=2, backoff_initial=0.001, backoff_max=0.01)
         with pytest.raises(FetchError, match="bad redirect"):
             client.get("list_movies")
-        assert len(hops) == 2 * (MAX_REDIRECTS + 1)
+        assert len(hops) == 2 * (MAX_REDIRECTS + 1) == client.stats.requests
         assert hops[-1] - hops[0] >= (len(hops) - 1) / 20 * 0.9  # the rate limit holds across hops
         live = simulator(movies=4)
         client = fast_client(url, live.url, attempts=6)

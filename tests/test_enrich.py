@@ -600,6 +600,25 @@ def test_enrich_retries_a_lasting_failure_once_a_day(tmp_path: Path, config_file
     assert query(db, "SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'")[0][0] == 0
 
 
+def test_a_changed_movie_whose_details_keep_failing_is_not_asked_on_every_run(tmp_path: Path,
+                                                                               config_file: Path) -> None:
+    catalog = Catalog(40, 4)
+    failing = set(catalog.order[5:7])
+    db = tmp_path / "changed.db"
+    with FailsFor(catalog, set(), endpoint="movie_details") as sim:
+        run_process(sync_args(db, sim, config_file))
+        for movie_id in failing:
+            catalog.edit(movie_id, title=f"Renamed {movie_id}")  # new list data: its details are due again
+        sim.failing = failing
+        spent = []
+        for command in ("sync", "sync", "sync", "sync", "enrich", "enrich"):
+            before = sim.counts.get("movie_details", 0)
+            run_process(sync_args(db, sim, config_file) if command == "sync" else
+                        ["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
+            spent.append(sim.counts.get("movie_details", 0) - before)
+    assert spent[0] > 0 and spent[3:] == [0, 0, 0], spent  # three failures in a row, then once a day
+
+
 def test_an_endpoint_that_answers_404_pages_keeps_the_host(tmp_path: Path, config_file: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     class NoReviews(FakeYTS):  # as if upstream dropped the endpoint, behind an HTML 404 page

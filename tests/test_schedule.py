@@ -225,6 +225,24 @@ def test_a_run_held_up_by_another_job_still_runs_later(caplog: pytest.LogCapture
         assert skipped() == ["enrichment: skipped a run more than schedule.misfire_grace_seconds late"]
 
 
+def test_a_job_queued_behind_another_while_it_falls_due_twice_runs_once(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[tuple[str, float]] = []
+    started = time.monotonic()
+
+    def slow_sync(config: Config, **kwargs: object) -> None:
+        ran.append(("sync", time.monotonic() - started))
+        time.sleep(4.5)  # enrichment falls due at 2 s and 4 s meanwhile
+
+    config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=60, full_cron="", enrich_seconds=2))
+    scheduler = build_scheduler(config, Jobs(config, slow_sync, lambda *a, **k: ran.append(("enrich", 0.0))))
+    with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
+        scheduler.start()
+        time.sleep(5.4)  # after the sync, before the next enrichment (6 s)
+        scheduler.shutdown(wait=True)
+    assert [name for name, _ in ran] == ["sync", "enrich"]
+    assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == []
+
+
 def test_a_run_that_outlasts_its_interval_runs_again_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
     starts: list[float] = []
     ends: list[float] = []

@@ -153,11 +153,12 @@ def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> No
 def test_upgrade_from_schema_3_adds_the_attempt_time(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
     older_mirror(path, 3, "ALTER TABLE enrich_state DROP COLUMN attempted_at",
-                 "INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_reviews', 'failed', 9)")
+                 "INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_reviews', 'failed', 9)",
+                 "INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_details', 'ok', 4)")
     db = store.open_db(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
-    assert [tuple(r) for r in db.execute("SELECT status, attempts, attempted_at FROM enrich_state")] == [
-        ("failed", 9, None)]  # retried by the next `enrich`, then once a day
+    assert [tuple(r) for r in db.execute("SELECT status, attempts, attempted_at FROM enrich_state ORDER BY endpoint")] == [
+        ("ok", 0, None), ("failed", 9, None)]  # the failure is retried by the next `enrich`, then once a day
 
 
 def torrent_state(db: Any) -> dict[str, tuple[Any, ...]]:
