@@ -108,9 +108,13 @@ class SafeFormatter(logging.Formatter):
 
 
 class BarLine:
-    """Whether a progress bar was the last thing drawn on stderr, its line left open (no newline yet)."""
+    """Whether a progress bar was the last thing drawn on stderr, its line left open (no newline yet).
+
+    Hold `lock` to draw or to write below a bar: enrichment workers log while the main thread draws.
+    """
 
     open = False
+    lock = threading.RLock()  # reentrant: a signal handler may write while its thread draws
 
     @classmethod
     def end(cls) -> str:
@@ -125,8 +129,9 @@ class BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stderr log handler that starts below a progress bar rather than at its end."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream.write(BarLine.end())
-        super().emit(record)
+        with BarLine.lock:
+            self.stream.write(BarLine.end())
+            super().emit(record)
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -167,20 +172,22 @@ class TerminalProgress:
             return
         self.bar = click.progressbar(itertools.count() if length is None else None, length=length, label=self.label,
                                      file=sys.stderr, show_pos=True, show_eta=True, width=30)
-        self.bar.__enter__()
-        self.bar.update(self.done)
-        BarLine.open = True
+        with BarLine.lock:
+            self.bar.__enter__()
+            self.bar.update(self.done)
+            BarLine.open = True
 
     def advance(self, count: int) -> None:
         """Count finished work (an incremental walk gives no total); without a terminal, log a line every 10 s."""
         self.done += count
-        if self.quiet or not (count or self.bar):
+        if self.quiet or not count:
             return
-        if self.bar is None and self.tty:
+        if self.tty and self.bar is None:
             self._start(None)  # drawn at self.done, this count included
-        elif self.bar is not None:
-            self.bar.update(count)
-            BarLine.open = True
+        elif self.tty:
+            with BarLine.lock:
+                self.bar.update(count)
+                BarLine.open = True
         elif time.monotonic() - self.last_log >= self.interval:
             self.last_log = time.monotonic()
             rate = self.done / max(1e-9, time.monotonic() - self.started)
@@ -189,14 +196,18 @@ class TerminalProgress:
     def message(self, text: str) -> None:
         """Print a line on stderr below the bar, which goes on under it."""
         if not self.quiet:
-            click.echo(BarLine.end() + terminal_safe(text), err=True)
+            with BarLine.lock:
+                click.echo(BarLine.end() + terminal_safe(text), err=True)
 
     def close(self) -> None:
         """Finish the bar, if one was drawn, and end its line."""
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)  # click ends the line
-            self.bar = None
-            BarLine.open = False
+            with BarLine.lock:
+                if not BarLine.open:  # a message came last: show where the bar ended, below it
+                    self.bar.file.write(self.bar.format_progress_line())
+                self.bar.__exit__(None, None, None)  # click ends the line
+                self.bar = None
+                BarLine.open = False
 
     def callbacks(self) -> Progress:
         """The callbacks the pipeline reports progress through."""
@@ -214,7 +225,8 @@ def stop_on_signals(announce: str | None = "finishing the current page, then sto
             raise KeyboardInterrupt
         stop.set()
         if announce:
-            click.echo(f"{BarLine.end()}{signal.Signals(signum).name}: {announce}", err=True)
+            with BarLine.lock:
+                click.echo(f"{BarLine.end()}{signal.Signals(signum).name}: {announce}", err=True)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -403,9 +403,10 @@ class YTSClient:
             reraise=True,
         )
         answered: list[bool] = []  # one entry per failed attempt: did it get an HTTP response?
-        hosts: dict[str, None] = {}  # the hosts tried, in order
+        hosts: dict[str, None] = {}  # the base URLs tried, the last one last
 
         def attempt() -> Mapping[str, Any]:
+            hosts.pop(self.base_url, None)
             hosts[self.base_url] = None
             try:
                 return self._guarded_attempt(endpoint, dict(params or {}), validate, guard)
@@ -416,7 +417,7 @@ class YTSClient:
         try:
             return retrying(attempt)
         except TransientError as error:
-            others = [host for host in hosts if not error.url.startswith(host + "/")]
+            others = list(hosts)[:-1]  # the last named itself, if by the URL it was redirected to
             reason = f"{error.reason}; also tried {', '.join(others)}" if others else error.reason
             raise FetchError(error.url, reason, self.max_attempts, unanswered=not any(answered)) from error
 

@@ -167,7 +167,7 @@ def _backlog_where(only_new: bool) -> str:
     retry = f"(s.attempts < {SYNC_ATTEMPTS} OR s.attempted_at IS NULL OR s.attempted_at < :recheck)"
     return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND {retry}) OR (s.status != 'failed' AND s.fetched_at < :cutoff)"
             f" OR {changed}"
-            f" OR (s.status = 'not_found' AND s.fetched_at < :recheck)) AND {_DETAILS_FOUND}")
+            f" OR (s.status = 'not_found' AND COALESCE(s.attempted_at, s.fetched_at) < :recheck)) AND {_DETAILS_FOUND}")
 
 
 def _backlog_sql(select: str, only_new: bool) -> str:
@@ -252,7 +252,10 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
             db.execute(
                 "INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, last_error, list_hash, "
                 "attempted_at) VALUES (:movie_id, :endpoint, :status, :now, :status = 'failed', :error, :list_hash, :now) "
-                "ON CONFLICT(movie_id, endpoint) DO UPDATE SET status = excluded.status, attempted_at = excluded.attempted_at, "
+                "ON CONFLICT(movie_id, endpoint) DO UPDATE SET attempted_at = excluded.attempted_at, "
+                # a recheck of a "not found" that fails leaves it "not found": asked again in a day, the rest wait
+                "status = CASE WHEN excluded.status = 'failed' AND enrich_state.status = 'not_found' THEN 'not_found' "
+                "ELSE excluded.status END, "
                 "fetched_at = CASE WHEN excluded.status = 'failed' THEN enrich_state.fetched_at ELSE excluded.fetched_at END, "
                 "attempts = CASE WHEN excluded.status = 'failed' THEN enrich_state.attempts + 1 ELSE 0 END, "
                 "last_error = excluded.last_error, "

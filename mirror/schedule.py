@@ -208,24 +208,32 @@ def build_scheduler(config: Config, jobs: Jobs) -> BackgroundScheduler:
                           id="enrich", name="enrichment")
 
     overran: set[str] = set()  # jobs still running when they fell due again
+    waiting: dict[str, datetime] = {}  # the latest due time of a job's runs dropped while it waited in the queue
 
-    def log_next_runs(event: JobEvent) -> None:
+    def follow_runs(event: JobEvent) -> None:
         job = scheduler.get_job(event.job_id)
         if event.code == EVENT_JOB_MAX_INSTANCES:  # running, or only queued behind another job
-            if job and job.name == jobs.running and event.job_id not in overran:
-                log.warning("%s: still running when it fell due again; it runs again once it ends", job.name)
+            if job and job.name == jobs.running:
+                if event.job_id not in overran:
+                    log.warning("%s: still running when it fell due again; it runs again once it ends", job.name)
                 overran.add(event.job_id)
+            else:
+                waiting[event.job_id] = max(event.scheduled_run_times)
             return
+        due_meanwhile = waiting.pop(event.job_id, None)  # an execution stands for it, unless it is missed
         if event.code == EVENT_JOB_MISSED and job:
             log.warning("%s: skipped a run more than schedule.misfire_grace_seconds late", job.name)
-        if event.job_id in overran and event.code != EVENT_JOB_MISSED:
+            late = datetime.now(UTC) - due_meanwhile if due_meanwhile else None
+            if late is not None and late.total_seconds() <= settings.misfire_grace_seconds:
+                overran.add(event.job_id)  # its later run is not too late: it runs now
+        if event.job_id in overran and not jobs.stop.is_set():
             overran.discard(event.job_id)
-            if job and not jobs.stop.is_set():  # the run it missed, once, as for a run another job held up
+            if job:  # the run it missed, once, as for a run another job held up
                 job.modify(next_run_time=datetime.now(UTC))
         if not jobs.stop.is_set():
             log_next_run_times(scheduler)
 
-    scheduler.add_listener(log_next_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+    scheduler.add_listener(follow_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
                            | EVENT_JOB_MAX_INSTANCES)
     return scheduler
 

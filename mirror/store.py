@@ -24,7 +24,7 @@ from . import transform
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
 # sync_state keys
 CRAWL_STATE = "crawl"  # the checkpoint of an unfinished crawl
@@ -62,10 +62,9 @@ def _add_run_warning(db: sqlite_utils.Database) -> None:
 
 
 def _add_attempted_at(db: sqlite_utils.Database) -> None:
-    """Version 4: `enrich_state.attempted_at`, so a failing fetch is retried once a day; `attempts` counts failures in a row."""
+    """Version 4 gives `enrich_state` an `attempted_at` column, so a failing fetch is retried once a day."""
     if "attempted_at" not in db["enrich_state"].columns_dict:
         db.execute("ALTER TABLE enrich_state ADD COLUMN attempted_at TEXT")
-    db.execute("UPDATE enrich_state SET attempts = 0 WHERE status != 'failed'")  # it counted every fetch
 
 
 # Versioned migrations: MIGRATIONS[n] holds the SQL statements or functions that take a database
@@ -74,6 +73,7 @@ MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] =
     2: (_compact_raw_json, "DROP TRIGGER IF EXISTS movies_fts_ai"),  # schema.sql adds its fts_batch guard
     3: (_add_run_warning,),
     4: (_add_attempted_at,),
+    5: ("UPDATE enrich_state SET attempts = 0 WHERE status != 'failed'",),  # now failures in a row, not every fetch
 }
 
 

@@ -619,6 +619,27 @@ def test_a_changed_movie_whose_details_keep_failing_is_not_asked_on_every_run(tm
     assert spent[0] > 0 and spent[3:] == [0, 0, 0], spent  # three failures in a row, then once a day
 
 
+def test_a_failed_recheck_of_a_movie_not_found_keeps_it_not_found(tmp_path: Path, config_file: Path) -> None:
+    catalog = Catalog(20, 4)
+    movie_id = catalog.order[3]
+    db = tmp_path / "recheck.db"
+    enrich = ["enrich", "--db", str(db), "--rate", "0", "--config", str(config_file)]
+    with FailsFor(catalog, set(), endpoint="movie_details") as sim:
+        run_process(sync_args(db, sim, config_file, "--no-enrich"))
+        run_process([*enrich, "--base-url", sim.url, "--endpoint", "movie_details"])
+        with closing(connect(db)) as conn, conn:  # said "not found" two days ago: due for its recheck
+            conn.execute("UPDATE enrich_state SET status = 'not_found', fetched_at = ?, attempted_at = ? "
+                         "WHERE movie_id = ?", [store.now_iso(days_ago=2)] * 2 + [movie_id])
+        sim.failing = {movie_id}  # and the recheck fails
+        for _ in range(2):
+            before = sim.counts.get("movie_details", 0)
+            run_process([*enrich, "--base-url", sim.url])
+            asked = sim.counts.get("movie_details", 0) - before
+        assert asked == 0  # the second run: a day before the next recheck
+    assert [tuple(r) for r in query(db, "SELECT endpoint, status, attempts FROM enrich_state WHERE movie_id = ?",
+                                    [movie_id])] == [("movie_details", "not_found", 1)]  # nothing else asked
+
+
 def test_an_endpoint_that_answers_404_pages_keeps_the_host(tmp_path: Path, config_file: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     class NoReviews(FakeYTS):  # as if upstream dropped the endpoint, behind an HTML 404 page

@@ -58,3 +58,15 @@ def test_messages_and_log_lines_start_below_the_bar(monkeypatch: pytest.MonkeyPa
     lines = terminal.getvalue().split("\n")
     assert "enrichment backlog: 40 requests" in lines and "retry 1 after HTTP 503" in lines
     assert terminal.getvalue().endswith("\n") and not BarLine.open
+
+
+def test_a_bar_closed_after_a_message_is_shown_again_not_left_as_a_blank_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    progress = TerminalProgress("sync")
+    progress.total(10)
+    progress.advance(5)
+    progress.advance(0)  # an empty page draws nothing
+    progress.message("a message")
+    progress.close()
+    screen = terminal.getvalue().replace("\x1b[?25l", "").replace("\x1b[?25h", "")
+    assert "\n\n" not in screen and screen.endswith("5/10\n"), repr(screen)

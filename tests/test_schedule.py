@@ -243,6 +243,25 @@ def test_a_job_queued_behind_another_while_it_falls_due_twice_runs_once(caplog: 
     assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == []
 
 
+def test_with_a_grace_limit_a_queued_jobs_latest_run_still_runs_if_within_it(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+
+    def slow_sync(config: Config, **kwargs: object) -> None:
+        ran.append("sync")
+        time.sleep(4.5)  # enrichment falls due at 2 s (2.5 s late at its end) and 4 s (0.5 s late)
+
+    config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=60, full_cron="", enrich_seconds=2,
+                                                       misfire_grace_seconds=1))
+    scheduler = build_scheduler(config, Jobs(config, slow_sync, lambda *a, **k: ran.append("enrich")))
+    with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
+        scheduler.start()
+        time.sleep(5.4)  # after the sync, before the next enrichment (6 s)
+        scheduler.shutdown(wait=True)
+    assert ran == ["sync", "enrich"]
+    assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == [
+        "enrichment: skipped a run more than schedule.misfire_grace_seconds late"]  # the one due at 2 s
+
+
 def test_a_run_that_outlasts_its_interval_runs_again_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
     starts: list[float] = []
     ends: list[float] = []

@@ -146,17 +146,18 @@ def test_upgrade_from_schema_2_adds_the_run_warning_column(tmp_path: Path) -> No
     older_mirror(path, 2, "ALTER TABLE sync_runs DROP COLUMN warning", "ALTER TABLE enrich_state DROP COLUMN attempted_at",
                  "INSERT INTO sync_runs (kind, started_at, status) VALUES ('full', '2026-12-01T00:00:00Z', 'ok')")
     db = store.open_db(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 5
     assert [(r["kind"], r["warning"]) for r in store.last_runs(db)] == [("full", None)]
 
 
-def test_upgrade_from_schema_3_adds_the_attempt_time(tmp_path: Path) -> None:
-    path = tmp_path / "v3.db"
-    older_mirror(path, 3, "ALTER TABLE enrich_state DROP COLUMN attempted_at",
+@pytest.mark.parametrize("version", [3, 4])
+def test_upgrade_from_schema_3_or_4_counts_failures_in_a_row(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.db"
+    older_mirror(path, version, *["ALTER TABLE enrich_state DROP COLUMN attempted_at"] * (version == 3),
                  "INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_reviews', 'failed', 9)",
                  "INSERT INTO enrich_state (movie_id, endpoint, status, attempts) VALUES (1, 'movie_details', 'ok', 4)")
     db = store.open_db(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 5
     assert [tuple(r) for r in db.execute("SELECT status, attempts, attempted_at FROM enrich_state ORDER BY endpoint")] == [
         ("ok", 0, None), ("failed", 9, None)]  # the failure is retried by the next `enrich`, then once a day
 
