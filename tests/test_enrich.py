@@ -328,8 +328,8 @@ def test_a_listed_movie_not_found_is_asked_again_after_a_day(simulator: Callable
     two_days_ago = store.now_iso(days_ago=2)
     conn = connect(db)
     with conn:  # as if details had answered with the id-0 placeholder while the list held the movie
-        conn.execute("UPDATE enrich_state SET status = 'not_found', fetched_at = ? WHERE movie_id = ? "
-                     "AND endpoint = 'movie_details'", [two_days_ago, older])  # well inside the 90-day TTL
+        conn.execute("UPDATE enrich_state SET status = 'not_found', fetched_at = ?, attempted_at = ? WHERE movie_id = ? "
+                     "AND endpoint = 'movie_details'", [two_days_ago, two_days_ago, older])  # well inside the 90-day TTL
         conn.execute("UPDATE enrich_state SET status = 'not_found' WHERE movie_id = ? AND endpoint = 'movie_details'",
                      [recent])
     before = sim.ok_counts.get("movie_details", 0)
@@ -466,7 +466,8 @@ def test_a_movie_details_does_not_know_keeps_its_other_rows(simulator: Callable[
             sim.catalog.order.append(movie_id)
     conn = connect(db)
     with conn:
-        conn.execute("UPDATE enrich_state SET fetched_at = ? WHERE status = 'not_found'", [store.now_iso(days_ago=2)])
+        conn.execute("UPDATE enrich_state SET fetched_at = ?, attempted_at = ? WHERE status = 'not_found'",
+                     [store.now_iso(days_ago=2)] * 2)
     run_process(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(due_now)])
     for movie_id in unknown:
         assert mirrored_details(db, movie_id) == expected_details(sim, movie_id)
