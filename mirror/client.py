@@ -300,7 +300,7 @@ class YTSClient:
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.session.max_redirects = MAX_REDIRECTS
         self.session.hooks["response"].append(self._before_redirect)
-        self._redirects = threading.local()  # redirects the current thread's request has had
+        self._local = threading.local()  # this thread's request: the base URL it went to, the redirects it had
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -406,13 +406,16 @@ class YTSClient:
         hosts: dict[str, None] = {}  # the base URLs tried, the last one last
 
         def attempt() -> Mapping[str, Any]:
-            hosts.pop(self.base_url, None)
-            hosts[self.base_url] = None
+            self._local.host = None
             try:
                 return self._guarded_attempt(endpoint, dict(params or {}), validate, guard)
             except TransientError as error:
                 answered.append(not error.unanswered)
                 raise
+            finally:
+                if self._local.host:
+                    hosts.pop(self._local.host, None)
+                    hosts[self._local.host] = None
 
         try:
             return retrying(attempt)
@@ -440,8 +443,8 @@ class YTSClient:
         """A response hook: a redirect's next request waits for its own token, and never leaves https."""
         if not response.is_redirect:
             return
-        self._redirects.count = getattr(self._redirects, "count", 0) + 1
-        if self._redirects.count > MAX_REDIRECTS:
+        self._local.redirects = getattr(self._local, "redirects", 0) + 1
+        if self._local.redirects > MAX_REDIRECTS:
             return  # requests raises TooManyRedirects rather than send it
         location = response.headers.get("Location", "")
         if urlsplit(response.url).scheme == "https" and urlsplit(location).scheme == "http":
@@ -451,9 +454,9 @@ class YTSClient:
     def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
         """Send one request and classify its outcome."""
         host_index = self._host_index
-        url = f"{self.base_urls[host_index]}/api/v2/{endpoint}.json"
+        self._local.host, self._local.redirects = self.base_urls[host_index], 0
+        url = f"{self._local.host}/api/v2/{endpoint}.json"
         self._take_token()
-        self._redirects.count = 0
         try:
             response = self.session.get(url, params=params, timeout=self.timeout, stream=True)
         except (requests.ConnectionError, requests.Timeout) as error:

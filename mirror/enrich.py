@@ -156,8 +156,10 @@ _DETAILS_FOUND = ("(:details OR NOT EXISTS (SELECT 1 FROM enrich_state d WHERE d
 
 def _backlog_where(only_new: bool) -> str:
     """SQL condition for a movie an endpoint should fetch (parameters :cutoff, :recheck, :details)."""
-    # A failed fetch keeps the list_hash of the data it did not replace: the retry rules below govern it.
-    changed = "(:details AND s.status != 'failed' AND s.list_hash IS NOT m.list_hash)"
+    # A fetch that failed keeps the row's data, list_hash and fetched_at (a "not found" whose recheck
+    # failed stays one, with attempts > 0): the retry rules below govern it, not these two.
+    answered = "(s.status = 'ok' OR (s.status = 'not_found' AND s.attempts = 0))"
+    changed = f"(:details AND {answered} AND s.list_hash IS NOT m.list_hash)"
     if only_new:  # a sync: movies never fetched, changed ones, and failures it has not retried enough
         return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND s.attempts < {SYNC_ATTEMPTS}) OR {changed})"
                 f" AND {_DETAILS_FOUND}")
@@ -165,7 +167,7 @@ def _backlog_where(only_new: bool) -> str:
     # the list and the details can disagree for a while (seen during a host's restart). So is a
     # fetch that failed as often as a sync retries it: it may fail for good.
     retry = f"(s.attempts < {SYNC_ATTEMPTS} OR s.attempted_at IS NULL OR s.attempted_at < :recheck)"
-    return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND {retry}) OR (s.status != 'failed' AND s.fetched_at < :cutoff)"
+    return (f"(s.movie_id IS NULL OR (s.status = 'failed' AND {retry}) OR ({answered} AND s.fetched_at < :cutoff)"
             f" OR {changed}"
             f" OR (s.status = 'not_found' AND COALESCE(s.attempted_at, s.fetched_at) < :recheck)) AND {_DETAILS_FOUND}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -188,8 +189,9 @@ def test_a_full_refresh_missed_while_stopped_is_due_at_start() -> None:
         jobs.last_full = lambda: last_full  # read once, by build_scheduler
         scheduler = build_scheduler(Config(), jobs)
         scheduler.start()
-        time.sleep(0.5)
-        scheduler.shutdown(wait=True)
+        wait_until(lambda: len(ran) >= len(expected), timeout=10)
+        time.sleep(0.2)  # room for a run too many
+        scheduler.shutdown(wait=False)
         assert sorted(ran) == sorted(expected), last_full
 
 
@@ -208,7 +210,7 @@ def test_a_run_held_up_by_another_job_still_runs_later(caplog: pytest.LogCapture
         scheduler = build_scheduler(config, jobs)
         scheduler.start()
         time.sleep(3.2)
-        scheduler.shutdown(wait=True)
+        scheduler.shutdown(wait=False)
         return list(ran)
 
     def skipped() -> list[str]:
@@ -225,41 +227,43 @@ def test_a_run_held_up_by_another_job_still_runs_later(caplog: pytest.LogCapture
         assert skipped() == ["enrichment: skipped a run more than schedule.misfire_grace_seconds late"]
 
 
-def test_a_job_queued_behind_another_while_it_falls_due_twice_runs_once(caplog: pytest.LogCaptureFixture) -> None:
+def runs_behind_a_slow_sync(grace: int, caplog: pytest.LogCaptureFixture) -> tuple[list[tuple[str, float]], list[str]]:
+    """Runs (name, seconds from start) while a 4.5 s sync holds enrichment, due every 2 s, up; and the warnings."""
     ran: list[tuple[str, float]] = []
     started = time.monotonic()
 
     def slow_sync(config: Config, **kwargs: object) -> None:
         ran.append(("sync", time.monotonic() - started))
-        time.sleep(4.5)  # enrichment falls due at 2 s and 4 s meanwhile
+        time.sleep(4.5)  # enrichment falls due at 2 s (2.5 s late at its end) and at 4 s (0.5 s late)
 
-    config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=60, full_cron="", enrich_seconds=2))
-    scheduler = build_scheduler(config, Jobs(config, slow_sync, lambda *a, **k: ran.append(("enrich", 0.0))))
+    config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=60, full_cron="", enrich_seconds=2,
+                                                       misfire_grace_seconds=grace))
+    enrich = lambda *args, **kwargs: ran.append(("enrich", time.monotonic() - started))  # noqa: E731
+    scheduler = build_scheduler(config, Jobs(config, slow_sync, enrich))
     with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
         scheduler.start()
-        time.sleep(5.4)  # after the sync, before the next enrichment (6 s)
-        scheduler.shutdown(wait=True)
-    assert [name for name, _ in ran] == ["sync", "enrich"]
-    assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == []
+        wait_until(lambda: len(ran) >= 2, timeout=15)
+        time.sleep(0.5)  # room for a run too many
+        scheduler.shutdown(wait=False)  # wait=True can deadlock with a job's listener on a slow machine
+    return ran, [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_job_queued_behind_another_while_it_falls_due_twice_runs_once(caplog: pytest.LogCaptureFixture) -> None:
+    ran, warnings = runs_behind_a_slow_sync(0, caplog)
+    assert [name for name, _ in ran] == ["sync", "enrich"] and warnings == []
 
 
 def test_with_a_grace_limit_a_queued_jobs_latest_run_still_runs_if_within_it(caplog: pytest.LogCaptureFixture) -> None:
-    ran: list[str] = []
-
-    def slow_sync(config: Config, **kwargs: object) -> None:
-        ran.append("sync")
-        time.sleep(4.5)  # enrichment falls due at 2 s (2.5 s late at its end) and 4 s (0.5 s late)
-
-    config = replace(Config(), schedule=ScheduleConfig(incremental_seconds=60, full_cron="", enrich_seconds=2,
-                                                       misfire_grace_seconds=1))
-    scheduler = build_scheduler(config, Jobs(config, slow_sync, lambda *a, **k: ran.append("enrich")))
-    with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
-        scheduler.start()
-        time.sleep(5.4)  # after the sync, before the next enrichment (6 s)
-        scheduler.shutdown(wait=True)
-    assert ran == ["sync", "enrich"]
-    assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == [
-        "enrichment: skipped a run more than schedule.misfire_grace_seconds late"]  # the one due at 2 s
+    ran, warnings = runs_behind_a_slow_sync(1, caplog)
+    assert [name for name, _ in ran] == ["sync", "enrich"]
+    assert ran[1][1] < 5.7  # once the sync ended, not at the next due time (6 s)
+    assert warnings == ["enrichment: skipped a run more than schedule.misfire_grace_seconds late"]  # the one due at 2 s
 
 
 def test_a_run_that_outlasts_its_interval_runs_again_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
@@ -276,10 +280,8 @@ def test_a_run_that_outlasts_its_interval_runs_again_once_it_ends(caplog: pytest
     scheduler = build_scheduler(config, Jobs(config, slow_sync, slow_sync))
     with caplog.at_level(logging.WARNING, logger="mirror.schedule"):
         scheduler.start()
-        deadline = time.monotonic() + 10
-        while len(starts) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        scheduler.shutdown(wait=True)
+        wait_until(lambda: len(ends) >= 2, timeout=10)
+        scheduler.shutdown(wait=False)
     assert len(starts) >= 2 and starts[1] - ends[0] < 1.0  # not at the next interval, 2 s after it ended
     assert [r.getMessage() for r in caplog.records if r.name == "mirror.schedule"] == [
         "incremental sync: still running when it fell due again; it runs again once it ends"]
