@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 import orjson
@@ -21,9 +21,7 @@ import tenacity
 import urllib3
 
 from . import __version__
-
-if TYPE_CHECKING:
-    from .config import Config
+from .config import API_PATH, Config
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +453,7 @@ class YTSClient:
         """Send one request and classify its outcome."""
         host_index = self._host_index
         self._local.host, self._local.redirects = self.base_urls[host_index], 0
-        url = f"{self._local.host}/api/v2/{endpoint}.json"
+        url = f"{self._local.host}{API_PATH}/{endpoint}.json"
         self._take_token()
         try:
             response = self.session.get(url, params=params, timeout=self.timeout, stream=True)
