@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -114,15 +115,28 @@ class BarLine:
     """
 
     open = False
+    notice = False  # the open line is a retry notice, which what comes next erases rather than ends
     lock = threading.RLock()  # reentrant: a signal handler may write while its thread draws
 
     @classmethod
     def end(cls) -> str:
-        """The newline that other output needs first, once, while a bar's line is open."""
+        """What other output needs first, once, while a line is open: a newline, or a notice erased."""
         if cls.open:
             cls.open = False
+            if cls.notice:
+                cls.notice = False
+                return ERASE_LINE
             return "\n"
         return ""
+
+
+ERASE_LINE = "\r\x1b[K"
+
+
+def fit_terminal(text: str, room: int | None = None) -> str:
+    """`text` cut to `room` characters (default: the terminal's width less one), an ellipsis marking the cut."""
+    room = shutil.get_terminal_size().columns - 1 if room is None else room
+    return text if len(text) <= room else text[:max(0, room - 1)] + "…"
 
 
 class BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -173,6 +187,7 @@ class TerminalProgress:
         self.bar = click.progressbar(itertools.count() if length is None else None, length=length, label=self.label,
                                      file=sys.stderr, show_pos=True, show_eta=True, width=30)
         with BarLine.lock:
+            self.bar.file.write(BarLine.end())
             self.bar.__enter__()
             self.bar.update(self.done)
             BarLine.open = True
@@ -186,12 +201,30 @@ class TerminalProgress:
             self._start(None)  # drawn at self.done, this count included
         elif self.tty:
             with BarLine.lock:
+                self.bar.label = self.label  # the work goes on: no retry notice any more
                 self.bar.update(count)
                 BarLine.open = True
         elif time.monotonic() - self.last_log >= self.interval:
             self.last_log = time.monotonic()
             rate = self.done / max(1e-9, time.monotonic() - self.started)
             click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)
+
+    def waiting(self, notice: str) -> None:
+        """On a terminal, say why the work waits (a retry) until it goes on; `-v` logs each retry instead."""
+        if self.quiet or not self.tty:
+            return
+        with BarLine.lock:
+            if self.bar is None:
+                sys.stderr.write(BarLine.end() + fit_terminal(terminal_safe(f"{self.label}: {notice}")))
+                sys.stderr.flush()
+                BarLine.open = BarLine.notice = True
+                return
+            self.bar.label = self.label
+            room = shutil.get_terminal_size().columns - 1 - len(self.bar.format_progress_line()) - 3
+            if room >= 20:  # a bar line longer than the terminal would wrap, and each redraw add a line
+                self.bar.label = f"{self.label} ({fit_terminal(terminal_safe(notice), room)})"
+            self.bar.render_progress()
+            BarLine.open = True
 
     def message(self, text: str) -> None:
         """Print a line on stderr below the bar, which goes on under it."""
@@ -208,6 +241,9 @@ class TerminalProgress:
                 self.bar.__exit__(None, None, None)  # click ends the line
                 self.bar = None
                 BarLine.open = False
+        elif BarLine.notice:
+            with BarLine.lock:
+                sys.stderr.write(BarLine.end())
 
     def callbacks(self) -> Progress:
         """The callbacks the pipeline reports progress through."""
@@ -340,6 +376,7 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
     with writing(config, wait, must_exist) as (db, client), stop_on_signals(announce) as signal_stop:
         client.stop = stop or signal_stop
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
+        client.on_retry = progress.waiting
         try:
             yield db, client, progress, client.stop
         finally:
@@ -363,6 +400,7 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None,
         if crawl is not None:
             crawl.close()  # the crawl's bar stays as it ended, above the enrichment's
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
+        syncer.client.on_retry = progress.waiting
         before = summary.counts["enriched"]
 
         def log_counts(report: EnrichReport) -> None:  # the run's final counts keep this, whatever ends it

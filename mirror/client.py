@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -294,6 +295,7 @@ class YTSClient:
         self._strikes = 0  # failures of the current host since it last answered
         self._host_lock = threading.Lock()
         self.stop: threading.Event | None = None  # when set, it ends any wait of a request
+        self.on_retry: Callable[[str], None] | None = None  # told of each wait before a retry
         self.session = Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.session.max_redirects = MAX_REDIRECTS
@@ -379,6 +381,9 @@ class YTSClient:
         self.stats.count_retry()
         error = retry_state.outcome.exception() if retry_state.outcome else None
         log.info("retry %d after %s", retry_state.attempt_number, error)
+        if self.on_retry is not None:
+            self.on_retry(retry_notice(error, retry_state.attempt_number, self.max_attempts,
+                                       retry_state.next_action.sleep if retry_state.next_action else 0.0))
 
     def get(
         self,
@@ -512,6 +517,13 @@ class YTSClient:
         if status >= 400:
             _raise_for_status(full_url, status, response.headers.get("Retry-After"), text)
         return _envelope_data(full_url, body, text)
+
+
+def retry_notice(error: BaseException | None, attempt: int, attempts: int, wait: float) -> str:
+    """A failed attempt, for people: "retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)"."""
+    where = f"{urlsplit(error.url).netloc}, " if isinstance(error, TransientError) else ""
+    reason = error.reason if isinstance(error, TransientError) else str(error)
+    return f"retrying in {math.ceil(wait)} s: {reason} ({where}attempt {attempt + 1} of {attempts})"
 
 
 def with_query(url: str, params: Mapping[str, Any]) -> str:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from mirror.cli import BarAwareHandler, BarLine, TerminalProgress
+from mirror.cli import ERASE_LINE, BarAwareHandler, BarLine, TerminalProgress, run_sync
+from mirror.config import resolve
+from mirror.fakeapi import FakeYTS
 
 
 class Terminal(io.StringIO):
@@ -22,6 +26,8 @@ def on_terminal(monkeypatch: pytest.MonkeyPatch) -> Terminal:
     screen = Terminal()
     monkeypatch.setattr("sys.stderr", screen)
     monkeypatch.setattr(BarLine, "open", False)
+    monkeypatch.setattr(BarLine, "notice", False)
+    monkeypatch.setenv("COLUMNS", "100")
     return screen
 
 
@@ -70,3 +76,64 @@ def test_a_bar_closed_after_a_message_is_shown_again_not_left_as_a_blank_line(mo
     progress.close()
     screen = terminal.getvalue().replace("\x1b[?25l", "").replace("\x1b[?25h", "")
     assert "\n\n" not in screen and screen.endswith("5/10\n"), repr(screen)
+
+
+def test_a_retry_notice_before_the_bar_is_erased_by_what_comes_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    progress = TerminalProgress("sync")
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    progress.waiting("retrying in 8 s: HTTP 503 (yts.mx, attempt 3 of 6)")
+    assert terminal.getvalue() == ("sync: retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)" + ERASE_LINE
+                                   + "sync: retrying in 8 s: HTTP 503 (yts.mx, attempt 3 of 6)")
+    progress.total(100)  # the first page came: the bar takes the notice's place
+    assert terminal.getvalue().count(ERASE_LINE) == 2 and "\n" not in terminal.getvalue()
+    progress.close()
+
+
+def test_a_retry_notice_is_erased_before_the_runs_last_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    progress = TerminalProgress("sync")
+    progress.waiting("retrying in 4 s: connection failed (127.0.0.1:9, attempt 6 of 6)")
+    progress.close()  # the run failed: its error line must start a clean line
+    assert terminal.getvalue().endswith(ERASE_LINE) and not BarLine.open
+
+
+def test_a_retry_notice_fits_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "40")
+    TerminalProgress("sync").waiting("retrying in 4 s: connection failed: [Errno 111] Connection refused")
+    assert terminal.getvalue() == "sync: retrying in 4 s: connection fail…"
+
+
+def test_a_retry_notice_rides_on_the_bar_until_the_work_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    progress = TerminalProgress("sync")
+    progress.total(300)
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    assert progress.bar.label.startswith("sync (retrying in 4 s: HTTP 503")
+    assert terminal.getvalue().rsplit("\r", 1)[-1].find("retrying in 4 s") >= 0  # drawn now, not at the next page
+    progress.advance(50)
+    assert progress.bar.label == "sync"
+    progress.close()
+
+
+def test_no_retry_notice_off_a_terminal_or_when_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    TerminalProgress("sync", quiet=True).waiting("retrying in 4 s: HTTP 503")
+    monkeypatch.setattr(Terminal, "isatty", lambda self: False)
+    TerminalProgress("sync").waiting("retrying in 4 s: HTTP 503")
+    assert terminal.getvalue() == "" and not BarLine.open
+
+
+def test_a_sync_on_a_terminal_shows_its_retries_and_leaves_clean_lines(
+        monkeypatch: pytest.MonkeyPatch, simulator: Callable[..., FakeYTS], tmp_path: Path) -> None:
+    terminal = on_terminal(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "200")
+    sim = simulator(movies=60)
+    config = tmp_path / "config.toml"  # a first host that refuses: retries, then the simulator
+    config.write_text(f'[api]\nbase_urls = ["http://127.0.0.1:9", "{sim.url}"]\nbackoff_initial = 0.001\n'
+                      'backoff_max = 0.01\n')
+    run_sync(resolve(str(config), db=str(tmp_path / "m.db"), rate=0), enrich=False)
+    shown = terminal.getvalue()
+    assert "sync: retrying in 1 s: connection failed" in shown and "127.0.0.1:9, attempt 2 of 6)" in shown
+    assert shown.endswith("\n") and not BarLine.open and ERASE_LINE + "\r" in shown  # the bar drew over it
