@@ -436,7 +436,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
         for done in pool.run(items):
             try:
                 if done.crash is not None:
-                    stop.set()
+                    pool.halt.set()  # the other workers end with their movie; the caller's stop is not ours to set
                     if isinstance(done.crash, Stopped):
                         continue  # asked to stop while it waited: this movie is fetched again next run
                     raise done.crash

@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -16,7 +17,11 @@ import pytest
 import requests
 
 from mirror import store
+from mirror.client import make_client
 from mirror.config import ENRICH_ENDPOINTS as ENDPOINTS
+from mirror.config import resolve
+from mirror.progress import Progress
+from mirror.sync import logged_enrichment
 from mirror.fakeapi import Catalog, FakeYTS
 from support import cli_subprocess, connect, free_port, integrity_ok, last_run, query, run_cli, wait_for
 
@@ -753,3 +758,27 @@ def test_a_writer_error_after_a_silent_pause_asks_the_host_nothing(tmp_path: Pat
                      "--config", str(config_file)])
     assert sim.counts.get("list_movies", 0) == listed  # the error comes out at once, with no host check
     assert query(db, "SELECT COUNT(*) FROM endpoint_state WHERE paused_at IS NOT NULL")[0][0] == 0
+
+
+def test_a_worker_that_crashes_fails_the_run_and_leaves_the_callers_stop_alone(
+        simulator: Callable[..., FakeYTS], tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirror import enrich
+
+    sim = simulator(movies=40)
+    db = tmp_path / "crash.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    fetch_one = enrich.Pool.fetch_one
+
+    def crash_on_one_movie(self: Any, breaker: Any, endpoint: str, movie_id: int) -> Any:
+        if movie_id == 20:  # a bug in a worker thread, not an API failure
+            raise KeyError("bug")
+        return fetch_one(self, breaker, endpoint, movie_id)
+
+    monkeypatch.setattr(enrich.Pool, "fetch_one", crash_on_one_movie)
+    stop = threading.Event()  # a scheduler's: set, it would end the daemon
+    config = resolve(str(config_file), db=str(db), base_url=sim.url, rate=0, concurrency=4)
+    with closing(store.open_db(db)) as database, closing(make_client(config)) as client, \
+            pytest.raises(KeyError, match="bug"):
+        logged_enrichment(database, client, config, stop, Progress())
+    assert not stop.is_set()
+    assert last_run(db)["status"] == "failed" and "bug" in last_run(db)["error"]
