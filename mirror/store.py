@@ -32,6 +32,7 @@ FULL_CRAWL_STATE = "full_crawl"  # when the last full crawl completed (its enric
 RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
 HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
 SEEN_STATE = "seen"  # the latest seen-at time a crawl wrote (a clock set back since must not undercut it)
+GAP_STATE = "list_gap"  # present movies less movie_count, as the last quiet crawl left them
 DEMO_STATE = "demo"  # set by `yts-mirror demo`: this mirror holds simulated movies
 
 
@@ -626,7 +627,7 @@ def unseen_since(db: sqlite_utils.Database, since: str) -> tuple[list[int], int]
     """Return the ids of present movies not seen since `since` (newest first), and how many movies are present."""
     unseen = [row[0] for row in db.execute(
         "SELECT id FROM movies WHERE removed_at IS NULL AND last_seen_at < ? ORDER BY id DESC", [since])]
-    return unseen, db.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL").fetchone()[0]
+    return unseen, present_count(db)
 
 
 def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: str) -> tuple[int, int]:
@@ -643,6 +644,11 @@ def mark_ids_removed(db: sqlite_utils.Database, ids: Sequence[int], removed_at: 
             [removed_at, *chunk],
         ).rowcount
     return movies, torrents
+
+
+def present_count(db: sqlite_utils.Database) -> int:
+    """How many mirrored movies are present upstream, as far as the mirror knows."""
+    return int(db.execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NULL").fetchone()[0])
 
 
 def present_ids(db: sqlite_utils.Database) -> list[int]:

@@ -298,7 +298,8 @@ class Syncer:
             if moved:
                 # Movies removed after the crawl read them (or above an incremental walk) still
                 # look present: the next incremental sync looks for them (find_missing).
-                store.set_state(self.db, RECONCILE, {"since": started_at})
+                # The runs it was postponed (tries) still count: a catalog always moving must not keep it for good.
+                store.set_state(self.db, RECONCILE, {**(store.get_state(self.db, RECONCILE) or {}), "since": started_at})
             elif complete:  # a full crawl of a quiet catalog has marked every removal itself
                 store.clear_state(self.db, RECONCILE)
             if complete:  # the scheduler's next full refresh counts from here
@@ -316,15 +317,19 @@ class Syncer:
         if not complete:
             return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
-        self._finish_full(summary, checkpoint["started_at"], moved, removals_possible=not first)
+        self._finish_full(summary, checkpoint["started_at"], checkpoint["movie_count"], moved,
+                          removals_possible=not first)
 
-    def _finish_full(self, summary: RunSummary, started_at: str, moved: bool, removals_possible: bool) -> None:
+    def _finish_full(self, summary: RunSummary, started_at: str, count: int | None, moved: bool,
+                     removals_possible: bool) -> None:
         """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl."""
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
         if removals_possible and not self._mark_unseen_removed(summary, started_at):
             return  # stopped: the next run resumes here, with the crawl's checkpoint
         self._end_crawl(started_at, moved, complete=True)
+        if not moved:
+            self._note_gap(summary, count, full=True)
 
     def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> bool:
         """Mark what a complete crawl did not see removed, once movie_details agrees; False if stopped first."""
@@ -367,8 +372,40 @@ class Syncer:
             return
         moved = checkpoint.get("moved", False)
         self._end_crawl(started_at, moved, complete=False)
-        if not moved and store.get_state(self.db, RECONCILE):  # after a moving walk, next time
+        if moved:
+            return  # the removal check waits for a walk over a list that holds still
+        count = checkpoint["movie_count"]
+        owed = store.get_state(self.db, RECONCILE) is not None
+        if not owed and self._gap_grew(count):  # fewer listed than mirrored: removals since the last crawl
+            with self.db.atomic():
+                store.set_state(self.db, RECONCILE, {"since": started_at})
+            owed = True
+        if owed:
             self._reconcile(summary)
+        self._note_gap(summary, count)
+
+    def _gap_grew(self, count: int | None) -> bool:
+        """Whether the mirror holds more present movies over movie_count than the last quiet crawl left."""
+        known = (store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0)
+        return count is not None and store.present_count(self.db) - count > max(known, 0)
+
+    def _note_gap(self, summary: RunSummary, count: int | None, full: bool = False) -> None:
+        """Keep what a quiet crawl leaves between movie_count and the mirror; warn when the list counts more."""
+        if count is None:
+            return
+        gap = store.present_count(self.db) - count
+        if gap == (store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0):
+            return
+        with self.db.atomic():
+            store.set_state(self.db, store.GAP_STATE, {"gap": gap, "movie_count": count})
+        if gap >= 0:
+            return
+        held = f"movie_count says {count} movies and the mirror holds {count + gap}"
+        if full:  # offset paging can hide a movie: ties in date_added ordered one way for one page, another for the next
+            self._warn(summary, f"{held}: the list never showed {-gap} of them on any page")
+        else:
+            self._warn(summary, f"{held}: {-gap} more are listed below the pages this sync read (an older "
+                                "date_added) and wait for the next full sync (--full)")
 
     def _removals_allowed(self, summary: RunSummary, count: int, present: int) -> bool:
         """Whether marking `count` of `present` movies removed is plausible; if not, say why and keep it."""

@@ -43,7 +43,6 @@ def test_incremental_then_full_refresh(simulator: Callable[..., FakeYTS], db_pat
     sim = simulator(movies=3000)
     sync(db_path, sim, config_file, "--no-enrich")
     new_ids = sim.catalog.add(137)
-    gone = sim.catalog.remove(5)
     assert sim.catalog.reseed(0.5) > 1000
     before = sim.ok_counts["list_movies"]
     run = sync(db_path, sim, config_file, "--no-enrich")
@@ -52,8 +51,16 @@ def test_incremental_then_full_refresh(simulator: Callable[..., FakeYTS], db_pat
     assert run["movies_new"] == 137
     present = {row[0] for row in connect(db_path).execute("SELECT id FROM movies")}
     assert set(new_ids) <= present
+    # Removals since: page 1's movie_count shows them, and a binary search over pages finds them.
+    gone = sim.catalog.remove(5)
+    before, details = sim.ok_counts["list_movies"], sim.ok_counts.get("movie_details", 0)
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["kind"] == "incremental" and run["movies_removed"] == 5 and not run["warning"]
+    pages = math.ceil(3132 / 50)
+    assert sim.ok_counts["list_movies"] - before <= 1 + 5 * (math.ceil(math.log2(pages)) + 1)
+    assert sim.ok_counts["movie_details"] - details == 5
     run = sync(db_path, sim, config_file, "--no-enrich", "--full")
-    assert run["kind"] == "full" and run["movies_removed"] == 5
+    assert run["kind"] == "full" and run["movies_removed"] == 0
     assert_mirror_equals_catalog(db_path, sim.catalog)  # seeds and peers included
     conn = connect(db_path)
     removed = {row[0] for row in conn.execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
@@ -429,14 +436,14 @@ def test_a_scheduler_under_nohup_outlives_sighup_and_logs_its_jobs_not_each_retr
     try:
         wait_for(lambda: synced_ok(db))
         process.send_signal(signal.SIGHUP)  # the terminal closes
-        time.sleep(1.5)
+        wait_for(lambda: process.poll() is not None or incremental_ok(db), timeout=60)
         assert process.poll() is None
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert connect(db).execute("SELECT SUM(retries) FROM sync_runs").fetchone()[0] > 0
-    assert "INFO mirror.schedule: incremental sync: incremental sync ok" in stderr
+    assert "INFO mirror.schedule: incremental sync: incremental sync ok" in stderr, stderr
     assert "INFO mirror.client" not in stderr, stderr  # -v shows each retry
 
 
@@ -500,6 +507,11 @@ def test_the_scheduler_says_at_start_that_its_first_sync_runs_now(simulator: Cal
     first = next(line for line in stderr.splitlines() if "next incremental sync at" in line)
     logged_at, next_at = first.split()[0], first.rsplit(" ", 1)[1]
     assert next_at[:16] == logged_at[:16], first  # this minute, not an hour on
+
+
+def incremental_ok(db: Path) -> bool:
+    """Whether an incremental sync has ended ok (the first sync of a new mirror is a full one)."""
+    return bool(query(db, "SELECT 1 FROM sync_runs WHERE kind = 'incremental' AND status = 'ok'"))
 
 
 def synced_ok(db: Path) -> bool:
@@ -662,3 +674,83 @@ def test_a_page_that_stays_empty_mid_catalog_fails_the_run_instead_of_ending_it(
         failures.append(result.output)
     assert failures and all("yet page" in output and "lists movies" in output for output in failures), failures
     assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+class TiesPerPage(FakeYTS):
+    """Two movies tied in date_added, listed in one order for page 1 and the other for page 2 (as an
+    unstable sort under LIMIT may), so the one at the page boundary shows on neither page."""
+
+    hidden: int | None = None
+
+    def _list_movies(self, params: Any, fault: str | None = None) -> bytes:
+        order = self.catalog.order
+        with self.catalog.lock:
+            at = order.index(self.hidden) if self.hidden in order else -1
+            swap = at >= 0 and str(params.get("page", "1")) == "1"
+            if swap:
+                order[at], order[at + 1] = order[at + 1], order[at]
+            try:
+                return super()._list_movies(params, fault)
+            finally:
+                if swap:
+                    order[at], order[at + 1] = order[at + 1], order[at]
+
+
+def test_a_movie_no_page_shows_is_reported_by_the_full_crawl(db_path: Path, config_file: Path) -> None:
+    sim = TiesPerPage(Catalog(120, seed=5)).start()
+    try:
+        sim.hidden = sim.catalog.order[49]  # the last of page 1, tied with the first of page 2
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert sim.hidden not in mirror_movies(db_path)
+        assert run["warning"] == "movie_count says 120 movies and the mirror holds 119: the list never showed 1 of them on any page"
+        run = sync(db_path, sim, config_file, "--no-enrich")  # the same gap: said once
+        assert run["kind"] == "incremental" and run["warning"] is None
+    finally:
+        sim.stop()
+
+
+def test_new_movies_listed_below_the_pages_an_incremental_reads_are_reported(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=300)
+    sync(db_path, sim, config_file, "--no-enrich")
+    [backdated] = sim.catalog.add(1)
+    with sim.catalog.lock:  # uploaded with an older date_added: listed on page 3
+        sim.catalog.order.remove(backdated)
+        sim.catalog.order.insert(120, backdated)
+    before = sim.counts["list_movies"]
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert sim.counts["list_movies"] - before == 1 and run["movies_new"] == 0
+    assert run["warning"] == ("movie_count says 301 movies and the mirror holds 300: 1 more are listed below the "
+                              "pages this sync read (an older date_added) and wait for the next full sync (--full)")
+    assert sync(db_path, sim, config_file, "--no-enrich")["warning"] is None  # said once
+    run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+    assert run["movies_new"] == 1 and run["warning"] is None
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_removal_found_by_the_count_is_checked_once_while_the_endpoints_disagree(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=300)
+    sync(db_path, sim, config_file, "--no-enrich")
+    with sim.catalog.lock:  # off the list, while movie_details still answers for it
+        delisted = sim.catalog.order.pop(150)
+    [gone] = sim.catalog.remove(ids=[sim.catalog.order[200]])
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["movies_removed"] == 1 and delisted in mirror_movies(db_path)
+    assert gone in mirror_movies(db_path, include_removed=True) and gone not in mirror_movies(db_path)
+    sim.catalog.add(3)
+    before, details = sim.counts["list_movies"], sim.counts["movie_details"]
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["movies_new"] == 3 and sim.counts["list_movies"] - before == 1  # no second check of the same gap
+    assert sim.counts["movie_details"] == details and run["warning"] is None
+
+
+def test_a_walk_over_a_moving_list_keeps_the_postponements_of_the_removal_check(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = owing_a_removal_check(simulator, db_path, config_file)
+    with closing(connect(db_path)) as conn, conn:
+        conn.execute("UPDATE sync_state SET value = json_set(value, '$.tries', 2) WHERE key = 'reconcile'")
+    sim.catalog.add(80)
+    sim.churn.every, sim.churn.add, sim.churn.remove = 1, 5, 0  # the list moves under the walk: the check waits
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["pages"] > 1 and store_state(db_path, "reconcile")["tries"] == 2
