@@ -120,9 +120,9 @@ class EnrichReport:
     resumed: list[str] = field(default_factory=list)
     backlog: int = 0
 
-    def tally(self, outcomes: Mapping[str, Outcome], fetched: int, not_found: int) -> None:
-        """Count one written movie's outcomes."""
-        self.movies_done += bool(fetched)
+    def tally(self, outcomes: Mapping[str, Outcome], fetched: int, not_found: int, cut: bool = False) -> None:
+        """Count one written movie's outcomes; a movie cut short by a stop is counted by the run that finishes it."""
+        self.movies_done += bool(fetched) and not cut
         self.not_found += not_found
         for endpoint, (status, _) in outcomes.items():
             table = self.failed if status == "failed" else self.fetched
@@ -236,6 +236,7 @@ class Finished:
 
     item: WorkItem
     outcomes: dict[str, Outcome]
+    cut: bool  # a stop came before its last endpoint: the next run finishes it (and counts it)
     crash: BaseException | None
     written: threading.Event  # the consumer sets it once the movie is written
 
@@ -337,22 +338,27 @@ class Pool:
         self.results: queue.Queue[Finished] = queue.Queue()
         self.last_failure: FetchError | None = None
 
-    def fetch_movie(self, item: WorkItem) -> dict[str, Outcome]:
-        """Fetch every endpoint one movie needs, skipping paused endpoints, movie_details first."""
+    def fetch_movie(self, item: WorkItem) -> tuple[dict[str, Outcome], bool]:
+        """Fetch every endpoint one movie needs, skipping paused endpoints, movie_details first.
+
+        Returns the outcomes, and whether a stop cut the movie short (its other endpoints wait for the next run).
+        """
         outcomes: dict[str, Outcome] = {}
         for endpoint in sorted(item.endpoints, key=lambda name: name != "movie_details"):
             breaker = self.breakers[endpoint]
-            if self.stop.is_set() or self.halt.is_set() or breaker.paused:
+            if self.stop.is_set() or self.halt.is_set():
+                return outcomes, True
+            if breaker.paused:
                 continue
             try:
                 outcome = self.fetch_one(breaker, endpoint, item.movie_id)
             except Stopped:  # while it waited for its turn: what this movie has so far is written
-                break
+                return outcomes, True
             if outcome:
                 outcomes[endpoint] = outcome
             if endpoint == "movie_details" and outcome and details_not_found(outcome, item.movie_id):
                 break  # the other endpoints answer a movie they do not know with empty lists
-        return outcomes
+        return outcomes, False
 
     def fetch_one(self, breaker: Breaker, endpoint: str, movie_id: int) -> Outcome | None:
         """Fetch one endpoint for one movie under its breaker; None if the endpoint is paused."""
@@ -382,9 +388,9 @@ class Pool:
                 return
             written = threading.Event()
             try:
-                finished = Finished(item, self.fetch_movie(item), None, written)
+                finished = Finished(item, *self.fetch_movie(item), None, written)
             except BaseException as error:  # noqa: BLE001 - reported by the writer
-                finished = Finished(item, {}, error, written)
+                finished = Finished(item, {}, False, error, written)
             self.results.put(finished)
             while not written.wait(0.1):
                 if self.halt.is_set():  # the consumer left without writing it
@@ -442,7 +448,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                     raise done.crash
                 with db.atomic():
                     fetched, not_found = write_movie(db, done.item, done.outcomes)
-                    report.tally(done.outcomes, fetched, not_found)
+                    report.tally(done.outcomes, fetched, not_found, done.cut)
                     if on_written:
                         on_written(report)
             finally:

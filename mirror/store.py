@@ -539,6 +539,9 @@ def _write_movies(db: sqlite_utils.Database, rows: transform.PageValues,
     ).fetchall()
     existing = {movie_id: list_hash for movie_id, list_hash, _ in stored}
     returned_ids = [movie_id for movie_id, _, removed in stored if removed]
+    if returned_ids:  # a "not found" from while it was gone: enrich it again as if new
+        db.execute(f"DELETE FROM enrich_state WHERE status = 'not_found' AND movie_id IN "
+                   f"({placeholders(len(returned_ids))})", returned_ids)
     new_ids = [i for i in ids if i not in existing]
     changed_ids = [i for i in ids if i in existing and existing[i] != rows.movies[i][at]]
     unchanged_ids = [i for i in ids if i in existing and existing[i] == rows.movies[i][at]]

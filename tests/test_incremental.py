@@ -95,6 +95,27 @@ def test_a_removed_movie_that_returns_is_restored(simulator: Callable[..., FakeY
                         [movie_id]).fetchone()[0] == 0
 
 
+def test_a_movie_found_gone_by_enrichment_is_enriched_again_when_it_returns(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=100)
+    sync(db_path, sim, config_file)
+    movie_id = sim.catalog.order[30]
+    movie = sim.catalog.movies[movie_id]
+    sim.catalog.remove(ids=[movie_id])
+    sync(db_path, sim, config_file, "--full")
+    with closing(connect(db_path)) as conn, conn:  # as when details answered "not found" while it was gone
+        conn.execute("UPDATE enrich_state SET status = 'not_found' WHERE movie_id = ? AND endpoint = 'movie_details'",
+                     [movie_id])
+    with sim.catalog.lock:  # back in its old place, its list data unchanged
+        sim.catalog.movies[movie_id] = movie
+        sim.catalog.order.insert(30, movie_id)
+    before = sim.ok_counts["movie_details"]
+    sync(db_path, sim, config_file, "--full")
+    assert sim.ok_counts["movie_details"] - before == 1
+    assert query(db_path, "SELECT status FROM enrich_state WHERE movie_id = ? AND endpoint = 'movie_details'",
+                 [movie_id])[0][0] == "ok"
+
+
 def marked_removed(db: Path) -> set[int]:
     return {row[0] for row in connect(db).execute("SELECT id FROM movies WHERE removed_at IS NOT NULL")}
 
