@@ -27,9 +27,10 @@ from .client import YTSClient, YTSError
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
 from .interpreter import python_command
+from .locks import LockedError, scheduler_lock, writer_alive
 from .progress import Progress, counted
 from .readahead import ReaderError
-from .sync import JobReport, LockedError, RunSummary, Syncer, logged_enrichment, scheduler_lock, writer_alive, writing
+from .sync import JobReport, RunSummary, Syncer, logged_enrichment, writing
 
 log = logging.getLogger("mirror")
 

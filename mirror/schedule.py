@@ -23,9 +23,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .client import YTSError
 from .config import Config, ConfigError
+from .locks import LockedError
 from .readahead import ReaderError
 from .store import StoreError, database_error_line
-from .sync import JobReport, LockedError
+from .sync import JobReport
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ def prepare_database(path: str) -> str:
                                "to read it while a writer may change it; serve a copy on writable storage")
     info = inspect_file(path)
     try:
-        store.open_db(path).close()  # applies schema.sql: the browsing views and indexes
+        store.open_db(path, reader=True).close()  # applies schema.sql: the browsing views and indexes
     except store.StoreError as error:
         if info is None or not info.views:
             raise

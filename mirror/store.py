@@ -11,7 +11,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -21,6 +21,7 @@ from typing import Any, cast
 import sqlite_utils
 
 from . import transform
+from .locks import upgrade_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ MIGRATIONS: dict[int, Sequence[str | Callable[[sqlite_utils.Database], None]]] =
 
 class StoreError(Exception):
     """A database problem the user can act on (not a bug)."""
+
+
+class ReadOnlyError(StoreError):
+    """The database needs a write (a migration) that its file or file system does not allow."""
 
 
 class NotAMirrorError(StoreError):
@@ -201,18 +206,43 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
         refuse_newer(version)
         with db.atomic():
             if version and version < SCHEMA_VERSION:
+                for statement in schema_statements("TABLE"):  # a table dropped by hand, for the steps to update
+                    db.execute(statement)
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     for step in MIGRATIONS.get(target, ()):
                         if isinstance(step, str):
                             db.execute(step)
                         else:
                             step(db)
+            _drop_stale_triggers_and_views(db)
             for statement in split_sql(schema_sql()):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         check_columns(db)
     except sqlite3.DatabaseError as error:
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY:
+            raise ReadOnlyError(f"cannot prepare database: {error}") from None
         raise StoreError(f"cannot prepare database: {error}") from None
+
+
+def schema_statements(kind: str) -> list[str]:
+    """schema.sql's CREATE statements of one kind: TABLE (virtual ones too), INDEX, TRIGGER or VIEW."""
+    pattern = re.compile(rf"^CREATE (?:VIRTUAL )?{kind} IF NOT EXISTS ", re.MULTILINE)
+    return [statement[found.start():] for statement in split_sql(schema_sql())
+            if (found := pattern.search(statement))]  # from CREATE on, without the comments above it
+
+
+def _drop_stale_triggers_and_views(db: sqlite_utils.Database) -> None:
+    """Drop each trigger and view whose definition differs from schema.sql's, which then creates it anew."""
+    stored = {(kind, name): sql for kind, name, sql in db.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'view')")}
+    for kind in ("trigger", "view"):
+        for statement in schema_statements(kind.upper()):
+            # SQLite keeps the statement without "IF NOT EXISTS" and its final semicolon
+            current = statement.replace(" IF NOT EXISTS", "", 1).rstrip(";")
+            name = current.split()[2]
+            if stored.get((kind, name), current) != current:
+                db.execute(f"DROP {kind.upper()} {name}")
 
 
 @functools.cache
@@ -333,28 +363,52 @@ def split_sql(script: str) -> list[str]:
 MIRROR_TABLES = ("movies", "torrents", "movies_fts", "sync_runs")
 
 
-def open_db(path: str | os.PathLike[str]) -> sqlite_utils.Database:
-    """Open (creating if needed) a mirror database ready for use; a file holding other tables is refused."""
+def open_db(path: str | os.PathLike[str], reader: bool = False) -> sqlite_utils.Database:
+    """Open (creating if needed) a mirror database ready for use; a file holding other tables is refused.
+
+    A `reader` (`serve`) holds the writer lock while it updates the schema of an older mirror, which
+    an older yts-mirror may be writing to; a writer holds that lock already.
+    """
     if os.path.exists(path):
         mirror_version(path)
     db = connect(path)
     with closed_on_error(db):
-        ensure_db_shape(db)
+        with upgrade_lock(os.fspath(path)) if reader and needs_shaping(db) else nullcontext():
+            ensure_db_shape(db)
         db.execute("PRAGMA temp_store = MEMORY")  # statement journals and index sorts: no temp-file writes
     return db
 
 
 def open_reader(path: str) -> sqlite_utils.Database:
-    """Open an existing mirror to read it, writing nothing unless its schema needs a migration (or a dropped table)."""
-    version = require_mirror(path)
-    if on_read_only_media(path):
+    """Open an existing mirror to read it, writing nothing unless its schema needs an update (or a dropped table)."""
+    require_mirror(path)
+    read_only = on_read_only_media(path)
+    if read_only:
         db = ImmediateDatabase(connect_read_only(path, immutable=True, check_same_thread=False))
     else:
         db = connect(path)
-    if version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()):
-        with closed_on_error(db):
-            ensure_db_shape(db)
+    with closed_on_error(db):
+        if needs_shaping(db):
+            if read_only:
+                raise ReadOnlyError(_update_needed(path, "it lies on read-only storage"))
+            try:
+                with upgrade_lock(path):
+                    ensure_db_shape(db)
+            except ReadOnlyError:
+                raise ReadOnlyError(_update_needed(path, "it is read-only here")) from None
     return db
+
+
+def needs_shaping(db: sqlite_utils.Database) -> bool:
+    """Whether a mirror's schema is older than ours, or lacks a table (dropped by hand)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    return bool(version != SCHEMA_VERSION or not schema_tables() <= set(db.table_names()))
+
+
+def _update_needed(path: str, why: str) -> str:
+    """Why a reader cannot read a mirror that needs its schema updated, and what to do."""
+    return (f"{path} needs its schema updated (an older yts-mirror wrote it, or a table was dropped), and {why}; "
+            f"run `yts-mirror stats --db {path}` once where it is writable")
 
 
 @functools.cache

@@ -1,11 +1,8 @@
-"""Orchestration: one sync run, its checkpoints, its run log and the single-writer lock."""
+"""Orchestration: one sync run, its checkpoints and its run log."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -20,6 +17,7 @@ from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
 from .crawl import CatalogMoved, Walk, catalog_grew, crawl_new, find_missing
 from .enrich import EnrichReport, enrich_backlog, validator_for
+from .locks import writer_lock
 from .progress import Progress, counted
 from .readahead import ReadyPage
 
@@ -28,55 +26,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = store.CRAWL_STATE
 RECONCILE = store.RECONCILE_STATE
 RECONCILE_TRIES = 3  # runs that may postpone a removal check (catalog moving, details unanswered)
-
-
-class LockedError(Exception):
-    """Another process is writing to this database."""
-
-
-def lock_path(db_path: str) -> str:
-    """The writer lock file of a database: one however the path is spelled, symlinks included."""
-    return f"{os.path.realpath(db_path)}.lock"
-
-
-@contextmanager
-def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
-    """Hold the one-writer lock of a database file (released by the OS if we are killed)."""
-    with file_lock(lock_path(db_path), wait) as holder:
-        if holder:
-            raise LockedError(f"{db_path} is being written by {holder}; use --wait to queue behind it")
-        yield
-
-
-@contextmanager
-def scheduler_lock(db_path: str) -> Iterator[None]:
-    """Hold the lock that keeps a second `yts-mirror schedule` off the same database."""
-    with file_lock(f"{os.path.realpath(db_path)}.schedule.lock", wait=False) as holder:
-        if holder:
-            raise LockedError(f"another yts-mirror schedule runs on {db_path} ({holder})")
-        yield
-
-
-@contextmanager
-def file_lock(path: str, wait: bool) -> Iterator[str | None]:
-    """flock `path` and write our pid in it; yields None, or who holds it if taken and not `wait`."""
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            yield handle.read().strip() or "another process"
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        yield None
-    finally:
-        handle.close()
 
 
 @contextmanager
@@ -101,24 +50,6 @@ def remember_answering_host(db: sqlite_utils.Database, client: YTSClient) -> Non
             store.remember_host(db, client.base_urls, client.answering_url)
         except sqlite3.Error as error:
             log.debug("could not remember the API host: %s", error)
-
-
-def writer_alive(db_path: str) -> bool:
-    """Whether the process named in a database's lock file still runs (without touching the lock)."""
-    try:
-        with open(lock_path(db_path)) as handle:
-            holder = handle.read().split()
-    except OSError:
-        return False
-    if len(holder) != 2 or holder[0] != "pid" or not holder[1].isdigit():
-        return False
-    try:
-        os.kill(int(holder[1]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, under another user
-    return True
 
 
 @dataclass

@@ -16,7 +16,8 @@ import pytest
 from mirror.config import Config, ScheduleConfig
 from mirror.readahead import ReaderError
 from mirror.schedule import Jobs, build_scheduler, crontab_trigger, missed_full_refresh, weekday_names
-from mirror.sync import JobReport, LockedError
+from mirror.locks import LockedError
+from mirror.sync import JobReport
 
 SATURDAY = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
@@ -72,7 +73,7 @@ def test_a_cron_that_never_fires_is_a_config_error(tmp_path) -> None:
 def test_a_bad_cron_is_reported_while_another_scheduler_runs(tmp_path: Path) -> None:
     from support import run_cli, write_config
 
-    from mirror.sync import scheduler_lock
+    from mirror.locks import scheduler_lock
 
     config = write_config(tmp_path)
     config.write_text(config.read_text() + '\n[schedule]\nfull_cron = "0 4 * * 8"\n')

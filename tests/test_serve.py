@@ -31,9 +31,10 @@ from click.testing import CliRunner
 from markupsafe import escape as markup_escape
 
 from mirror import datasette_render as render
+from mirror import store
 from mirror.cli import cli
 from mirror.fakeapi import Catalog, FakeYTS, FaultPlan
-from mirror.serve import make_datasette
+from mirror.serve import make_datasette, prepare_database
 from support import cli_subprocess, free_port, wait_for
 
 
@@ -794,3 +795,19 @@ def test_a_mirror_on_read_only_media_can_be_searched_but_not_served(read_only_co
         code, err = run_serve("--db", str(path), "--port", "0")
         assert code == 1 and err.count("\n") == 1 and "lies on a read-only file system without its -shm file" in err
     assert sorted(p.name for p in read_only_copy.parent.iterdir()) == [read_only_copy.name]
+
+
+def test_serve_leaves_an_older_mirror_alone_while_an_older_writer_has_it(tmp_path: Path) -> None:
+    from mirror.locks import LockedError, writer_lock
+
+    path = tmp_path / "v4.db"
+    store.open_db(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("PRAGMA user_version = 4")
+    with writer_lock(str(path)), pytest.raises(LockedError, match="needs its schema updated"):
+        prepare_database(str(path))
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    prepare_database(str(path))  # once that writer ends
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION

@@ -162,6 +162,52 @@ def test_upgrade_from_schema_3_or_4_counts_failures_in_a_row(tmp_path: Path, ver
         ("ok", 0, None), ("failed", 9, None)]  # the failure is retried by the next `enrich`, then once a day
 
 
+def test_readers_leave_an_older_mirror_alone_while_an_older_writer_has_it(tmp_path: Path) -> None:
+    from mirror.locks import writer_lock
+
+    path = tmp_path / "v4.db"
+    older_mirror(path, 4)
+    with writer_lock(str(path)):  # an older yts-mirror's sync, which would go on writing version-4 rows
+        for command in (["stats"], ["search", "storm"]):
+            result = run_cli([*command, "--db", str(path)])
+            assert result.exit_code == 3 and "needs its schema updated" in result.output, result.output
+    assert query(path, "PRAGMA user_version")[0][0] == 4
+    assert run_cli(["stats", "--db", str(path)]).exit_code == 0  # once it ends, a reader updates it
+    assert query(path, "PRAGMA user_version")[0][0] == store.SCHEMA_VERSION
+
+
+def test_a_read_only_older_mirror_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v4.db"
+    older_mirror(path, 4)
+    monkeypatch.setattr(store, "on_read_only_media", lambda _path: True)  # as on a read-only mount
+    result = run_cli(["stats", "--db", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {path} needs its schema updated (an older yts-mirror wrote it, or a table was dropped), and it lies "
+        f"on read-only storage; run `yts-mirror stats --db {path}` once where it is writable"]
+
+
+def test_an_older_mirror_missing_a_table_gets_it_back(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    older_mirror(path, 3, "DROP TABLE enrich_state")  # the steps to version 4 and 5 change enrich_state
+    store.open_db(path).close()
+    assert query(path, "PRAGMA user_version")[0][0] == store.SCHEMA_VERSION
+    assert "attempted_at" in {row[1] for row in query(path, "PRAGMA table_info(enrich_state)")}
+
+
+def test_triggers_and_views_follow_schema_sql(tmp_path: Path) -> None:
+    path = tmp_path / "stale.db"
+    older_mirror(path, 5, "DROP TRIGGER movies_fts_ai",  # as some version-2 mirrors have it: without fts_batch
+                 "CREATE TRIGGER movies_fts_ai AFTER INSERT ON movies BEGIN "
+                 "INSERT INTO movies_fts(rowid, title) VALUES (new.id, new.title); END",
+                 "DROP VIEW movie_torrents", "CREATE VIEW movie_torrents AS SELECT 1 AS stale")
+    fresh = tmp_path / "fresh.db"
+    store.open_db(fresh).close()
+    store.open_db(path).close()
+    shape = "SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name"
+    assert [tuple(r) for r in query(path, shape)] == [tuple(r) for r in query(fresh, shape)]
+
+
 def torrent_state(db: Any) -> dict[str, tuple[Any, ...]]:
     """hash -> (movie_id, quality, seeds, first_seen_at, removed_at) of every stored torrent."""
     rows = db.execute("SELECT hash, movie_id, quality, seeds, first_seen_at, removed_at FROM torrents").fetchall()
@@ -909,7 +955,7 @@ def test_a_host_named_with_and_without_the_api_path_is_one_host(tmp_path: Path) 
 
 def test_second_writer_exits_3_or_waits(simulator: Callable[..., FakeYTS], db_path: Path,
                                         config_file: Path) -> None:
-    from mirror.sync import writer_lock
+    from mirror.locks import writer_lock
 
     sim = simulator(movies=60)
     with writer_lock(str(db_path)):
@@ -1007,7 +1053,7 @@ def test_a_database_with_two_hard_links_is_refused(simulator: Callable[..., Fake
 
 
 def test_a_symlink_to_the_database_shares_its_lock(tmp_path: Path, db_path: Path, config_file: Path) -> None:
-    from mirror.sync import writer_lock
+    from mirror.locks import writer_lock
 
     link = tmp_path / "link.db"
     link.symlink_to(db_path)

@@ -1,0 +1,86 @@
+"""The file locks around a mirror: one writer at a time, one scheduler, and who holds them."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class LockedError(Exception):
+    """Another process is writing to this database."""
+
+
+def lock_path(db_path: str) -> str:
+    """The writer lock file of a database: one however the path is spelled, symlinks included."""
+    return f"{os.path.realpath(db_path)}.lock"
+
+
+@contextmanager
+def writer_lock(db_path: str, wait: bool = False) -> Iterator[None]:
+    """Hold the one-writer lock of a database file (released by the OS if we are killed)."""
+    with file_lock(lock_path(db_path), wait) as holder:
+        if holder:
+            raise LockedError(f"{db_path} is being written by {holder}; use --wait to queue behind it")
+        yield
+
+
+@contextmanager
+def scheduler_lock(db_path: str) -> Iterator[None]:
+    """Hold the lock that keeps a second `yts-mirror schedule` off the same database."""
+    with file_lock(f"{os.path.realpath(db_path)}.schedule.lock", wait=False) as holder:
+        if holder:
+            raise LockedError(f"another yts-mirror schedule runs on {db_path} ({holder})")
+        yield
+
+
+@contextmanager
+def file_lock(path: str, wait: bool) -> Iterator[str | None]:
+    """flock `path` and write our pid in it; yields None, or who holds it if taken and not `wait`."""
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            yield handle.read().strip() or "another process"
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield None
+    finally:
+        handle.close()
+
+
+@contextmanager
+def upgrade_lock(db_path: str) -> Iterator[None]:
+    """The writer lock, for a reader that must update an older mirror's schema first (a writer of its own age may run)."""
+    with file_lock(lock_path(db_path), wait=False) as holder:
+        if holder:
+            raise LockedError(f"{db_path} needs its schema updated before this yts-mirror can read it, and {holder} "
+                              "is writing to it (an older yts-mirror?); run this again once it ends")
+        yield
+
+
+def writer_alive(db_path: str) -> bool:
+    """Whether the process named in a database's lock file still runs (without touching the lock)."""
+    try:
+        with open(lock_path(db_path)) as handle:
+            holder = handle.read().split()
+    except OSError:
+        return False
+    if len(holder) != 2 or holder[0] != "pid" or not holder[1].isdigit():
+        return False
+    try:
+        os.kill(int(holder[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, under another user
+    return True
