@@ -248,19 +248,24 @@ class Syncer:
         if not complete:
             return
         moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
-        self._finish_full(summary, checkpoint["started_at"], checkpoint["movie_count"], moved,
-                          removals_possible=not first)
+        if self._finish_full(summary, checkpoint["started_at"], checkpoint["movie_count"], moved,
+                             removals_possible=not first) and moved and not self.stop.is_set():
+            self._top_up(summary)
 
     def _finish_full(self, summary: RunSummary, started_at: str, count: int | None, moved: bool,
-                     removals_possible: bool) -> None:
-        """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl."""
+                     removals_possible: bool) -> bool:
+        """After a complete crawl: note swarm counts, mark removals (unless implausibly many), end the crawl.
+
+        False if stopped first: the next run resumes here, with the crawl's checkpoint.
+        """
         if self.config.sync.torrent_history:
             store.record_swarm(self.db, observed_at=started_at, seen_since=started_at)
         if removals_possible and not self._mark_unseen_removed(summary, started_at):
-            return  # stopped: the next run resumes here, with the crawl's checkpoint
+            return False
         self._end_crawl(started_at, moved, complete=True)
         if not moved:
             self._note_gap(summary, count, full=True)
+        return True
 
     def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> bool:
         """Mark what a complete crawl did not see removed, once movie_details agrees; False if stopped first."""
@@ -289,7 +294,26 @@ class Syncer:
                              torrents_removed=summary.counts["torrents_removed"])
 
     def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
-        """Walk newest-first pages until reaching movies mirrored before this crawl began."""
+        """Walk newest-first pages until reaching movies mirrored before the walk began; then check the count."""
+        if checkpoint is not None and checkpoint["next_page"] > 1:
+            if not self._walk_new(summary, checkpoint):
+                return
+            checkpoint = None  # movies added while it was stopped are listed above the page it resumed at
+        checkpoint = self._walk_new(summary, checkpoint)
+        if checkpoint is None or checkpoint.get("moved", False):
+            return  # stopped; or the removal check waits for a walk over a list that holds still
+        count = checkpoint["movie_count"]
+        owed = store.get_state(self.db, RECONCILE) is not None
+        if not owed and self._gap_grew(count):  # fewer listed than mirrored: removals since the last crawl
+            with self.db.atomic():
+                store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
+            owed = True
+        if owed:
+            self._reconcile(summary)
+        self._note_gap(summary, count)
+
+    def _walk_new(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+        """One incremental walk, page by page; its last checkpoint, or None if stopped."""
         checkpoint, seen = self._begin("incremental", checkpoint)
         started_at = checkpoint["started_at"]
 
@@ -300,20 +324,17 @@ class Syncer:
         pages = readahead.ready_pages(crawl_new(self.client, known_before, self.config.sync.overlap, walk),
                                       self.config.sync.trackers)
         if not self._commit_pages(summary, pages, checkpoint, seen):
-            return
-        moved = checkpoint.get("moved", False)
-        self._end_crawl(started_at, moved, complete=False)
-        if moved:
-            return  # the removal check waits for a walk over a list that holds still
-        count = checkpoint["movie_count"]
-        owed = store.get_state(self.db, RECONCILE) is not None
-        if not owed and self._gap_grew(count):  # fewer listed than mirrored: removals since the last crawl
-            with self.db.atomic():
-                store.set_state(self.db, RECONCILE, {"since": started_at})
-            owed = True
-        if owed:
-            self._reconcile(summary)
-        self._note_gap(summary, count)
+            return None
+        self._end_crawl(started_at, checkpoint.get("moved", False), complete=False)
+        return checkpoint
+
+    def _top_up(self, summary: RunSummary) -> None:
+        """After a full crawl that saw the list move: walk the newest pages for movies added meanwhile."""
+        bar, self.progress = self.progress, Progress(message=self.progress.message)  # the crawl's bar is done
+        try:
+            self._incremental(summary, None)
+        finally:
+            self.progress = bar
 
     def _gap_grew(self, count: int | None) -> bool:
         """Whether the mirror holds more present movies over movie_count than the last quiet crawl left."""

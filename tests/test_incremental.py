@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -18,7 +19,11 @@ from typing import Any
 import pytest
 
 from mirror import store
+from mirror.client import make_client
+from mirror.config import resolve
 from mirror.fakeapi import Catalog, Churn, FakeYTS, FaultPlan
+from mirror.progress import Progress
+from mirror.sync import Syncer
 from support import (ScriptedChurn, assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok,
                      last_run, mirror_movies, query, run_cli, sync_args, wait_for, wait_for_page, write_config)
 
@@ -159,7 +164,7 @@ def removal_and_listing_again(going: int, listed: int, movie: dict[str, Any], at
     return change
 
 
-def test_a_removal_hidden_by_a_return_is_found_by_the_next_sync(db_path: Path, config_file: Path) -> None:
+def test_a_removal_hidden_by_a_return_is_found_before_the_run_ends(db_path: Path, config_file: Path) -> None:
     with ScriptedChurn(Catalog(1000, 3)) as sim:
         sync(db_path, sim, config_file, "--no-enrich")
         order = sim.catalog.order
@@ -170,12 +175,10 @@ def test_a_removal_hidden_by_a_return_is_found_by_the_next_sync(db_path: Path, c
         # after page 4 is read: the first movie of page 5 slides up
         sim.rescript({5: removal_and_listing_again(going, returning, movie, 949)})
         run = sync(db_path, sim, config_file, "--no-enrich", "--full")
-        assert (run["status"], run["movies_removed"]) == ("ok", 0)
-        assert not marked_removed(db_path)  # the removal above the crawl went unseen...
-        assert store_state(db_path, store.RECONCILE_STATE)  # ...but the return leaves a check for the next sync
-        run = sync(db_path, sim, config_file, "--no-enrich")
-        assert (run["kind"], run["movies_removed"]) == ("incremental", 1)
-        assert marked_removed(db_path) == {going}
+        # The crawl missed the removal above it, but the return left a check, which the walk over the
+        # newest pages that ends the run (the list moved) makes: no removal waits for the next sync.
+        assert (run["kind"], run["status"], run["movies_removed"]) == ("full", "ok", 1)
+        assert marked_removed(db_path) == {going} and not store_state(db_path, store.RECONCILE_STATE)
         assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
@@ -596,12 +599,16 @@ def test_an_incremental_over_a_shrinking_catalog_misses_nothing(simulator: Calla
 
 
 def owing_a_removal_check(simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> FakeYTS:
-    """A mirror whose full crawl saw movies go after it read them, so the next incremental owes a check."""
-    sim = simulator(movies=1500, churn="every=2,add=1,remove=1", seed=12)
+    """A mirror whose last walk saw the list move after movies went, so the next incremental sync owes a check."""
+    sim = simulator(movies=1500, seed=12)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.catalog.remove(6)
+    sim.catalog.add(80)
+    sim.churn.every, sim.churn.add = 1, 5  # more come while it walks: the check waits for a list that holds still
     sync(db_path, sim, config_file, "--no-enrich")
     sim.churn.every = 0
     assert store_state(db_path, "reconcile")
-    assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went after the crawl read them"
+    assert set(mirror_movies(db_path)) - set(sim.catalog.ids()), "some movies went since the last crawl"
     return sim
 
 
@@ -775,3 +782,43 @@ def test_a_walk_over_a_moving_list_keeps_the_postponements_of_the_removal_check(
     sim.churn.every, sim.churn.add, sim.churn.remove = 1, 5, 0  # the list moves under the walk: the check waits
     run = sync(db_path, sim, config_file, "--no-enrich")
     assert run["pages"] > 1 and store_state(db_path, "reconcile")["tries"] == 2
+
+
+def run_syncer(db_path: Path, sim: FakeYTS, config_file: Path, full: bool = False,
+               stop_after_pages: int | None = None) -> dict:
+    """One sync in this process (list only); with `stop_after_pages`, a stop comes as that many pages commit."""
+    config = resolve(str(config_file), db=str(db_path), base_url=sim.url, rate=0)
+    stop, pages = threading.Event(), []
+
+    def advance(count: int) -> None:
+        pages.append(count)
+        if stop_after_pages is not None and len(pages) >= stop_after_pages:
+            stop.set()
+
+    with closing(store.open_db(db_path)) as db, closing(make_client(config)) as client:
+        Syncer(db, client, config, Progress(advance=advance), stop).run(full=full)
+    return last_run(db_path)
+
+
+def test_a_resumed_walk_ends_with_what_was_listed_when_it_resumed(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                  config_file: Path) -> None:
+    sim = simulator(movies=300)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.catalog.add(150)
+    assert run_syncer(db_path, sim, config_file, stop_after_pages=1)["status"] == "interrupted"
+    assert checkpoint(db_path)["next_page"] == 2
+    sim.catalog.add(30)  # while it was stopped: above the page it resumes at
+    run = run_syncer(db_path, sim, config_file)
+    assert (run["kind"], run["status"], run["movies_new"]) == ("incremental", "ok", 130)
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_full_crawl_that_saw_the_list_grow_ends_with_the_new_movies(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(400, 6)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        sim.rescript({3: lambda catalog: catalog.add(20)})  # while page 3 of 8 is read
+        before = sim.counts["list_movies"]
+        run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert (run["kind"], run["status"], run["movies_new"], run["movies_removed"]) == ("full", "ok", 20, 0)
+        assert_mirror_equals_catalog(db_path, sim.catalog)
+        assert sim.counts["list_movies"] - before <= 9 + 2  # the pages, the empty one, the walk over the newest
