@@ -21,7 +21,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from xml.sax.saxutils import escape as xml_escape
 
 from datasette import hookimpl
@@ -173,6 +173,9 @@ RESPONSES = LRU(64 * 2**20)   # encoded `data` JSON by (database, endpoint, quer
 ORDERINGS = LRU(16 * 2**20)   # list_movies: every matching id, in order, by (database, filters, sort)
 
 
+DbState = tuple[str, int, int]  # a database file's path, inode and data_version: what its cached answers depend on
+
+
 class DataVersions:
     """Tell committed database contents apart: one read connection per file, asked `PRAGMA data_version`.
 
@@ -185,7 +188,7 @@ class DataVersions:
         self.lock = threading.Lock()
         self.connections: dict[str, tuple[int, sqlite3.Connection]] = {}
 
-    def state(self, path: str | None) -> Hashable:
+    def state(self, path: str | None) -> DbState | None:
         """(path, inode, data_version) of a database file; None (never cache) if it cannot be read."""
         if not path:
             return None
@@ -422,33 +425,33 @@ def cached(cache: LRU, key: Hashable, state: Hashable, compute: Callable[[], Any
     return value
 
 
-def present_index_hint(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> str:
+def present_index_hint(conn: sqlite3.Connection, query: ListQuery, state: DbState | None) -> str:
     """`INDEXED BY movies_api_present` when it applies and exists: plans stay index-only without ANALYZE."""
     if query.include_removed:
         return ""
-    path = state[0] if state else None  # type: ignore[index]
+    path = state[0] if state else None
     exists = cached(ORDERINGS, ("index", path), state, lambda: conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [PRESENT_INDEX]).fetchone() is not None,
         lambda value: 64)
     return f"INDEXED BY {PRESENT_INDEX}" if exists else ""
 
 
-def ordered_ids(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> array:
+def ordered_ids(conn: sqlite3.Connection, query: ListQuery, state: DbState | None) -> array:
     """Every id the query matches, in order; cached so paging through a result is cheap."""
     where, args = query.where()
     hint = present_index_hint(conn, query, state)
     sql = f"SELECT m.id FROM movies m {hint} WHERE {where} ORDER BY {query.order()}"
-    key = (state[0] if state else None, sql, tuple(sorted(args.items())))  # type: ignore[index]
+    key = (state[0] if state else None, sql, tuple(sorted(args.items())))
     return cached(ORDERINGS, key, state, lambda: array("q", (row[0] for row in conn.execute(sql, args))),
                   lambda ids: ids.itemsize * len(ids) + 64)
 
 
-def newest_page(conn: sqlite3.Connection, query: ListQuery, state: Hashable, offset: int) -> tuple[int, list[int]]:
+def newest_page(conn: sqlite3.Connection, query: ListQuery, state: DbState | None, offset: int) -> tuple[int, list[int]]:
     """The unfiltered date_added order (the crawl's and most apps' request): count, then one page by index."""
     where, args = query.where()
     hint = present_index_hint(conn, query, state)
     count_sql = f"SELECT COUNT(*) FROM movies m {hint} WHERE {where}"
-    count = cached(ORDERINGS, (state[0] if state else None, count_sql), state,  # type: ignore[index]
+    count = cached(ORDERINGS, (state[0] if state else None, count_sql), state,
                    lambda: conn.execute(count_sql, args).fetchone()[0], lambda value: 64)
     if offset >= count:
         return count, []
@@ -457,7 +460,7 @@ def newest_page(conn: sqlite3.Connection, query: ListQuery, state: Hashable, off
     return count, [row[0] for row in rows]
 
 
-def list_movies_data(conn: sqlite3.Connection, query: ListQuery, state: Hashable) -> dict[str, Any]:
+def list_movies_data(conn: sqlite3.Connection, query: ListQuery, state: DbState | None) -> dict[str, Any]:
     """list_movies `data`: counts, then the page's movies (no `movies` key on an empty page)."""
     offset = (query.page - 1) * query.limit
     if query.newest_first_unfiltered():
@@ -579,7 +582,7 @@ def child_rows(conn: sqlite3.Connection, table: str, columns: Sequence[str], mov
     return [drop_none(dict(zip(columns, row))) for row in rows]
 
 
-def movie_details_data(conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
+def movie_details_data(conn: sqlite3.Connection, query: MovieQuery, state: DbState | None) -> dict[str, Any]:
     """movie_details `data`."""
     row = find_movie(conn, query, DETAILS_COLUMNS)
     movie = list_movie(row["raw"], swarm_counts(conn, [row["id"]]))
@@ -598,7 +601,7 @@ def require_enriched(conn: sqlite3.Connection, movie_id: int, endpoint: str, has
         raise ApiError(f"{endpoint} for movie_id {movie_id} is not in this mirror yet (see `yts-mirror enrich`)", 404)
 
 
-def movie_suggestions_data(conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
+def movie_suggestions_data(conn: sqlite3.Connection, query: MovieQuery, state: DbState | None) -> dict[str, Any]:
     """movie_suggestions `data`: the suggested movies the mirror has, in stored order."""
     row = find_movie(conn, query)
     ids = [r[0] for r in conn.execute(
@@ -617,7 +620,7 @@ class ChildEndpoint:
     list_key: str
     columns: tuple[str, ...]
 
-    def data(self, conn: sqlite3.Connection, query: MovieQuery, state: Hashable) -> dict[str, Any]:
+    def data(self, conn: sqlite3.Connection, query: MovieQuery, state: DbState | None) -> dict[str, Any]:
         """The endpoint's `data`: the movie's rows in stored order."""
         row = find_movie(conn, query)
         items = child_rows(conn, self.name, self.columns, row["id"])
@@ -635,7 +638,7 @@ COMMENTS = ChildEndpoint("movie_comments", "comment_count", "comments", (
     "medium_user_avatar_image", "user_group", "like_count", "comment_text", "date_added", "date_added_unix"))
 
 
-def not_mirrored(params: Params) -> Hashable:
+def not_mirrored(params: Params) -> NoReturn:
     """list_upcoming: the crawl stores no upcoming movies, so there is nothing to answer from."""
     raise ApiError("list_upcoming is not mirrored: this mirror stores no upcoming movies", 404)
 
@@ -645,7 +648,7 @@ class Endpoint:
     """A read endpoint: `parse` validates the request into a hashable query, `run` answers it."""
 
     parse: Callable[[Params], Hashable]
-    run: Callable[[sqlite3.Connection, Any, Hashable], dict[str, Any]]
+    run: Callable[[sqlite3.Connection, Any, DbState | None], dict[str, Any]]
 
 
 HANDLERS: dict[str, Endpoint] = {
@@ -655,7 +658,7 @@ HANDLERS: dict[str, Endpoint] = {
     "movie_reviews": Endpoint(MovieQuery.parse, REVIEWS.data),
     "movie_parental_guides": Endpoint(MovieQuery.parse, PARENTAL_GUIDES.data),
     "movie_comments": Endpoint(MovieQuery.parse, COMMENTS.data),
-    "list_upcoming": Endpoint(not_mirrored, lambda conn, query, state: {}),
+    "list_upcoming": Endpoint(not_mirrored, lambda conn, query, state: {}),  # never run: parse refuses
 }
 
 

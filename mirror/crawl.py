@@ -1,4 +1,4 @@
-"""List paging: the full crawl, the incremental plan, and the guards against a moving catalog."""
+"""List paging: the full crawl, the incremental walk, the removal search, and the guards against a moving catalog."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def fetch_page(client: YTSClient, page: int, limit: int = PAGE_LIMIT, probe: boo
     """Fetch one newest-first page; a page that stays short is believed only if the next one is empty."""
 
     def validate(data: Mapping[str, Any]) -> None:
-        if not isinstance(data, Mapping) or to_int(data.get("movie_count")) is None:
+        if to_int(data.get("movie_count")) is None:
             raise MalformedPageError(page, "no movie_count")
         movies = data.get("movies") or []
         if not isinstance(movies, list):
@@ -279,8 +279,8 @@ class RankedPages:
     def ranks(self, number: int) -> list[int]:
         """Our ranks of page `number`'s movies, sorted; CatalogMoved if the page disagrees with the mirror."""
         if number not in self.pages:
-            movies, count, short = fetch_page(self.client, number, self.limit)
-            if short:  # offsets mean nothing once movie_count and the pages disagree
+            movies, count, ends_early = fetch_page(self.client, number, self.limit)
+            if ends_early:  # offsets mean nothing once movie_count and the pages disagree
                 raise CatalogMoved(f"page {number} lists fewer movies than movie_count promises")
             if self.count is not None and count != self.count:
                 raise CatalogMoved(f"movie_count changed from {self.count} to {count}")

@@ -292,7 +292,8 @@ def read_ahead(requests: Connection, replies: Connection, config: Config, host: 
     except (EOFError, BrokenPipeError):
         pass  # the writer is gone, or done with us
     except FetchError as error:
-        _send_quietly(replies, client, "fetch error", (error.url, error.reason, error.attempts, error.status))
+        _send_quietly(replies, client, "fetch error",
+                      (error.url, error.reason, error.attempts, error.status, error.unanswered))
     except Exception:
         _send_quietly(replies, client, "crash", traceback.format_exc().strip())
     finally:

@@ -872,7 +872,7 @@ def last_full_refresh(path: str | os.PathLike[str]) -> datetime | None:
 
 
 def database_size(path: str | os.PathLike[str]) -> int:
-    """Bytes used by the database file and its WAL."""
+    """Bytes used by the database file, its WAL and its shared-memory index."""
     total = 0
     for suffix in ("", "-wal", "-shm"):
         try:

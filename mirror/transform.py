@@ -226,7 +226,8 @@ def page_rows(movies: Sequence[Mapping[str, Any]], trackers: Iterable[str] = DEF
     by_id: dict[int, tuple[dict[str, Any], Mapping[str, Any]]] = {}
     for movie in movies:
         row = movie_row(movie)
-        by_id[row["id"]] = (row, movie)
+        if row["id"] is not None:  # no usable id: SQLite would invent one
+            by_id[row["id"]] = (row, movie)
     tracker_list = tuple(trackers)
     return PageRows(
         movies={movie_id: row for movie_id, (row, _) in by_id.items()},

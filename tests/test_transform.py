@@ -180,3 +180,9 @@ def test_page_values_are_the_rows_in_column_order() -> None:
     assert values.genres == {42: [(42, "Drama"), (42, "Comedy")]}
     assert values.torrents == [tuple(t[c] for c in transform.TORRENT_COLUMNS) for t in rows.torrents]
     assert [t[transform.HASH_AT] for t in values.torrents] == ["ABCDEF0123456789ABCDEF0123456789ABCDEF01"]
+
+
+def test_a_movie_with_no_usable_id_makes_no_rows() -> None:
+    rows = transform.page_rows([{"id": None, "title": "No id", "torrents": [{"hash": "ab" * 20}]},
+                                {"id": "x", "title": "Bad id"}, {"id": 3, "title": "Three", "genres": ["Drama"]}])
+    assert list(rows.movies) == [3] and list(rows.genres) == [3] and rows.torrents == []
