@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -23,20 +22,17 @@ import click
 from sqlite_utils import Database
 
 from . import __version__, store
-from .client import YTSClient, YTSError
+from .client import YTSClient
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import EnrichReport, backlog_summary, enrich_backlog
+from .errors import EXIT_ERROR, EXIT_USAGE, error_line, exit_code
 from .interpreter import python_command
-from .locks import LockedError, scheduler_lock, writer_alive
+from .locks import scheduler_lock, writer_alive
 from .progress import Progress, counted
-from .readahead import ReaderError
 from .sync import JobReport, RunSummary, Syncer, logged_enrichment, writing
 
 log = logging.getLogger("mirror")
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 3
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
@@ -70,27 +66,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigError as error:
-            fail(str(error), EXIT_USAGE)
-        except (store.SearchSyntaxError, store.NotAMirrorError) as error:
-            fail(str(error), EXIT_USAGE)
-        except LockedError as error:
-            fail(str(error), EXIT_LOCKED)
         except BrokenPipeError:  # `yts-mirror search ... | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             sys.exit(EXIT_ERROR)
-        except YTSError as error:  # FetchError and the rest
-            fail(f"API request failed: {error}")
-        except ReaderError as error:
-            fail(str(error))
-        except store.StoreError as error:
-            fail(str(error))
-        except sqlite3.Error as error:
-            if not (line := store.database_error_line(error)):
-                raise  # a bug of ours, not the file's state: keep the traceback
-            fail(line)
-        except OSError as error:
-            fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
+        except Exception as error:
+            if (line := error_line(error)) is None:
+                raise  # a bug of ours: keep the traceback
+            fail(line, exit_code(error))
 
     return wrapper
 

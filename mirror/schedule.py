@@ -21,11 +21,9 @@ from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .client import YTSError
 from .config import Config, ConfigError
+from .errors import error_line
 from .locks import LockedError
-from .readahead import ReaderError
-from .store import StoreError, database_error_line
 from .sync import JobReport
 
 log = logging.getLogger(__name__)
@@ -113,12 +111,8 @@ class Jobs:
             self.running = name
             try:
                 report = self._when_unlocked(name, work)
-            except (YTSError, StoreError, ReaderError) as error:  # expected: one line, as the CLI says it
-                log.error("%s failed: %s", name, error)
-            except OSError as error:  # the lock file or the disk: the operator's to fix, not a bug
-                log.error("%s failed: %s", name, f"{error.strerror}: {error.filename}" if error.filename else error)
             except Exception as error:  # noqa: BLE001 - one failed run must not end the scheduler
-                if line := database_error_line(error):
+                if line := error_line(error):  # expected: one line, as the CLI says it
                     log.error("%s failed: %s", name, line)
                 else:
                     log.exception("%s failed unexpectedly", name)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from mirror.config import Config, ScheduleConfig
+from mirror.client import FetchError
+from mirror.config import Config, ConfigError, ScheduleConfig
+from mirror.locks import LockedError
 from mirror.readahead import ReaderError
 from mirror.schedule import Jobs, build_scheduler, crontab_trigger, missed_full_refresh, weekday_names
-from mirror.locks import LockedError
 from mirror.sync import JobReport
 
 SATURDAY = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -104,12 +105,19 @@ def sqlite_error(kind: str, tmp_path: Path) -> sqlite3.Error:
     ("bug", "incremental sync failed unexpectedly"),
     ("programming", "incremental sync failed unexpectedly"),
     ("reader", "incremental sync failed: the page reader process ended unexpectedly (killed by SIGKILL)"),
+    ("fetch", "incremental sync failed: API request failed: https://yts.mx/api/v2/list_movies.json: HTTP 503 "
+              "(after 6 attempts)"),  # word for word as the CLI's error line
+    ("config", "incremental sync failed: api.rate: must be 0 or at least 0.001"),
 ])
 def test_a_failed_job_is_logged_and_the_scheduler_goes_on(kind: str, expected: str, tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     error: Exception
     if kind == "reader":
         error = ReaderError("the page reader process ended unexpectedly (killed by SIGKILL)")
+    elif kind == "fetch":
+        error = FetchError("https://yts.mx/api/v2/list_movies.json", "HTTP 503", attempts=6)
+    elif kind == "config":
+        error = ConfigError("api.rate: must be 0 or at least 0.001")
     else:
         error = sqlite3.ProgrammingError("a bug") if kind == "programming" else sqlite_error(kind, tmp_path)
 
