@@ -24,7 +24,7 @@ from sqlite_utils import Database
 from . import __version__, store
 from .client import YTSClient
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
-from .enrich import EnrichReport, backlog_summary, enrich_backlog
+from .enrich import backlog_summary
 from .errors import EXIT_ERROR, EXIT_USAGE, error_line, exit_code
 from .interpreter import python_command
 from .locks import scheduler_lock, writer_alive
@@ -384,23 +384,12 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None,
             crawl.close()  # the crawl's bar stays as it ended, above the enrichment's
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         syncer.client.on_retry = progress.waiting
-        before = summary.counts["enriched"]
-
-        def log_counts(report: EnrichReport) -> None:  # the run's final counts keep this, whatever ends it
-            summary.counts["enriched"] = before + report.movies_done
-            requests, retries = syncer.request_counts()
-            store.update_run(syncer.db, summary.run_id, enriched=summary.counts["enriched"], requests=requests,
-                             retries=retries)
-
         try:
-            report = enrich_backlog(syncer.db, syncer.client, syncer.config, only_new=True, limit=limit,
-                                    stop=syncer.stop, progress=progress.callbacks(), on_written=log_counts)
+            report = syncer.enrich_new(summary, progress.callbacks(), limit)
         finally:
             progress.close()
-        summary.counts["enriched"] = before + report.movies_done
         for message in report.messages():
             progress.message(message)
-            summary.messages.append(message)
 
     return step
 

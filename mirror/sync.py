@@ -82,20 +82,20 @@ def logged_enrichment(db: sqlite_utils.Database, client: YTSClient, config: Conf
                       progress: Progress, endpoints: Sequence[str] = (),
                       limit: int | None = None) -> tuple[RunOutcome, EnrichReport]:
     """Work through the enrichment backlog as one `enrich` run in `sync_runs`."""
-    reports: list[EnrichReport] = []  # the pass's report, once a movie is written (it fills in as it goes)
+    report = EnrichReport()  # the pass's own, once a movie is written (it fills in as it goes)
 
     def counts() -> dict[str, int]:
-        return {"requests": client.stats.requests, "retries": client.stats.retries,
-                "enriched": reports[0].movies_done if reports else 0}
+        return {"requests": client.stats.requests, "retries": client.stats.retries, "enriched": report.movies_done}
 
-    def written(report: EnrichReport) -> None:
-        reports[:] = [report]
+    def written(current: EnrichReport) -> None:
+        nonlocal report
+        report = current
         store.update_run(db, outcome.run_id, **counts())
 
     with logged_run(db, "enrich", lambda: client.base_url, stop.is_set, counts) as outcome:
-        reports[:] = [enrich_backlog(db, client, config, endpoints=endpoints or None, limit=limit, stop=stop,
-                                     progress=progress, on_written=written)]
-    return outcome, reports[0]
+        report = enrich_backlog(db, client, config, endpoints=endpoints or None, limit=limit, stop=stop,
+                                progress=progress, on_written=written)
+    return outcome, report
 
 
 @dataclass
@@ -173,6 +173,22 @@ class Syncer:
                 after_crawl(summary)
         summary.status, summary.error = outcome.status, outcome.error
         return summary
+
+    def enrich_new(self, summary: RunSummary, progress: Progress, limit: int | None = None) -> EnrichReport:
+        """The enrichment a sync runs after its crawl (new, changed, failed), counted in the run's row as it goes."""
+        before = summary.counts["enriched"]
+
+        def log_counts(report: EnrichReport) -> None:  # the run's final counts keep this, whatever ends it
+            summary.counts["enriched"] = before + report.movies_done
+            requests, retries = self.request_counts()
+            store.update_run(self.db, summary.run_id, enriched=summary.counts["enriched"], requests=requests,
+                             retries=retries)
+
+        report = enrich_backlog(self.db, self.client, self.config, only_new=True, limit=limit, stop=self.stop,
+                                progress=progress, on_written=log_counts)
+        summary.counts["enriched"] = before + report.movies_done
+        summary.messages.extend(report.messages())
+        return report
 
     def request_counts(self) -> tuple[int, int]:
         """Requests and retries this run has spent so far."""
