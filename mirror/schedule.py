@@ -177,18 +177,24 @@ def full_refresh_trigger(expr: str, now: datetime) -> BaseTrigger:
 
 def build_scheduler(config: Config, jobs: Jobs) -> BackgroundScheduler:
     """An APScheduler with the jobs the config asks for; a full refresh missed since the last one runs first."""
-    settings = config.schedule
-    require_jobs(config)
+    full_trigger = require_jobs(config)
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(1)},
         # A run held up by another job (or a suspended process) runs when it can, once, unless
         # misfire_grace_seconds says how late is too late.
         job_defaults={"coalesce": True, "max_instances": 1,
-                      "misfire_grace_time": settings.misfire_grace_seconds or None},
+                      "misfire_grace_time": config.schedule.misfire_grace_seconds or None},
         timezone=UTC,
     )
-    now = datetime.now(UTC)
-    full_trigger = full_refresh_trigger(settings.full_cron, now) if settings.full_cron else None
+    add_jobs(scheduler, config, jobs, full_trigger)
+    scheduler.add_listener(RunFollower(scheduler, jobs, config.schedule.misfire_grace_seconds),
+                           EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    return scheduler
+
+
+def add_jobs(scheduler: BackgroundScheduler, config: Config, jobs: Jobs, full_trigger: BaseTrigger | None) -> None:
+    """Add the full refresh (now, if one was missed), the incremental sync (now) and the enrichment jobs."""
+    settings, now = config.schedule, datetime.now(UTC)
     if full_trigger:
         missed = missed_full_refresh(full_trigger, jobs.last_full(), now)
         if missed:
@@ -202,44 +208,49 @@ def build_scheduler(config: Config, jobs: Jobs) -> BackgroundScheduler:
         scheduler.add_job(jobs.enrich, IntervalTrigger(seconds=settings.enrich_seconds, timezone=UTC),
                           id="enrich", name="enrichment")
 
-    overran: set[str] = set()  # jobs still running when they fell due again
-    waiting: dict[str, datetime] = {}  # the latest due time of a job's runs dropped while it waited in the queue
 
-    def follow_runs(event: JobEvent) -> None:
-        job = scheduler.get_job(event.job_id)
+class RunFollower:
+    """The scheduler's listener: a run that falls due while its job runs (or waits too long) runs once it can."""
+
+    def __init__(self, scheduler: BackgroundScheduler, jobs: Jobs, grace_seconds: float):
+        self.scheduler, self.jobs, self.grace_seconds = scheduler, jobs, grace_seconds
+        self.overran: set[str] = set()  # jobs still running when they fell due again
+        self.waiting: dict[str, datetime] = {}  # the latest due time of a job's runs dropped while it waited in the queue
+
+    def __call__(self, event: JobEvent) -> None:
+        job = self.scheduler.get_job(event.job_id)
         if event.code == EVENT_JOB_MAX_INSTANCES:  # running, or only queued behind another job
-            if job and job.name == jobs.running:
-                if event.job_id not in overran:
-                    log.warning("%s: still running when it fell due again; it runs again once it ends", job.name)
-                overran.add(event.job_id)
-            else:
-                waiting[event.job_id] = max(event.scheduled_run_times)
+            self._fell_due_again(event, job)
             return
-        due_meanwhile = waiting.pop(event.job_id, None)  # an execution stands for it, unless it is missed
+        due_meanwhile = self.waiting.pop(event.job_id, None)  # an execution stands for it, unless it is missed
         if event.code == EVENT_JOB_MISSED and job:
             log.warning("%s: skipped a run more than schedule.misfire_grace_seconds late", job.name)
             late = datetime.now(UTC) - due_meanwhile if due_meanwhile else None
-            if late is not None and late.total_seconds() <= settings.misfire_grace_seconds:
-                overran.add(event.job_id)  # its later run is not too late: it runs now
-        if event.job_id in overran and not jobs.stop.is_set():
-            overran.discard(event.job_id)
+            if late is not None and late.total_seconds() <= self.grace_seconds:
+                self.overran.add(event.job_id)  # its later run is not too late: it runs now
+        if event.job_id in self.overran and not self.jobs.stop.is_set():
+            self.overran.discard(event.job_id)
             if job:  # the run it missed, once, as for a run another job held up
                 job.modify(next_run_time=datetime.now(UTC))
-        if not jobs.stop.is_set():
-            log_next_run_times(scheduler)
+        if not self.jobs.stop.is_set():
+            log_next_run_times(self.scheduler)
 
-    scheduler.add_listener(follow_runs, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
-                           | EVENT_JOB_MAX_INSTANCES)
-    return scheduler
+    def _fell_due_again(self, event: JobEvent, job: Any) -> None:
+        """Note a run APScheduler dropped: its job was running (it reruns once it ends), or queued behind another."""
+        if job and job.name == self.jobs.running:
+            if event.job_id not in self.overran:
+                log.warning("%s: still running when it fell due again; it runs again once it ends", job.name)
+            self.overran.add(event.job_id)
+        else:
+            self.waiting[event.job_id] = max(event.scheduled_run_times)
 
 
-def require_jobs(config: Config) -> None:
-    """ConfigError unless the [schedule] section enables a job, with a full_cron that fires."""
+def require_jobs(config: Config) -> BaseTrigger | None:
+    """The full refresh's trigger, if any; ConfigError unless [schedule] enables a job, with a full_cron that fires."""
     settings = config.schedule
     if not (settings.incremental_seconds > 0 or settings.full_cron or settings.enrich_seconds > 0):
         raise ConfigError("the [schedule] section enables no job")
-    if settings.full_cron:
-        full_refresh_trigger(settings.full_cron, datetime.now(UTC))
+    return full_refresh_trigger(settings.full_cron, datetime.now(UTC)) if settings.full_cron else None
 
 
 def missed_full_refresh(trigger: BaseTrigger, last_full: datetime | None, now: datetime) -> datetime | None:
