@@ -192,22 +192,29 @@ class TerminalProgress:
             rate = self.done / max(1e-9, time.monotonic() - self.started)
             click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)
 
-    def waiting(self, notice: str) -> None:
-        """On a terminal, say why the work waits (a retry) until it goes on; `-v` logs each retry instead."""
-        if self.quiet or not self.tty:
+    def waiting(self, notice: str | None) -> None:
+        """On a terminal, say why the work waits (a retry) until it goes on (None); `-v` logs each retry instead."""
+        if self.quiet or not self.tty or logging.getLogger("mirror.client").isEnabledFor(logging.INFO):
             return
         with BarLine.lock:
-            if self.bar is None:
+            if self.bar is not None:
+                self._label_bar(notice)
+            elif notice is not None:
                 sys.stderr.write(BarLine.end() + fit_terminal(terminal_safe(f"{self.label}: {notice}")))
                 sys.stderr.flush()
                 BarLine.open = BarLine.notice = True
-                return
-            self.bar.label = self.label
-            room = shutil.get_terminal_size().columns - 1 - len(self.bar.format_progress_line()) - 3
-            if room >= 20:  # a bar line longer than the terminal would wrap, and each redraw add a line
-                self.bar.label = f"{self.label} ({fit_terminal(terminal_safe(notice), room)})"
-            self.bar.render_progress()
-            BarLine.open = True
+            elif BarLine.notice:
+                sys.stderr.write(BarLine.end())
+                sys.stderr.flush()
+
+    def _label_bar(self, notice: str | None) -> None:
+        """Redraw the bar with `notice` after its label (cut to fit the terminal), or without one."""
+        self.bar.label = self.label
+        room = shutil.get_terminal_size().columns - 1 - len(self.bar.format_progress_line()) - 3
+        if notice is not None and room >= 20:  # a bar line longer than the terminal would wrap at each redraw
+            self.bar.label = f"{self.label} ({fit_terminal(terminal_safe(notice), room)})"
+        self.bar.render_progress()
+        BarLine.open = True
 
     def message(self, text: str) -> None:
         """Print a line on stderr below the bar, which goes on under it."""
@@ -219,8 +226,12 @@ class TerminalProgress:
         """Finish the bar, if one was drawn, and end its line."""
         if self.bar is not None:
             with BarLine.lock:
+                relabel = self.bar.label != self.label  # a retry notice ends with the work
+                self.bar.label = self.label
                 if not BarLine.open:  # a message came last: show where the bar ended, below it
                     self.bar.file.write(self.bar.format_progress_line())
+                elif relabel:
+                    self.bar.render_progress()
                 self.bar.__exit__(None, None, None)  # click ends the line
                 self.bar = None
                 BarLine.open = False

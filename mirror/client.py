@@ -295,7 +295,7 @@ class YTSClient:
         self._strikes = 0  # failures of the current host since it last answered
         self._host_lock = threading.Lock()
         self.stop: threading.Event | None = None  # when set, it ends any wait of a request
-        self.on_retry: Callable[[str], None] | None = None  # told of each wait before a retry
+        self.on_retry: Callable[[str | None], None] | None = None  # told of each wait for a retry; None: answered
         self.session = Session()
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.session.max_redirects = MAX_REDIRECTS
@@ -421,11 +421,14 @@ class YTSClient:
                     hosts[self._local.host] = None
 
         try:
-            return retrying(attempt)
+            data = retrying(attempt)
         except TransientError as error:
             others = list(hosts)[:-1]  # the last named itself, if by the URL it was redirected to
             reason = f"{error.reason}; also tried {', '.join(others)}" if others else error.reason
             raise FetchError(error.url, reason, self.max_attempts, unanswered=not any(answered)) from error
+        if answered and self.on_retry is not None:
+            self.on_retry(None)  # the work goes on: no notice of a wait any more
+        return data
 
     def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
                          guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:

@@ -60,11 +60,25 @@ def file_lock(path: str, wait: bool) -> Iterator[str | None]:
 
 @contextmanager
 def upgrade_lock(db_path: str) -> Iterator[None]:
-    """The writer lock, for a reader that must update an older mirror's schema first (a writer of its own age may run)."""
-    with file_lock(lock_path(db_path), wait=False) as holder:
-        if holder:
+    """The writer lock, for a reader that must update an older mirror first (a writer of its own age may run).
+
+    It never creates the lock file: one made by a reader under its own umask could shut another
+    user's writer out. No lock file means no writer has run here; one this user cannot open is skipped.
+    """
+    try:
+        handle = open(lock_path(db_path))  # read-only: flock needs no write access
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = handle.read().strip() or "another process"
             raise LockedError(f"{db_path} needs its schema updated before this yts-mirror can read it, and {holder} "
-                              "is writing to it (an older yts-mirror?); run this again once it ends")
+                              "is writing to it (an older yts-mirror?); run this again once it ends") from None
         yield
 
 

@@ -280,7 +280,7 @@ class Syncer:
             return False
         self._end_crawl(started_at, moved, complete=True)
         if not moved:
-            self._note_gap(summary, count, full=True)
+            self._note_gap(summary, count)
         return True
 
     def _mark_unseen_removed(self, summary: RunSummary, started_at: str) -> bool:
@@ -319,11 +319,17 @@ class Syncer:
         if checkpoint is None or checkpoint.get("moved", False):
             return  # stopped; or the removal check waits for a walk over a list that holds still
         count = checkpoint["movie_count"]
+        if count is None:
+            return
         owed = store.get_state(self.db, RECONCILE) is not None
-        if not owed and self._gap_grew(count):  # fewer listed than mirrored: removals since the last crawl
-            with self.db.atomic():
-                store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
-            owed = True
+        if not owed:
+            gone = self._unexplained_gap(count)  # fewer listed than mirrored: removals since the last crawl
+            if gone > 0 and not self._removals_allowed(summary, gone, store.present_count(self.db)):
+                return  # the gap stays unexplained: the next run warns again, or searches once the setting allows
+            if gone > 0:
+                with self.db.atomic():
+                    store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
+                owed = True
         if owed:
             self._reconcile(summary)
         self._note_gap(summary, count)
@@ -352,12 +358,12 @@ class Syncer:
         finally:
             self.progress = bar
 
-    def _gap_grew(self, count: int | None) -> bool:
-        """Whether the mirror holds more present movies over movie_count than the last quiet crawl left."""
+    def _unexplained_gap(self, count: int) -> int:
+        """How many more present movies the mirror holds over movie_count than the last quiet crawl left."""
         known = (store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0)
-        return count is not None and store.present_count(self.db) - count > max(known, 0)
+        return store.present_count(self.db) - count - max(known, 0)
 
-    def _note_gap(self, summary: RunSummary, count: int | None, full: bool = False) -> None:
+    def _note_gap(self, summary: RunSummary, count: int | None) -> None:
         """Keep what a quiet crawl leaves between movie_count and the mirror; warn when the list counts more."""
         if count is None:
             return
@@ -366,14 +372,10 @@ class Syncer:
             return
         with self.db.atomic():
             store.set_state(self.db, store.GAP_STATE, {"gap": gap, "movie_count": count})
-        if gap >= 0:
-            return
-        held = f"movie_count says {count} movies and the mirror holds {count + gap}"
-        if full:  # offset paging can hide a movie: ties in date_added ordered one way for one page, another for the next
-            self._warn(summary, f"{held}: the list never showed {-gap} of them on any page")
-        else:
-            self._warn(summary, f"{held}: {-gap} more are listed below the pages this sync read (an older "
-                                "date_added) and wait for the next full sync (--full)")
+        if gap < 0:  # an older date_added, or ties ordered one way for one page and another for the next
+            self._warn(summary, f"movie_count says {count} movies and the mirror holds {count + gap}: {-gap} listed "
+                                "movies were not read (listed below the newest pages, or hidden between two pages); "
+                                "the next full sync (--full) looks for them, and until then removals wait for it too")
 
     def _removals_allowed(self, summary: RunSummary, count: int, present: int) -> bool:
         """Whether marking `count` of `present` movies removed is plausible; if not, say why and keep it."""

@@ -347,3 +347,13 @@ def test_json_in_an_html_page_without_a_charset_is_read_as_utf8() -> None:
     body = '<html><body>{"status":"ok","data":{"movie_count":1,"movies":[{"id":1,"title":"Amélie 東京"}]}}</body></html>'
     with misbehaving_server(lambda handler: send(handler, 200, body.encode(), Content_Type="text/html")) as url:
         assert fast_client(url).get("list_movies")["movies"][0]["title"] == "Amélie 東京"
+
+
+def test_an_answer_after_retries_clears_the_notice(simulator: Callable[..., FakeYTS]) -> None:
+    sim = simulator(movies=5, faults="http503=0.5,retry_after=0")
+    client = fast_client(sim.url, attempts=30)
+    notices: list[str | None] = []
+    client.on_retry = notices.append
+    while not notices:
+        client.get("list_movies")
+    assert notices[-1] is None and all(notices[:-1])

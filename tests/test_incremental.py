@@ -704,6 +704,11 @@ def test_a_page_that_stays_empty_mid_catalog_fails_the_run_instead_of_ending_it(
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+WARNING_UNREAD = ("movie_count says {count} movies and the mirror holds {held}: {unread} listed movies were not read "
+                  "(listed below the newest pages, or hidden between two pages); the next full sync (--full) looks "
+                  "for them, and until then removals wait for it too")
+
+
 class TiesPerPage(FakeYTS):
     """Two movies tied in date_added, listed in one order for page 1 and the other for page 2 (as an
     unstable sort under LIMIT may), so the one at the page boundary shows on neither page."""
@@ -730,7 +735,7 @@ def test_a_movie_no_page_shows_is_reported_by_the_full_crawl(db_path: Path, conf
         sim.hidden = sim.catalog.order[49]  # the last of page 1, tied with the first of page 2
         run = sync(db_path, sim, config_file, "--no-enrich")
         assert sim.hidden not in mirror_movies(db_path)
-        assert run["warning"] == "movie_count says 120 movies and the mirror holds 119: the list never showed 1 of them on any page"
+        assert run["warning"] == WARNING_UNREAD.format(count=120, held=119, unread=1)
         run = sync(db_path, sim, config_file, "--no-enrich")  # the same gap: said once
         assert run["kind"] == "incremental" and run["warning"] is None
     finally:
@@ -748,8 +753,7 @@ def test_new_movies_listed_below_the_pages_an_incremental_reads_are_reported(
     before = sim.counts["list_movies"]
     run = sync(db_path, sim, config_file, "--no-enrich")
     assert sim.counts["list_movies"] - before == 1 and run["movies_new"] == 0
-    assert run["warning"] == ("movie_count says 301 movies and the mirror holds 300: 1 more are listed below the "
-                              "pages this sync read (an older date_added) and wait for the next full sync (--full)")
+    assert run["warning"] == WARNING_UNREAD.format(count=301, held=300, unread=1)
     assert sync(db_path, sim, config_file, "--no-enrich")["warning"] is None  # said once
     run = sync(db_path, sim, config_file, "--no-enrich", "--full")
     assert run["movies_new"] == 1 and run["warning"] is None
@@ -822,3 +826,34 @@ def test_a_full_crawl_that_saw_the_list_grow_ends_with_the_new_movies(db_path: P
         assert (run["kind"], run["status"], run["movies_new"], run["movies_removed"]) == ("full", "ok", 20, 0)
         assert_mirror_equals_catalog(db_path, sim.catalog)
         assert sim.counts["list_movies"] - before <= 9 + 2  # the pages, the empty one, the walk over the newest
+
+
+def test_removals_refused_by_the_setting_are_searched_once_it_allows_them(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=500)
+    sync(db_path, sim, config_file, "--no-enrich")
+    gone = set(sim.catalog.remove(80))
+    for _ in range(2):  # refused each time, from the count alone: no search, no request beyond page 1
+        before = sim.counts["list_movies"]
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert run["warning"].startswith("not marking 80 of 500 movies removed") and run["movies_removed"] == 0
+        assert sim.counts["list_movies"] - before == 1
+    raised = config_file.parent / "raised.toml"
+    raised.write_text(config_file.read_text() + "\n[sync]\nmax_removed_fraction = 0.5\n")
+    run = sync(db_path, sim, raised, "--no-enrich")
+    assert run["movies_removed"] == 80 and marked_removed(db_path) == gone
+
+
+def test_an_empty_answer_from_a_listed_catalog_is_no_new_baseline(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                                  config_file: Path) -> None:
+    sim = simulator(movies=300)
+    sync(db_path, sim, config_file, "--no-enrich")
+    listed = list(sim.catalog.order)
+    with sim.catalog.lock:  # a bad moment upstream: the list is empty
+        sim.catalog.order.clear()
+    assert sync(db_path, sim, config_file, "--no-enrich")["warning"].startswith("not marking 300 of 300")
+    with sim.catalog.lock:
+        sim.catalog.order.extend(listed)
+    [gone] = sim.catalog.remove(1)  # then a real removal: found, not hidden behind the empty answer
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    assert run["movies_removed"] == 1 and marked_removed(db_path) == {gone}

@@ -137,3 +137,29 @@ def test_a_sync_on_a_terminal_shows_its_retries_and_leaves_clean_lines(
     shown = terminal.getvalue()
     assert "sync: retrying in 1 s: connection failed" in shown and "127.0.0.1:9, attempt 2 of 6)" in shown
     assert shown.endswith("\n") and not BarLine.open and ERASE_LINE + "\r" in shown  # the bar drew over it
+
+
+def test_a_retry_notice_goes_once_the_request_is_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    progress = TerminalProgress("sync")
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    progress.waiting(None)  # answered: a removal check, say, goes on without counting movies
+    assert terminal.getvalue().endswith(ERASE_LINE) and not BarLine.open
+    progress.total(300)
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    progress.waiting(None)
+    assert progress.bar.label == "sync" and terminal.getvalue().rsplit("\r", 1)[-1].find("retrying") < 0
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 6 of 6)")
+    progress.close()  # the run failed with the notice up: the bar's last line must not keep it
+    assert "retrying" not in terminal.getvalue().rsplit("\r", 1)[-1]
+
+
+def test_with_v_each_retry_is_a_log_line_and_no_notice(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    terminal = on_terminal(monkeypatch)
+    caplog.set_level(logging.INFO, logger="mirror.client")  # as -v sets it
+    progress = TerminalProgress("sync")
+    progress.total(300)
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    assert progress.bar.label == "sync" and "retrying" not in terminal.getvalue()
+    progress.close()

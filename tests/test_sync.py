@@ -176,6 +176,14 @@ def test_readers_leave_an_older_mirror_alone_while_an_older_writer_has_it(tmp_pa
     assert query(path, "PRAGMA user_version")[0][0] == store.SCHEMA_VERSION
 
 
+def test_a_reader_that_updates_an_older_mirror_makes_no_lock_file(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"  # in a shared directory, a lock file made under the reader's umask could shut
+    older_mirror(path, 4)      # another user's writer out
+    assert run_cli(["stats", "--db", str(path)]).exit_code == 0
+    assert query(path, "PRAGMA user_version")[0][0] == store.SCHEMA_VERSION
+    assert not Path(f"{path}.lock").exists()
+
+
 def test_a_read_only_older_mirror_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "v4.db"
     older_mirror(path, 4)
