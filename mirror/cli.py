@@ -155,6 +155,7 @@ class TerminalProgress:
         self.total_count = 0
         self.started = time.monotonic()
         self.last_log = self.started
+        self.notices: dict[int, str] = {}  # by thread: why each request still waiting for a retry waits
 
     def total(self, total: int) -> None:
         """Set how much work there is; start the bar on a terminal."""
@@ -174,6 +175,8 @@ class TerminalProgress:
             self.bar.__enter__()
             self.bar.update(self.done)
             BarLine.open = True
+            if self.notices:  # a request still waits: its notice moves onto the bar
+                self._label_bar(next(reversed(self.notices.values())))
 
     def advance(self, count: int) -> None:
         """Count finished work (an incremental walk gives no total); without a terminal, log a line every 10 s."""
@@ -184,7 +187,6 @@ class TerminalProgress:
             self._start(None)  # drawn at self.done, this count included
         elif self.tty:
             with BarLine.lock:
-                self.bar.label = self.label  # the work goes on: no retry notice any more
                 self.bar.update(count)
                 BarLine.open = True
         elif time.monotonic() - self.last_log >= self.interval:
@@ -193,14 +195,21 @@ class TerminalProgress:
             click.echo(f"{self.label}: {self.done}/{self.total_count or '?'} {self.unit} ({rate:.1f}/s)", err=True)
 
     def waiting(self, notice: str | None) -> None:
-        """On a terminal, say why the work waits (a retry) until it goes on (None); `-v` logs each retry instead."""
+        """On a terminal, say why a request waits (a retry) until it is answered or fails (None); `-v` logs instead.
+
+        Each thread (an enrichment worker) has its own notice; the latest one still waiting shows.
+        """
         if self.quiet or not self.tty or logging.getLogger("mirror.client").isEnabledFor(logging.INFO):
             return
         with BarLine.lock:
+            self.notices.pop(threading.get_ident(), None)
+            if notice is not None:
+                self.notices[threading.get_ident()] = notice
+            current = next(reversed(self.notices.values()), None)
             if self.bar is not None:
-                self._label_bar(notice)
-            elif notice is not None:
-                sys.stderr.write(BarLine.end() + fit_terminal(terminal_safe(f"{self.label}: {notice}")))
+                self._label_bar(current)
+            elif current is not None:
+                sys.stderr.write(BarLine.end() + fit_terminal(terminal_safe(f"{self.label}: {current}")))
                 sys.stderr.flush()
                 BarLine.open = BarLine.notice = True
             elif BarLine.notice:
@@ -226,6 +235,7 @@ class TerminalProgress:
         """Finish the bar, if one was drawn, and end its line."""
         if self.bar is not None:
             with BarLine.lock:
+                self.notices.clear()
                 relabel = self.bar.label != self.label  # a retry notice ends with the work
                 self.bar.label = self.label
                 if not BarLine.open:  # a message came last: show where the bar ended, below it

@@ -421,14 +421,14 @@ class YTSClient:
                     hosts[self._local.host] = None
 
         try:
-            data = retrying(attempt)
+            return retrying(attempt)
         except TransientError as error:
             others = list(hosts)[:-1]  # the last named itself, if by the URL it was redirected to
             reason = f"{error.reason}; also tried {', '.join(others)}" if others else error.reason
             raise FetchError(error.url, reason, self.max_attempts, unanswered=not any(answered)) from error
-        if answered and self.on_retry is not None:
-            self.on_retry(None)  # the work goes on: no notice of a wait any more
-        return data
+        finally:
+            if answered and self.on_retry is not None:
+                self.on_retry(None)  # answered, or failed for good: this request waits no more
 
     def _guarded_attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None,
                          guard: Callable[[], AbstractContextManager[Any]] | None) -> Mapping[str, Any]:

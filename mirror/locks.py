@@ -7,6 +7,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 
 class LockedError(Exception):
@@ -63,13 +64,18 @@ def upgrade_lock(db_path: str) -> Iterator[None]:
     """The writer lock, for a reader that must update an older mirror first (a writer of its own age may run).
 
     It never creates the lock file: one made by a reader under its own umask could shut another
-    user's writer out. No lock file means no writer has run here; one this user cannot open is skipped.
+    user's writer out. No lock file means no writer has run here (each makes it as it starts).
     """
+    path = lock_path(db_path)
     try:
-        handle = open(lock_path(db_path))  # read-only: flock needs no write access
-    except OSError:
+        handle = _open_existing(path)
+    except FileNotFoundError:
         yield
         return
+    except PermissionError:
+        raise LockedError(f"{db_path} needs its schema updated before this yts-mirror can read it, and its lock "
+                          f"file {path} is not readable here, so a writer may be running; run this as its "
+                          "owner") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,8 +84,16 @@ def upgrade_lock(db_path: str) -> Iterator[None]:
                 raise
             holder = handle.read().strip() or "another process"
             raise LockedError(f"{db_path} needs its schema updated before this yts-mirror can read it, and {holder} "
-                              "is writing to it (an older yts-mirror?); run this again once it ends") from None
+                              "is writing to it; run this again once it ends") from None
         yield
+
+
+def _open_existing(path: str) -> IO[str]:
+    """Open an existing file for reading and writing, or else for reading (flock needs neither, NFS the first)."""
+    try:
+        return open(path, "r+")
+    except PermissionError:
+        return open(path)
 
 
 def writer_alive(db_path: str) -> bool:

@@ -136,6 +136,7 @@ class Syncer:
         self.progress = progress or Progress()
         self.stop = stop or threading.Event()
         self._base = (0, 0)
+        self._refused = False  # this run refused to mark removals: the count gap it leaves is no baseline
 
     def choose_kind(self, full: bool) -> tuple[str, dict[str, Any] | None]:
         """Pick full or incremental, resuming a checkpointed crawl where there is one."""
@@ -153,6 +154,7 @@ class Syncer:
         kind, checkpoint = self.choose_kind(full)
         summary = RunSummary(0, kind)  # its id comes with the sync_runs row below
         self._base = (self.client.stats.requests, self.client.stats.retries)
+        self._refused = False
 
         def final_counts() -> dict[str, int]:
             summary.counts["requests"], summary.counts["retries"] = self.request_counts()
@@ -325,7 +327,7 @@ class Syncer:
         if not owed:
             gone = self._unexplained_gap(count)  # fewer listed than mirrored: removals since the last crawl
             if gone > 0 and not self._removals_allowed(summary, gone, store.present_count(self.db)):
-                return  # the gap stays unexplained: the next run warns again, or searches once the setting allows
+                return  # unexplained, it is warned about each run, and searched once the setting allows
             if gone > 0:
                 with self.db.atomic():
                     store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
@@ -365,7 +367,7 @@ class Syncer:
 
     def _note_gap(self, summary: RunSummary, count: int | None) -> None:
         """Keep what a quiet crawl leaves between movie_count and the mirror; warn when the list counts more."""
-        if count is None:
+        if count is None or self._refused:  # refused removals stay unexplained, to be warned about and searched
             return
         gap = store.present_count(self.db) - count
         if gap == (store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0):
@@ -384,6 +386,7 @@ class Syncer:
             return True
         self._warn(summary, f"not marking {count} of {present} movies removed: more than sync.max_removed_fraction="
                             f"{limit}; check the source and raise the setting if this is real")
+        self._refused = True
         return False
 
     def _warn(self, summary: RunSummary, text: str) -> None:

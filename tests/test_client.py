@@ -145,12 +145,13 @@ def test_retry_after_is_honoured(simulator: Callable[..., FakeYTS]) -> None:
 def test_each_wait_for_a_retry_is_told_with_its_reason_host_and_length(simulator: Callable[..., FakeYTS]) -> None:
     sim = simulator(movies=5, faults="429=1,retry_after=1")
     client = YTSClient([sim.url], rate=0, max_attempts=3, backoff_initial=0.001, backoff_max=5)
-    notices: list[str] = []
+    notices: list[str | None] = []
     client.on_retry = notices.append
     with pytest.raises(FetchError):
         client.get("list_movies")
     host = sim.url.split("//")[1]
-    assert notices == [f"retrying in 1 s: HTTP 429 Too Many Requests ({host}, attempt {n} of 3)" for n in (2, 3)]
+    assert notices == [f"retrying in 1 s: HTTP 429 Too Many Requests ({host}, attempt {n} of 3)" for n in (2, 3)] + [
+        None]  # failed for good: it waits no more
 
 
 def test_retry_after_parsing() -> None:

@@ -857,3 +857,16 @@ def test_an_empty_answer_from_a_listed_catalog_is_no_new_baseline(simulator: Cal
     [gone] = sim.catalog.remove(1)  # then a real removal: found, not hidden behind the empty answer
     run = sync(db_path, sim, config_file, "--no-enrich")
     assert run["movies_removed"] == 1 and marked_removed(db_path) == {gone}
+
+
+def test_removals_a_full_crawl_refused_are_searched_once_the_setting_allows(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=500)
+    sync(db_path, sim, config_file, "--no-enrich")
+    gone = set(sim.catalog.remove(80))
+    assert sync(db_path, sim, config_file, "--no-enrich", "--full")["warning"].startswith("not marking 80 of 500")
+    assert sync(db_path, sim, config_file, "--no-enrich")["warning"].startswith("not marking 80 of 500")  # still
+    raised = config_file.parent / "raised.toml"
+    raised.write_text(config_file.read_text() + "\n[sync]\nmax_removed_fraction = 0.5\n")
+    run = sync(db_path, sim, raised, "--no-enrich")
+    assert run["movies_removed"] == 80 and marked_removed(db_path) == gone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,15 +106,41 @@ def test_a_retry_notice_fits_the_terminal(monkeypatch: pytest.MonkeyPatch) -> No
     assert terminal.getvalue() == "sync: retrying in 4 s: connection fail…"
 
 
-def test_a_retry_notice_rides_on_the_bar_until_the_work_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retry_notice_rides_on_the_bar_until_its_request_is_answered(monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = on_terminal(monkeypatch)
     progress = TerminalProgress("sync")
     progress.total(300)
     progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
     assert progress.bar.label.startswith("sync (retrying in 4 s: HTTP 503")
     assert terminal.getvalue().rsplit("\r", 1)[-1].find("retrying in 4 s") >= 0  # drawn now, not at the next page
-    progress.advance(50)
+    progress.advance(50)  # another worker's movie: this request still waits
+    assert progress.bar.label.startswith("sync (retrying in 4 s")
+    progress.waiting(None)
     assert progress.bar.label == "sync"
+    progress.close()
+
+
+def test_each_worker_has_its_own_notice(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_terminal(monkeypatch)
+    progress = TerminalProgress("enrich")
+    progress.total(100)
+    waiting, answered = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        progress.waiting("retrying in 5 s: HTTP 429 (yts.mx, attempt 2 of 6)")
+        waiting.set()
+        answered.wait(10)
+        progress.waiting(None)
+
+    other = threading.Thread(target=worker)
+    other.start()
+    waiting.wait(10)
+    progress.waiting("retrying in 1 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    progress.waiting(None)  # this thread's request is answered; the other's still waits
+    assert progress.bar.label.startswith("enrich (retrying in 5 s: HTTP 429")
+    answered.set()
+    other.join(10)
+    assert progress.bar.label == "enrich"
     progress.close()
 
 

@@ -184,6 +184,23 @@ def test_a_reader_that_updates_an_older_mirror_makes_no_lock_file(tmp_path: Path
     assert not Path(f"{path}.lock").exists()
 
 
+def test_a_reader_that_cannot_open_the_lock_file_leaves_an_older_mirror_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirror import locks
+
+    path = tmp_path / "v4.db"
+    older_mirror(path, 4)
+    Path(f"{path}.lock").write_text("pid 1")
+
+    def refused(lock: str) -> Any:  # another user's writer made it, mode 0600
+        raise PermissionError(13, "Permission denied", lock)
+
+    monkeypatch.setattr(locks, "_open_existing", refused)
+    result = run_cli(["stats", "--db", str(path)])
+    assert result.exit_code == 3 and "is not readable here, so a writer may be running" in result.output
+    assert query(path, "PRAGMA user_version")[0][0] == 4
+
+
 def test_a_read_only_older_mirror_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "v4.db"
     older_mirror(path, 4)
