@@ -99,6 +99,7 @@ class BarLine:
 
     open = False
     notice = False  # the open line is a retry notice, which what comes next erases rather than ends
+    plain: Callable[[], None] | None = None  # redraws the open bar without the retry notice on its label
     lock = threading.RLock()  # reentrant: a signal handler may write while its thread draws
 
     @classmethod
@@ -109,6 +110,8 @@ class BarLine:
             if cls.notice:
                 cls.notice = False
                 return ERASE_LINE
+            if cls.plain is not None:  # the bar's line stays above what follows: without a passing notice
+                cls.plain()
             return "\n"
         return ""
 
@@ -222,8 +225,16 @@ class TerminalProgress:
         room = shutil.get_terminal_size().columns - 1 - len(self.bar.format_progress_line()) - 3
         if notice is not None and room >= 20:  # a bar line longer than the terminal would wrap at each redraw
             self.bar.label = f"{self.label} ({fit_terminal(terminal_safe(notice), room)})"
+        BarLine.plain = self._draw_plain if self.bar.label != self.label else None
         self.bar.render_progress()
         BarLine.open = True
+
+    def _draw_plain(self) -> None:
+        """Redraw the bar without its notice, which it keeps for its next redraw below."""
+        if self.bar is not None:
+            label, self.bar.label = self.bar.label, self.label
+            self.bar.render_progress()
+            self.bar.label = label
 
     def message(self, text: str) -> None:
         """Print a line on stderr below the bar, which goes on under it."""
@@ -236,6 +247,7 @@ class TerminalProgress:
         if self.bar is not None:
             with BarLine.lock:
                 self.notices.clear()
+                BarLine.plain = None
                 relabel = self.bar.label != self.label  # a retry notice ends with the work
                 self.bar.label = self.label
                 if not BarLine.open:  # a message came last: show where the bar ended, below it

@@ -92,7 +92,9 @@ def _open_existing(path: str) -> IO[str]:
     """Open an existing file for reading and writing, or else for reading (flock needs neither, NFS the first)."""
     try:
         return open(path, "r+")
-    except PermissionError:
+    except FileNotFoundError:
+        raise
+    except OSError:  # not ours to write, or a read-only file system
         return open(path)
 
 

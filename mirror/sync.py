@@ -321,17 +321,16 @@ class Syncer:
         if checkpoint is None or checkpoint.get("moved", False):
             return  # stopped; or the removal check waits for a walk over a list that holds still
         count = checkpoint["movie_count"]
-        if count is None:
-            return
+        if count is None or self._refused:
+            return  # a full crawl of this run refused its removals: the same gap is not searched again
+        gone = self._unexplained_gap(count)  # fewer listed than mirrored: removals since the last crawl
+        if gone > 0 and not self._removals_allowed(summary, gone, store.present_count(self.db)):
+            return  # unexplained, it is warned about each run, and searched once the setting allows
         owed = store.get_state(self.db, RECONCILE) is not None
-        if not owed:
-            gone = self._unexplained_gap(count)  # fewer listed than mirrored: removals since the last crawl
-            if gone > 0 and not self._removals_allowed(summary, gone, store.present_count(self.db)):
-                return  # unexplained, it is warned about each run, and searched once the setting allows
-            if gone > 0:
-                with self.db.atomic():
-                    store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
-                owed = True
+        if gone > 0 and not owed:
+            with self.db.atomic():
+                store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
+            owed = True
         if owed:
             self._reconcile(summary)
         self._note_gap(summary, count)

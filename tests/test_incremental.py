@@ -630,10 +630,11 @@ def test_an_implausible_removal_check_asks_nothing(simulator: Callable[..., Fake
                                                   config_file: Path) -> None:
     sim = owing_a_removal_check(simulator, db_path, config_file)
     sim.catalog.remove(300)  # a fifth of the catalog at once looks like a broken source
-    before = sim.counts.get("movie_details", 0)
+    before, listed = sim.counts.get("movie_details", 0), sim.counts["list_movies"]
     run = sync(db_path, sim, config_file, "--no-enrich")
     assert sim.counts.get("movie_details", 0) == before  # confirming each would not change the verdict
-    assert run["warning"].startswith("not marking") and store_state(db_path, "reconcile") is None
+    assert sim.counts["list_movies"] - listed == 1  # the count says it all: no search
+    assert run["warning"].startswith("not marking") and store_state(db_path, "reconcile")  # kept for later
     assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
 
 
@@ -870,3 +871,15 @@ def test_removals_a_full_crawl_refused_are_searched_once_the_setting_allows(
     raised.write_text(config_file.read_text() + "\n[sync]\nmax_removed_fraction = 0.5\n")
     run = sync(db_path, sim, raised, "--no-enrich")
     assert run["movies_removed"] == 80 and marked_removed(db_path) == gone
+
+
+def test_a_full_crawl_that_refuses_while_the_list_moves_searches_nothing(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(600, 8)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        sim.catalog.remove(100)
+        sim.rescript({3: lambda catalog: catalog.add(1)})  # the list moves: the crawl ends with a walk
+        before, details = sim.counts["list_movies"], sim.counts.get("movie_details", 0)
+        run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert run["warning"].startswith("not marking 100 of 600") and not marked_removed(db_path)
+        assert sim.counts["list_movies"] - before <= 10 + 3  # the pages, then page 1 twice: no search to refuse
+        assert sim.counts.get("movie_details", 0) == details

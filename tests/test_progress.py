@@ -28,6 +28,7 @@ def on_terminal(monkeypatch: pytest.MonkeyPatch) -> Terminal:
     monkeypatch.setattr("sys.stderr", screen)
     monkeypatch.setattr(BarLine, "open", False)
     monkeypatch.setattr(BarLine, "notice", False)
+    monkeypatch.setattr(BarLine, "plain", None)
     monkeypatch.setenv("COLUMNS", "100")
     return screen
 
@@ -189,4 +190,17 @@ def test_with_v_each_retry_is_a_log_line_and_no_notice(monkeypatch: pytest.Monke
     progress.total(300)
     progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
     assert progress.bar.label == "sync" and "retrying" not in terminal.getvalue()
+    progress.close()
+
+
+def test_a_message_below_the_bar_leaves_no_notice_above_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = on_terminal(monkeypatch)
+    progress = TerminalProgress("sync")
+    progress.total(300)
+    progress.waiting("retrying in 4 s: HTTP 503 (yts.mx, attempt 2 of 6)")
+    progress.message("SIGINT: finishing the current page, then stopping")
+    kept = terminal.getvalue().split("\n")[0].rsplit("\r", 1)[-1]  # the bar's line as it stays above the message
+    assert kept.startswith("\x1b[?25lsync  [") and "retrying" not in kept
+    progress.advance(50)  # the request still waits: the bar below says so again
+    assert progress.bar.label.startswith("sync (retrying in 4 s")
     progress.close()

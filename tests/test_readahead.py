@@ -231,7 +231,9 @@ def test_a_stopped_crawl_ends_its_reader_and_resumes(crawling: tuple, slow_long_
     assert not alive(reader)
     stopped = last_run(db_path)
     assert stopped["status"] == "interrupted" and stopped["error"] is None, stopped["error"]
-    assert stopped["requests"] == sum(slow_long_catalog.counts.values()), "the reader's last request counts too"
+    # The reader's last request counts too; sent just before the stop, it reaches the simulator's count after
+    # the simulator's 40 ms latency.
+    wait_for(lambda: stopped["requests"] == sum(slow_long_catalog.counts.values()), timeout=5)
     run = sync(db_path, slow_long_catalog, config_file)
     assert run["status"] == "ok" and run["kind"] == "full"
     assert_mirror_equals_catalog(db_path, slow_long_catalog.catalog)

@@ -201,6 +201,26 @@ def test_a_reader_that_cannot_open_the_lock_file_leaves_an_older_mirror_alone(
     assert query(path, "PRAGMA user_version")[0][0] == 4
 
 
+def test_a_lock_file_on_a_read_only_file_system_is_opened_read_only(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from mirror import locks
+
+    lock = tmp_path / "m.db.lock"
+    lock.write_text("pid 1")
+    real_open = open
+
+    def read_only_fs(path: str, mode: str = "r") -> Any:
+        if mode != "r":
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_open(path, mode)
+
+    monkeypatch.setattr(locks, "open", read_only_fs, raising=False)
+    with locks._open_existing(str(lock)) as handle:
+        assert handle.read() == "pid 1"
+
+
 def test_a_read_only_older_mirror_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "v4.db"
     older_mirror(path, 4)
