@@ -179,7 +179,7 @@ class TerminalProgress:
             self.bar.update(self.done)
             BarLine.open = True
             if self.notices:  # a request still waits: its notice moves onto the bar
-                self._label_bar(next(reversed(self.notices.values())))
+                self._label_bar(self._latest_notice())
 
     def advance(self, count: int) -> None:
         """Count finished work (an incremental walk gives no total); without a terminal, log a line every 10 s."""
@@ -208,7 +208,7 @@ class TerminalProgress:
             self.notices.pop(threading.get_ident(), None)
             if notice is not None:
                 self.notices[threading.get_ident()] = notice
-            current = next(reversed(self.notices.values()), None)
+            current = self._latest_notice()
             if self.bar is not None:
                 self._label_bar(current)
             elif current is not None:
@@ -218,6 +218,10 @@ class TerminalProgress:
             elif BarLine.notice:
                 sys.stderr.write(BarLine.end())
                 sys.stderr.flush()
+
+    def _latest_notice(self) -> str | None:
+        """The notice of the request that began waiting last, of those still waiting."""
+        return next(reversed(self.notices.values()), None)
 
     def _label_bar(self, notice: str | None) -> None:
         """Redraw the bar with `notice` after its label (cut to fit the terminal), or without one."""

@@ -42,13 +42,8 @@ def file_lock(path: str, wait: bool) -> Iterator[str | None]:
     """flock `path` and write our pid in it; yields None, or who holds it if taken and not `wait`."""
     handle = open(path, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            yield handle.read().strip() or "another process"
+        if holder := _flock(handle, wait):
+            yield holder
             return
         handle.seek(0)
         handle.truncate()
@@ -77,15 +72,22 @@ def upgrade_lock(db_path: str) -> Iterator[None]:
                           f"file {path} is not readable here, so a writer may be running; run this as its "
                           "owner") from None
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = handle.read().strip() or "another process"
+        if holder := _flock(handle, wait=False):
             raise LockedError(f"{db_path} needs its schema updated before this yts-mirror can read it, and {holder} "
                               "is writing to it; run this again once it ends") from None
         yield
+
+
+def _flock(handle: IO[str], wait: bool) -> str | None:
+    """Take the exclusive lock on an open lock file; None, or who holds it if taken and not `wait`."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as error:
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        handle.seek(0)
+        return handle.read().strip() or "another process"
+    return None
 
 
 def _open_existing(path: str) -> IO[str]:

@@ -225,11 +225,12 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
         raise StoreError(f"cannot prepare database: {error}") from None
 
 
-def schema_statements(kind: str) -> list[str]:
+@functools.cache
+def schema_statements(kind: str) -> tuple[str, ...]:
     """schema.sql's CREATE statements of one kind: TABLE (virtual ones too), INDEX, TRIGGER or VIEW."""
     pattern = re.compile(rf"^CREATE (?:VIRTUAL )?{kind} IF NOT EXISTS ", re.MULTILINE)
-    return [statement[found.start():] for statement in split_sql(schema_sql())
-            if (found := pattern.search(statement))]  # from CREATE on, without the comments above it
+    return tuple(statement[found.start():] for statement in split_sql(schema_sql())
+                 if (found := pattern.search(statement)))  # from CREATE on, without the comments above it
 
 
 def _drop_stale_triggers_and_views(db: sqlite_utils.Database) -> None:

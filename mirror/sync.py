@@ -323,8 +323,9 @@ class Syncer:
         count = checkpoint["movie_count"]
         if count is None or self._refused:
             return  # a full crawl of this run refused its removals: the same gap is not searched again
-        gone = self._unexplained_gap(count)  # fewer listed than mirrored: removals since the last crawl
-        if gone > 0 and not self._removals_allowed(summary, gone, store.present_count(self.db)):
+        present = store.present_count(self.db)
+        gone = present - count - max(self._known_gap(), 0)  # fewer listed than mirrored: removals since the last crawl
+        if gone > 0 and not self._removals_allowed(summary, gone, present):
             return  # unexplained, it is warned about each run, and searched once the setting allows
         owed = store.get_state(self.db, RECONCILE) is not None
         if gone > 0 and not owed:
@@ -359,17 +360,16 @@ class Syncer:
         finally:
             self.progress = bar
 
-    def _unexplained_gap(self, count: int) -> int:
-        """How many more present movies the mirror holds over movie_count than the last quiet crawl left."""
-        known = (store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0)
-        return store.present_count(self.db) - count - max(known, 0)
+    def _known_gap(self) -> int:
+        """Present movies less movie_count, as the last quiet crawl left them."""
+        return int((store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0))
 
     def _note_gap(self, summary: RunSummary, count: int | None) -> None:
         """Keep what a quiet crawl leaves between movie_count and the mirror; warn when the list counts more."""
         if count is None or self._refused:  # refused removals stay unexplained, to be warned about and searched
             return
         gap = store.present_count(self.db) - count
-        if gap == (store.get_state(self.db, store.GAP_STATE) or {}).get("gap", 0):
+        if gap == self._known_gap():
             return
         with self.db.atomic():
             store.set_state(self.db, store.GAP_STATE, {"gap": gap, "movie_count": count})
