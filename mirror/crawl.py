@@ -139,19 +139,24 @@ class Walk:
     A Walk is plain data, so a crawl can move to another process between two pages (`readahead`).
     """
 
-    def __init__(self, seen: set[int], page: int = 1, last_count: int | None = None, limit: int = PAGE_LIMIT):
+    def __init__(self, seen: set[int], page: int = 1, last_count: int | None = None, limit: int = PAGE_LIMIT,
+                 first: Listing | None = None):
         self.covered = set(seen)  # a resumed crawl trusts what it committed before the kill
         self.page = page
         self.last_count = last_count
         self.limit = limit
         self.rewinds: dict[int, int] = {}
         self.finished = False  # the list ended at the last page stepped over
+        self.first = first  # page 1 as read moments ago (read again if not given): the walk's own once stepped
 
     def step(self, client: YTSClient) -> Page:
         """Read the next page (and whatever proves it leaves no gap), and move past it."""
         may_rewind = self.rewinds.get(self.page, 0) < MAX_REWINDS and sum(self.rewinds.values()) < MAX_CRAWL_REWINDS
         previous_count = self.last_count
-        page, end = read_page(client, self.page, self.covered, previous_count, self.limit, may_rewind)
+        listing = self.first if self.page == 1 else None
+        page, end = read_page(client, self.page, self.covered, previous_count, self.limit, may_rewind, listing)
+        if page.number == 1 and not page.reread:
+            self.first = Listing(page.movies, page.movie_count, end)
         self.covered.update(page.covered)
         self.last_count = page.movie_count
         self.page = page.next_page
@@ -175,7 +180,7 @@ class Walk:
 
 
 def read_page(client: YTSClient, page: int, covered: set[int], last_count: int | None,
-              limit: int = PAGE_LIMIT, may_rewind: bool = True) -> tuple[Page, bool]:
+              limit: int = PAGE_LIMIT, may_rewind: bool = True, listing: Listing | None = None) -> tuple[Page, bool]:
     """Fetch one page of a crawl, with what to re-read if movie_count fell; and whether the list ends.
 
     `covered` holds the ids of a gap-free stretch from the top of the list. A window sharing a
@@ -184,9 +189,10 @@ def read_page(client: YTSClient, page: int, covered: set[int], last_count: int |
     on a drop, unless the page itself overlaps `covered`, one window straddling the page's top
     must overlap both. Failing that (the catalog moved again meanwhile), earlier pages are read
     until one overlaps `covered`, and the walk goes on from there, reading those pages again
-    in order: their first reads came in the wrong order to prove anything.
+    in order: their first reads came in the wrong order to prove anything. A `listing` given is
+    the page as read moments ago, taken instead of a request.
     """
-    movies, count, end = fetch_page(client, page, limit)
+    movies, count, end = listing or fetch_page(client, page, limit)
     ids = set(listed_ids(movies))
     if last_count is None or count >= last_count or page == 1 or ids & covered:
         return Page(page, movies, count, next_page=page + 1, covered=ids), end
@@ -216,10 +222,10 @@ def _straddle(client: YTSClient, boundary: int) -> list[Mapping[str, Any]]:
     return fetch_page(client, page, size).movies
 
 
-def catalog_grew(client: YTSClient, seen: set[int], limit: int = PAGE_LIMIT) -> bool:
-    """Re-read page 1 after a crawl: does it list a movie the crawl never saw (added meanwhile)?"""
+def catalog_grew(first: Listing, seen: set[int]) -> bool:
+    """Does page 1, read again after a crawl, list a movie the crawl never saw (added meanwhile)?"""
     # An addition can hide a removal from movie_count, so the crawl must hear of it too.
-    return any(movie_id not in seen for movie_id in listed_ids(fetch_page(client, 1, limit).movies))
+    return any(movie_id not in seen for movie_id in listed_ids(first.movies))
 
 
 def _rewind(client: YTSClient, page: int, covered: set[int],
@@ -270,16 +276,18 @@ PIVOT_MARGIN = 3  # places a movie may stray from the mirror's order (one, in th
 class RankedPages:
     """Upstream list pages read on demand, each as the sorted mirror ranks of its movies."""
 
-    def __init__(self, client: YTSClient, present: list[int], limit: int):
+    def __init__(self, client: YTSClient, present: list[int], limit: int, first: Listing | None = None):
         self.client, self.limit = client, limit
         self.rank = {movie_id: index for index, movie_id in enumerate(present)}
         self.pages: dict[int, list[int]] = {}
         self.count: int | None = None  # movie_count, which must not change while we compare
+        self.first = first  # page 1 as read moments ago, if it was
 
     def ranks(self, number: int) -> list[int]:
         """Our ranks of page `number`'s movies, sorted; CatalogMoved if the page disagrees with the mirror."""
         if number not in self.pages:
-            movies, count, ends_early = fetch_page(self.client, number, self.limit)
+            listing = self.first if number == 1 else None
+            movies, count, ends_early = listing or fetch_page(self.client, number, self.limit)
             if ends_early:  # offsets mean nothing once movie_count and the pages disagree
                 raise CatalogMoved(f"page {number} lists fewer movies than movie_count promises")
             if self.count is not None and count != self.count:
@@ -321,7 +329,8 @@ class Pivot(NamedTuple):
     page: int
 
 
-def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT) -> list[int]:
+def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT,
+                 first: Listing | None = None) -> list[int]:
     """Return the ids of `present` (mirror order, newest first) that the upstream list lacks.
 
     Compares the upstream list with ours by binary search over pages. Each page read tells how
@@ -329,9 +338,10 @@ def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT)
     that number does not change between two pages, nothing between them is missing, so only
     pages around removals are read: about log2(pages) requests per removal, never more than
     every page once. Raises CatalogMoved if the catalog changes meanwhile, or if its order
-    strays from ours by more than the swaps of movies added together.
+    strays from ours by more than the swaps of movies added together. `first` is page 1 as an
+    incremental walk read it moments ago, if it did.
     """
-    pages = RankedPages(client, present, limit)
+    pages = RankedPages(client, present, limit, first)
     if not pages.ranks(1) or (pages.count or 0) >= len(present):
         return []
     upstream_count = pages.count or 0

@@ -15,7 +15,7 @@ import sqlite_utils
 from . import readahead, store, transform
 from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
-from .crawl import CatalogMoved, Walk, catalog_grew, crawl_new, find_missing
+from .crawl import CatalogMoved, Listing, Walk, catalog_grew, crawl_new, fetch_page, find_missing
 from .enrich import EnrichReport, enrich_backlog, validator_for
 from .locks import writer_lock
 from .progress import Progress, counted
@@ -265,10 +265,11 @@ class Syncer:
             complete = self._commit_pages(summary, pages, checkpoint, seen)
         if not complete:
             return
-        moved = checkpoint.get("moved", False) or catalog_grew(self.client, seen)
+        page_one = None if checkpoint.get("moved", False) else fetch_page(self.client, 1)
+        moved = page_one is None or catalog_grew(page_one, seen)
         if self._finish_full(summary, checkpoint["started_at"], checkpoint["movie_count"], moved,
                              removals_possible=not first) and moved and not self.stop.is_set():
-            self._top_up(summary)
+            self._top_up(summary, page_one)
 
     def _finish_full(self, summary: RunSummary, started_at: str, count: int | None, moved: bool,
                      removals_possible: bool) -> bool:
@@ -311,15 +312,23 @@ class Syncer:
             store.update_run(self.db, summary.run_id, movies_removed=summary.counts["movies_removed"],
                              torrents_removed=summary.counts["torrents_removed"])
 
-    def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
-        """Walk newest-first pages until reaching movies mirrored before the walk began; then check the count."""
+    def _incremental(self, summary: RunSummary, checkpoint: dict[str, Any] | None,
+                     page_one: Listing | None = None) -> None:
+        """Walk newest-first pages until reaching movies mirrored before the walk began; then check the count.
+
+        `page_one` is page 1 as read moments ago, if it was: the walk and the removal check take it
+        instead of reading it again.
+        """
         if checkpoint is not None and checkpoint["next_page"] > 1:
             if not self._walk_new(summary, checkpoint):
                 return
             checkpoint = None  # movies added while it was stopped are listed above the page it resumed at
-        checkpoint = self._walk_new(summary, checkpoint)
-        if checkpoint is None or checkpoint.get("moved", False):
-            return  # stopped; or the removal check waits for a walk over a list that holds still
+        walked = self._walk_new(summary, checkpoint, page_one)
+        if walked is None:
+            return
+        checkpoint, page_one = walked
+        if checkpoint.get("moved", False):
+            return  # the removal check waits for a walk over a list that holds still
         count = checkpoint["movie_count"]
         if count is None or self._refused:
             return  # a full crawl of this run refused its removals: the same gap is not searched again
@@ -333,30 +342,31 @@ class Syncer:
                 store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
             owed = True
         if owed:
-            self._reconcile(summary)
+            self._reconcile(summary, page_one)
         self._note_gap(summary, count)
 
-    def _walk_new(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
-        """One incremental walk, page by page; its last checkpoint, or None if stopped."""
+    def _walk_new(self, summary: RunSummary, checkpoint: dict[str, Any] | None,
+                  page_one: Listing | None = None) -> tuple[dict[str, Any], Listing | None] | None:
+        """One incremental walk, page by page; its last checkpoint and its page 1, or None if stopped."""
         checkpoint, seen = self._begin("incremental", checkpoint)
         started_at = checkpoint["started_at"]
 
         def known_before(ids: list[int]) -> set[int]:
             return store.known_ids(self.db, ids, started_at)
 
-        walk = Walk(seen, checkpoint["next_page"], checkpoint.get("movie_count"))
+        walk = Walk(seen, checkpoint["next_page"], checkpoint.get("movie_count"), first=page_one)
         pages = readahead.ready_pages(crawl_new(self.client, known_before, self.config.sync.overlap, walk),
                                       self.config.sync.trackers)
         if not self._commit_pages(summary, pages, checkpoint, seen):
             return None
         self._end_crawl(started_at, checkpoint.get("moved", False), complete=False)
-        return checkpoint
+        return checkpoint, walk.first
 
-    def _top_up(self, summary: RunSummary) -> None:
+    def _top_up(self, summary: RunSummary, page_one: Listing | None) -> None:
         """After a full crawl that saw the list move: walk the newest pages for movies added meanwhile."""
         bar, self.progress = self.progress, Progress(message=self.progress.message)  # the crawl's bar is done
         try:
-            self._incremental(summary, None)
+            self._incremental(summary, None, page_one)
         finally:
             self.progress = bar
 
@@ -395,12 +405,12 @@ class Syncer:
         with self.db.atomic():
             store.update_run(self.db, summary.run_id, warning=text)
 
-    def _reconcile(self, summary: RunSummary) -> None:
+    def _reconcile(self, summary: RunSummary, page_one: Listing | None) -> None:
         """Find movies removed upstream after a crawl had read them, and mark them (or try again next run)."""
         note = store.get_state(self.db, RECONCILE) or {}
         present = store.present_ids(self.db)
         try:
-            candidates = find_missing(self.client, present)
+            candidates = find_missing(self.client, present, first=page_one)
         except CatalogMoved as error:
             self._postpone_reconcile(summary, note, str(error))
             return

@@ -40,6 +40,14 @@ class ScriptedChurn(FakeYTS):
     def __init__(self, catalog: Catalog, script: dict[int, Callable[[Catalog], Any]] | None = None):
         super().__init__(catalog)
         self.script = script or {}
+        self.pages_read: list[int] = []  # the page of each list request, in order
+
+    def respond(self, endpoint: str, params: Mapping[str, str]) -> tuple[int, dict[str, str], bytes, str | None]:
+        """Answer as the simulator does, noting which list page was asked for."""
+        if endpoint == "list_movies":
+            with self.count_lock:
+                self.pages_read.append(int(params.get("page", 1)))
+        return super().respond(endpoint, params)
 
     def rescript(self, script: dict[int, Callable[[Catalog], Any]]) -> None:
         """Count list requests from 0 again, under a new script."""

@@ -826,7 +826,29 @@ def test_a_full_crawl_that_saw_the_list_grow_ends_with_the_new_movies(db_path: P
         run = sync(db_path, sim, config_file, "--no-enrich", "--full")
         assert (run["kind"], run["status"], run["movies_new"], run["movies_removed"]) == ("full", "ok", 20, 0)
         assert_mirror_equals_catalog(db_path, sim.catalog)
-        assert sim.counts["list_movies"] - before <= 9 + 2  # the pages, the empty one, the walk over the newest
+        assert sim.counts["list_movies"] - before <= 9 + 1  # the pages, the empty one, the walk over the newest
+
+
+def test_a_full_crawl_that_grew_reads_page_one_once_at_its_end(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(400, 6)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        sim.rescript({9: lambda catalog: catalog.add(3)})  # after the 8 pages: the re-read of page 1 shows them
+        sim.pages_read.clear()
+        run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert (run["status"], run["movies_new"], run["movies_removed"]) == ("ok", 3, 0)
+        assert_mirror_equals_catalog(db_path, sim.catalog)
+        # The re-read is the top-up walk's page 1 and the removal check's: not three reads.
+        assert sim.pages_read == [*range(1, 9), 1]
+
+
+def test_a_removal_check_takes_page_one_from_the_walk(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(400, 6)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        [gone] = sim.catalog.remove(ids=[sim.catalog.order[-1]])  # the oldest: the search ends on page 8
+        sim.pages_read.clear()
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert run["movies_removed"] == 1 and marked_removed(db_path) == {gone}
+        assert sim.pages_read.count(1) == 1, sim.pages_read
 
 
 def test_removals_refused_by_the_setting_are_searched_once_it_allows_them(
