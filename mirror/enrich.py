@@ -453,7 +453,7 @@ def enrich_backlog(db: sqlite_utils.Database, client: YTSClient, config: Config,
                         on_written(report)
             finally:
                 done.written.set()
-            progress.advance(len(done.item.endpoints))
+            progress.advance(len(done.outcomes) if done.cut else len(done.item.endpoints))  # cut short: what it got
     except BaseException:
         crashed = True
         raise

@@ -307,6 +307,25 @@ def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[.
     assert connect(db).execute("SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'").fetchone()[0] == 0
 
 
+def test_a_stop_advances_the_bar_by_the_fetches_made(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                    config_file: Path) -> None:
+    sim = simulator(movies=40)
+    db = tmp_path / "bar.db"
+    run_process(sync_args(db, sim, config_file, "--no-enrich"))
+    config = resolve(str(config_file), db=str(db), base_url=sim.url, rate=20, concurrency=3)
+    stop, advanced = threading.Event(), []
+
+    def advance(steps: int) -> None:
+        advanced.append(steps)
+        if len(advanced) == 5:
+            stop.set()  # the other workers are mid-movie, waiting for a token
+
+    with closing(store.open_db(db)) as database, closing(make_client(config)) as client:
+        logged_enrichment(database, client, config, stop, Progress(advance=advance))
+    fetched = query(db, "SELECT COUNT(*) FROM enrich_state")[0][0]
+    assert len(advanced) > 5 and sum(advanced) == fetched < 4 * len(advanced)  # movies cut short count what they got
+
+
 def test_sigterm_during_rate_limited_enrichment_keeps_its_count_and_answers(simulator: Callable[..., FakeYTS], tmp_path: Path,
                                                                 config_file: Path) -> None:
     sim = simulator(movies=40)
