@@ -202,9 +202,12 @@ def ensure_db_shape(db: sqlite_utils.Database) -> None:
         # also run background_checkpoints, which copies it sooner without making commits wait.
         db.execute("PRAGMA wal_autocheckpoint = 16384")
         db.execute("PRAGMA journal_size_limit = 67108864")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        refuse_newer(version)
+        refuse_newer(db.execute("PRAGMA user_version").fetchone()[0])  # before taking the write lock
         with db.atomic():
+            # Again under the write lock: another process may have updated it meanwhile, and a
+            # migration step need not be safe to run twice.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            refuse_newer(version)
             if version and version < SCHEMA_VERSION:
                 for statement in schema_statements("TABLE"):  # a table dropped by hand, for the steps to update
                     db.execute(statement)

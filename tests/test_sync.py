@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,32 @@ def test_upgrade_from_schema_3_or_4_counts_failures_in_a_row(tmp_path: Path, ver
     assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 5
     assert [tuple(r) for r in db.execute("SELECT status, attempts, attempted_at FROM enrich_state ORDER BY endpoint")] == [
         ("ok", 0, None), ("failed", 9, None)]  # the failure is retried by the next `enrich`, then once a day
+
+
+def test_a_mirror_another_process_updates_first_is_not_updated_twice(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v2.db"
+    older_mirror(path, 2, "ALTER TABLE sync_runs DROP COLUMN warning", "ALTER TABLE enrich_state DROP COLUMN attempted_at")
+    db = store.connect(path)  # it reads version 2 here ...
+    atomic = store.ImmediateDatabase.atomic
+    raced: list[bool] = []
+
+    @contextmanager
+    def another_process_first(self: store.ImmediateDatabase) -> Iterator[store.ImmediateDatabase]:
+        if not raced:  # ... and another process updates the mirror before our transaction begins
+            raced.append(True)
+            store.open_db(path).close()
+        with atomic(self):
+            yield self
+
+    steps_run: list[int] = []  # a step need not be safe to run twice: each runs once, in one process
+    monkeypatch.setattr(store, "MIGRATIONS", {target: (*steps, lambda _, target=target: steps_run.append(target))
+                                              for target, steps in store.MIGRATIONS.items()})
+    monkeypatch.setattr(store.ImmediateDatabase, "atomic", another_process_first)
+    store.ensure_db_shape(db)
+    assert raced and db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert steps_run == list(range(3, store.SCHEMA_VERSION + 1))
+    db.close()
 
 
 def test_readers_leave_an_older_mirror_alone_while_an_older_writer_has_it(tmp_path: Path) -> None:
