@@ -269,15 +269,16 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
     return fetched, not_found
 
 
-def validator_for(endpoint: str, movie_id: int) -> Callable[[Mapping[str, Any]], None] | None:
-    """What retries an answer that says nothing about the movie: movie_details only."""
-    if endpoint != "movie_details":
-        return None
+def validator_for(endpoint: str, movie_id: int) -> Callable[[Mapping[str, Any]], None]:
+    """What retries an answer that says nothing about the movie (`"data": null`, say), rather than store it."""
 
     def validate(data: Mapping[str, Any]) -> None:
-        reason = transform.details_no_answer(data, movie_id)
+        if endpoint == "movie_details":
+            reason = transform.details_no_answer(data, movie_id)
+        else:  # taken as an empty list, it would replace the movie's rows with none
+            reason = transform.children_no_answer(endpoint, data)
         if reason:
-            raise TransientError(f"movie_details {movie_id}", reason)
+            raise TransientError(f"{endpoint} {movie_id}", reason)
 
     return validate
 

@@ -262,7 +262,7 @@ def page_values(rows: PageRows) -> PageValues:
 def is_placeholder(movie: Mapping[str, Any] | None) -> bool:
     """True for the status-ok placeholder movie_details returns for an unknown id."""
     # id 0, title null: movie_details__GabJS10-yts-movie-player-not_found.json
-    return not movie or not to_id(movie.get("id"))
+    return movie is not None and to_int(movie.get("id")) == 0
 
 
 def found_details(data: Mapping[str, Any] | None, movie_id: int) -> Mapping[str, Any] | None:
@@ -270,7 +270,7 @@ def found_details(data: Mapping[str, Any] | None, movie_id: int) -> Mapping[str,
     movie = details_movie(data)
     # The id-0 placeholder means not found: movie_details__GabJS10-yts-movie-player-not_found.json.
     # Fetches retry what is no answer at all (details_no_answer); this is the last guard.
-    if is_placeholder(movie) or to_id(movie.get("id")) != movie_id:  # type: ignore[union-attr]
+    if movie is None or to_id(movie.get("id")) != movie_id:  # the placeholder's id is 0
         return None
     return movie
 
@@ -281,9 +281,32 @@ def details_no_answer(data: Mapping[str, Any] | None, movie_id: int) -> str | No
     if movie is None:  # "data": null, say: no word on whether the movie exists
         return f"movie_details for movie {movie_id} answered without a movie"
     found = to_id(movie.get("id"))
+    if found is None and not is_placeholder(movie):
+        return f"movie_details for movie {movie_id} answered with a movie without a usable id"
     if found and found != movie_id:
         return f"movie_details for movie {movie_id} answered with movie {found}"
     return None
+
+
+# Each per-movie list endpoint's list keys and count keys, both as 2015 and as later answers named them.
+CHILD_LISTS = {
+    "movie_suggestions": (("movies", "movie_suggestions"), ("movie_count", "movie_suggestions_count")),
+    "movie_reviews": (("reviews",), ("review_count",)),
+    "movie_parental_guides": (("parental_guides",), ("parental_guide_count",)),
+    "movie_comments": (("comments",), ("comment_count",)),
+}
+
+
+def children_no_answer(endpoint: str, data: Mapping[str, Any] | None) -> str | None:
+    """Why a per-movie list answer says nothing (neither its list nor a count of 0); None when it answers."""
+    lists, counts = CHILD_LISTS[endpoint]
+    if isinstance(data, Mapping):
+        if any(isinstance(data.get(key), list) for key in lists):
+            return None
+        # An empty list may be left out, as list_movies__yts-api-rs-empty.json leaves out "movies".
+        if any(to_int(data.get(key)) == 0 for key in counts):
+            return None
+    return f"{endpoint} answered without its list"
 
 
 def details_movie(data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -307,6 +307,34 @@ def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[.
     assert connect(db).execute("SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'").fetchone()[0] == 0
 
 
+class NullData(FakeYTS):
+    """A simulator whose chosen endpoints answer status ok with `"data": null`."""
+
+    null_endpoints: frozenset[str] = frozenset()
+
+    def _ok_body(self, endpoint: str, params: Any, fault: str | None = None) -> bytes:
+        if endpoint in self.null_endpoints:
+            return b'{"status":"ok","status_message":"Query was successful","data":null}'
+        return super()._ok_body(endpoint, params, fault)
+
+
+def test_an_answer_without_its_list_keeps_the_rows_and_is_retried(tmp_path: Path, config_file: Path) -> None:
+    children = ("movie_suggestions", "movie_reviews", "movie_parental_guides")
+    db = tmp_path / "null.db"
+    with NullData(Catalog(30, 3)) as sim:
+        assert run_cli(sync_args(db, sim, config_file)).exit_code == 0
+        before = {table: query(db, f"SELECT * FROM {table} ORDER BY movie_id, position") for table in children}
+        assert all(before.values())
+        with closing(connect(db)) as conn, conn:  # due again
+            conn.execute("UPDATE enrich_state SET fetched_at = '2020-01-01T00:00:00.000000Z' "
+                         "WHERE endpoint != 'movie_details'")
+        sim.null_endpoints = frozenset(children)
+        run_cli(["enrich", "--db", str(db), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
+        assert {table: query(db, f"SELECT * FROM {table} ORDER BY movie_id, position") for table in children} == before
+        assert query(db, "SELECT COUNT(*) FROM enrich_state WHERE endpoint != 'movie_details' AND status = 'ok' "
+                         "AND fetched_at > '2020-01-02'")[0][0] == 0
+
+
 def test_a_stop_advances_the_bar_by_the_fetches_made(simulator: Callable[..., FakeYTS], tmp_path: Path,
                                                     config_file: Path) -> None:
     sim = simulator(movies=40)

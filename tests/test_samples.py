@@ -107,6 +107,21 @@ def test_details_that_are_no_answer_are_told_apart_from_not_found() -> None:
     assert transform.details_no_answer(real, movie_id) is None
     assert "answered with movie" in transform.details_no_answer(real, movie_id + 1)
     assert "without a movie" in transform.details_no_answer({}, movie_id)  # "data": null
+    for idless in ({}, {"title": "x"}, {"id": "abc"}, {"id": None}):  # no id is no placeholder: retried
+        assert "without a usable id" in transform.details_no_answer({"movie": idless}, movie_id)
+        assert not transform.is_placeholder(idless)
+    assert transform.details_no_answer({"movie": {"id": "0"}}, movie_id) is None  # id 0, however typed
+
+
+def test_child_lists_that_are_no_answer() -> None:
+    for path in SAMPLES.glob("movie_*.json"):  # every recorded answer of a per-movie list endpoint is one
+        endpoint = path.name.split("__")[0]
+        if endpoint in transform.CHILD_LISTS:
+            assert transform.children_no_answer(endpoint, load(path)["data"]) is None, path.name
+    assert transform.children_no_answer("movie_reviews", {"review_count": "0"}) is None  # the empty list left out
+    assert transform.children_no_answer("movie_suggestions", {"movie_count": 0, "movies": []}) is None
+    for data in ({}, None, {"review_count": 3}, {"reviews": None, "review_count": 2}, {"reviews": {"a": 1}}):
+        assert "without its list" in transform.children_no_answer("movie_reviews", data)
 
 
 def test_placeholder_movie_is_not_found() -> None:
