@@ -40,11 +40,12 @@ class TransientError(YTSError):
     """A failure worth retrying: network trouble, 429, 5xx, HTML or truncated bodies."""
 
     def __init__(self, url: str, reason: str, retry_after: float | None = None, host_failure: bool = False,
-                 server_failure: bool = False, unanswered: bool = False):
+                 server_failure: bool = False, unanswered: bool = False, rate_limited: bool = False):
         super().__init__(f"{reason} ({url})")
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
+        self.rate_limited = rate_limited  # a 429: the whole client waits
         self.host_failure = host_failure  # unreachable, or a moved domain's 403/404: this host may be gone
         self.server_failure = server_failure  # 5xx, no JSON, a wrong page: this host may be down
         self.unanswered = unanswered  # no HTTP response at all: refused, reset, timed out
@@ -85,18 +86,38 @@ class RateLimiter:
         self._clock = clock
         self._tokens = float(self.burst)
         self._updated = clock()
+        self._held_until = float("-inf")
         self._lock = threading.Lock()
 
     def reserve(self) -> float:
         """Take one token and return how long the caller must wait before using it."""
-        if self.rate <= 0:
-            return 0.0
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
+            held = max(0.0, self._held_until - now)
+            if self.rate <= 0:
+                return held
+            self._refill(now)
             self._tokens -= 1
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            return max(held, 0.0 if self._tokens >= 0 else -self._tokens / self.rate)
+
+    def hold(self, seconds: float) -> None:
+        """Start no request for `seconds` (a 429 asks the client to slow down), then go on at the rate."""
+        with self._lock:
+            now = self._clock()
+            self._held_until = max(self._held_until, now + seconds)
+            if self.rate > 0:  # the next token comes as the hold ends: no burst of waiting requests then
+                self._refill(now)
+                self._tokens = min(self._tokens, 1 - (self._held_until - now) * self.rate)
+
+    def held(self) -> bool:
+        """Whether a hold is in force now (a token taken before it must not be used)."""
+        with self._lock:
+            return self._clock() < self._held_until
+
+    def _refill(self, now: float) -> None:
+        """Add the tokens earned since the last update, up to the burst."""
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -380,6 +401,8 @@ class YTSClient:
     def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
         self.stats.count_retry()
         error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, TransientError) and error.rate_limited and retry_state.next_action:
+            self.limiter.hold(retry_state.next_action.sleep)  # a 429 is for every thread, not this request alone
         log.info("retry %d after %s", retry_state.attempt_number, error)
         if self.on_retry is not None:
             self.on_retry(retry_notice(error, retry_state.attempt_number, self.max_attempts,
@@ -440,9 +463,12 @@ class YTSClient:
 
     def _take_token(self) -> None:
         """Wait for the rate limiter, and count the request about to go out."""
-        delay = self.limiter.reserve()
-        if delay > 0:
-            self._sleep(delay)  # several workers can queue for tokens for many seconds
+        while True:
+            delay = self.limiter.reserve()
+            if delay > 0:
+                self._sleep(delay)  # several workers can queue for tokens for many seconds
+            if not self.limiter.held():  # else a 429 came while it waited: queue again after its pause
+                break
         self.stats.count_request()
 
     def _before_redirect(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -549,7 +575,7 @@ def _raise_for_status(url: str, status: int, retry_after: str | None, text: Call
     """Raise the error an HTTP error status means: retried, failed over, or final."""
     if status == 429:
         # The 2026 rate-limit answer is plain text: error_http429__jackett-issue-16463.txt
-        raise TransientError(url, "HTTP 429 Too Many Requests", retry_after_seconds(retry_after))
+        raise TransientError(url, "HTTP 429 Too Many Requests", retry_after_seconds(retry_after), rate_limited=True)
     if status >= 500:
         raise TransientError(url, f"HTTP {status}", retry_after_seconds(retry_after), server_failure=True)
     message = _error_envelope(text())

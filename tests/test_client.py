@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -13,8 +13,8 @@ import requests
 
 from mirror.client import (MAX_BODY_BYTES, MAX_REDIRECTS, FetchError, InsecureRedirect, RateLimiter, YTSClient,
                            extract_json, retry_after_seconds)
-from mirror.fakeapi import FAULT_KINDS, FakeYTS
-from support import free_port, misbehaving_server
+from mirror.fakeapi import FAULT_KINDS, Catalog, FakeYTS
+from support import free_port, misbehaving_server, wait_for
 
 
 def fast_client(*urls: str, attempts: int = 8, rate: float = 0) -> YTSClient:
@@ -154,6 +154,33 @@ def test_each_wait_for_a_retry_is_told_with_its_reason_host_and_length(simulator
         None]  # failed for good: it waits no more
 
 
+class FirstAsked429(FakeYTS):
+    """A simulator that answers its first request with a 429 (Retry-After: 1), noting when each request came."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__(catalog)
+        self.arrivals: list[float] = []
+
+    def respond(self, endpoint: str, params: Mapping[str, str]) -> tuple[int, dict[str, str], bytes, str | None]:
+        with self.count_lock:
+            self.arrivals.append(time.monotonic())
+            first = len(self.arrivals) == 1
+        if first:
+            return 429, {"Content-Type": "text/plain", "Retry-After": "1"}, b"Too Many Requests", "429"
+        return super().respond(endpoint, params)
+
+
+def test_a_429_holds_the_other_threads_requests_too() -> None:
+    with FirstAsked429(Catalog(60, 2)) as sim:
+        client = YTSClient([sim.url], rate=0, max_attempts=3, backoff_initial=0.001, backoff_max=5)
+        first = threading.Thread(target=client.get, args=("list_movies", {"page": 1}))
+        first.start()
+        wait_for(lambda: client.stats.retries == 1)  # refused, and waiting to retry
+        client.get("list_movies", {"page": 2})  # another worker's request
+        first.join()
+    assert len(sim.arrivals) == 3 and min(sim.arrivals[1:]) - sim.arrivals[0] >= 0.9
+
+
 def test_retry_after_parsing() -> None:
     assert retry_after_seconds("7") == 7
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
@@ -189,6 +216,20 @@ def test_token_bucket_spaces_requests() -> None:
     clock.now = 100
     assert limiter.reserve() == 0  # refilled, but never beyond the burst
     assert limiter.reserve() == pytest.approx(2.5)
+
+
+def test_a_hold_pauses_every_request_then_spaces_them_again() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=10, burst=1, clock=clock)
+    assert limiter.reserve() == 0
+    limiter.hold(1.0)  # a 429's Retry-After
+    assert limiter.held()
+    assert [limiter.reserve() for _ in range(3)] == pytest.approx([1.0, 1.1, 1.2])  # after it, at the rate again
+    clock.now = 1.0
+    assert not limiter.held()
+    unlimited = RateLimiter(rate=0, clock=clock)
+    unlimited.hold(2.0)
+    assert unlimited.reserve() == pytest.approx(2.0) and unlimited.held()
 
 
 def test_rate_zero_never_waits() -> None:
