@@ -462,8 +462,10 @@ class YTSClient:
             return self._attempt(endpoint, params, validate)
 
     def _take_token(self) -> None:
-        """Wait for the rate limiter, and count the request about to go out."""
+        """Wait for the rate limiter, and count the request about to go out (none once a stop is asked for)."""
         while True:
+            if self.stop is not None and self.stop.is_set():  # as after a wait for its turn at a failing endpoint
+                raise Stopped("stopped before sending a request")
             delay = self.limiter.reserve()
             if delay > 0:
                 self._sleep(delay)  # several workers can queue for tokens for many seconds

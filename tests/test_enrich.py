@@ -335,6 +335,41 @@ def test_an_answer_without_its_list_keeps_the_rows_and_is_retried(tmp_path: Path
                          "AND fetched_at > '2020-01-02'")[0][0] == 0
 
 
+class SlowFailingReviews(FakeYTS):
+    """A simulator whose movie_reviews answers a 503 after a second; it notes when each of those came."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__(catalog)
+        self.review_arrivals: list[float] = []
+
+    def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        if endpoint != "movie_reviews":
+            return super().respond(endpoint, params)
+        with self.count_lock:
+            self.review_arrivals.append(time.monotonic())
+        time.sleep(1)
+        return 503, {"Content-Type": "text/html"}, b"<html>503</html>", "http503"
+
+
+def test_a_stop_sends_no_new_request(tmp_path: Path, config_file: Path) -> None:
+    db = tmp_path / "stop.db"
+    with SlowFailingReviews(Catalog(20, 4)) as sim:
+        assert run_cli(sync_args(db, sim, config_file, "--no-enrich")).exit_code == 0
+        config = resolve(str(config_file), db=str(db), base_url=sim.url, rate=0, concurrency=4)
+        stop = threading.Event()
+        with closing(store.open_db(db)) as database, closing(make_client(config)) as client:
+            client.stop = stop
+            worker = threading.Thread(target=logged_enrichment, args=(database, client, config, stop, Progress()))
+            worker.start()
+            wait_for(lambda: len(sim.review_arrivals) >= 5)  # 4 failed together: their retries take turns
+            time.sleep(0.3)
+            stop.set()
+            stopped_at = time.monotonic()
+            worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert [t for t in sim.review_arrivals if t > stopped_at] == []  # the request in flight ends the run
+
+
 def test_a_stop_advances_the_bar_by_the_fetches_made(simulator: Callable[..., FakeYTS], tmp_path: Path,
                                                     config_file: Path) -> None:
     sim = simulator(movies=40)
