@@ -294,7 +294,7 @@ class Syncer:
         # A movie can slip past a crawl with no sign in movie_count: two movies added together
         # swap places across a page boundary, or a removal above is offset by a return below.
         self.progress.message(f"asking movie_details about {len(unseen)} movies the crawl did not see")
-        unanswered = self._confirm_removals(summary, unseen)
+        unanswered, _ = self._confirm_removals(summary, unseen)  # those still answered stay, as documented
         if self.stop.is_set():
             return False
         if unanswered:
@@ -417,12 +417,17 @@ class Syncer:
         if not self._removals_allowed(summary, len(candidates), len(present)):
             self._drop_reconcile()  # asking movie_details about each would not change the answer
             return
-        unanswered = self._confirm_removals(summary, candidates)
+        unanswered, answered = self._confirm_removals(summary, candidates)
         if self.stop.is_set():
             return  # the check stays for the next run
         if unanswered:
             self._postpone_reconcile(summary, note, f"movie_details did not answer for {len(unanswered)} of them")
             return
+        if answered:  # the difference they leave becomes the count's baseline: say so once
+            self._warn(summary, f"the removal check took {counted(len(answered), 'movie')} for removed that "
+                                f"movie_details still answers ({', '.join(map(str, answered[:5]))}): delisted, or "
+                                "listed out of date order, which hides a removal from the search; the next full "
+                                "sync (--full) settles it")
         self._drop_reconcile()
 
     def _drop_reconcile(self) -> None:
@@ -430,13 +435,15 @@ class Syncer:
         with self.db.atomic():
             store.clear_state(self.db, RECONCILE)
 
-    def _confirm_removals(self, summary: RunSummary, candidates: Sequence[int]) -> list[int]:
-        """Mark each candidate movie_details says is gone; return those it left unanswered (all, once it seems dead)."""
+    def _confirm_removals(self, summary: RunSummary, candidates: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Mark each candidate movie_details says is gone; return those it left unanswered (all, once it seems
+        dead), and those it says are there."""
         failures_in_a_row = 0
         unanswered: list[int] = []
+        answered: list[int] = []
         for index, movie_id in enumerate(candidates):
             if self.stop.is_set() or failures_in_a_row >= self.config.enrich.pause_after:
-                return unanswered + list(candidates[index:])  # as enrichment pauses a dead endpoint
+                return unanswered + list(candidates[index:]), answered  # as enrichment pauses a dead endpoint
             gone = self._gone_upstream(movie_id)
             if gone is None:
                 failures_in_a_row += 1
@@ -445,7 +452,9 @@ class Syncer:
             failures_in_a_row = 0
             if gone:
                 self._mark_removed(summary, [movie_id])
-        return unanswered
+            else:
+                answered.append(movie_id)
+        return unanswered, answered
 
     def _postpone_reconcile(self, summary: RunSummary, note: dict[str, Any], reason: str) -> None:
         """Keep the removal check for the next run, up to RECONCILE_TRIES runs; then leave it to a full sync."""

@@ -851,6 +851,24 @@ def test_a_removal_check_takes_page_one_from_the_walk(db_path: Path, config_file
         assert sim.pages_read.count(1) == 1, sim.pages_read
 
 
+def test_a_removal_hidden_by_a_movie_listed_out_of_order_is_never_silent(simulator: Callable[..., FakeYTS],
+                                                                        db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=1000)
+    sync(db_path, sim, config_file, "--no-enrich")
+    with sim.catalog.lock:  # an old movie's date_added moves to now: it leaves its place in the mirror's order
+        bumped = sim.catalog.order.pop(700)
+        sim.catalog.order.insert(0, bumped)
+    sim.catalog.add(60)
+    sync(db_path, sim, config_file, "--no-enrich")
+    [gone] = sim.catalog.remove(ids=[sim.catalog.order[300]])
+    run = sync(db_path, sim, config_file, "--no-enrich")
+    found = run["movies_removed"] == 1 and marked_removed(db_path) == {gone}
+    assert found or f"({bumped})" in (run["warning"] or ""), run  # the search may take the wrong movie: then say so
+    run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+    assert marked_removed(db_path) == {gone}
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
 def test_removals_refused_by_the_setting_are_searched_once_it_allows_them(
         simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
     sim = simulator(movies=500)
