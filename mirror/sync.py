@@ -116,6 +116,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(store.RUN_COUNTERS, 0))
     error: str | None = None
     messages: list[str] = field(default_factory=list)  # warnings and notes, which a quiet run does not show
+    warnings: list[str] = field(default_factory=list)  # those kept in sync_runs.warning, every one
 
     def line(self) -> str:
         """One line on what the run did."""
@@ -402,8 +403,9 @@ class Syncer:
         """Show a warning, and keep it in the run log for runs nobody watches (cron, -q)."""
         self.progress.message(text)
         summary.messages.append(text)
+        summary.warnings.append(text)
         with self.db.atomic():
-            store.update_run(self.db, summary.run_id, warning=text)
+            store.update_run(self.db, summary.run_id, warning="; also: ".join(summary.warnings))
 
     def _reconcile(self, summary: RunSummary, page_one: Listing | None) -> None:
         """Find movies removed upstream after a crawl had read them, and mark them (or try again next run)."""

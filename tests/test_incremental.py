@@ -869,6 +869,21 @@ def test_a_removal_hidden_by_a_movie_listed_out_of_order_is_never_silent(simulat
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+def test_a_run_keeps_every_warning_it_gives(simulator: Callable[..., FakeYTS], db_path: Path,
+                                            config_file: Path) -> None:
+    from mirror.sync import RunSummary
+
+    sim = simulator(movies=10)
+    sync(db_path, sim, config_file, "--no-enrich")
+    config = resolve(str(config_file), db=str(db_path), base_url=sim.url, rate=0)
+    with closing(store.open_db(db_path)) as db, closing(make_client(config)) as client:
+        summary = RunSummary(store.start_run(db, "incremental", sim.url), "incremental")
+        syncer = Syncer(db, client, config)
+        syncer._warn(summary, "removals refused")
+        syncer._warn(summary, "more listed than mirrored")
+    assert last_run(db_path)["warning"] == "removals refused; also: more listed than mirrored"
+
+
 def test_removals_refused_by_the_setting_are_searched_once_it_allows_them(
         simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
     sim = simulator(movies=500)
