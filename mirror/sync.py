@@ -382,12 +382,13 @@ class Syncer:
         gap = store.present_count(self.db) - count
         if gap == self._known_gap():
             return
-        with self.db.atomic():
+        with self.db.atomic():  # the baseline and its warning together: a kill between would lose the warning
             store.set_state(self.db, store.GAP_STATE, {"gap": gap, "movie_count": count})
-        if gap < 0:  # an older date_added, or ties ordered one way for one page and another for the next
-            self._warn(summary, f"movie_count says {count} movies and the mirror holds {count + gap}: {-gap} listed "
-                                "movies were not read (listed below the newest pages, or hidden between two pages); "
-                                "the next full sync (--full) looks for them, and until then removals wait for it too")
+            if gap < 0:  # an older date_added, or ties ordered one way for one page and another for the next
+                self._warn(summary, f"movie_count says {count} movies and the mirror holds {count + gap}: {-gap} "
+                                    "listed movies were not read (listed below the newest pages, or hidden between "
+                                    "two pages); the next full sync (--full) looks for them, and until then removals "
+                                    "wait for it too")
 
     def _removals_allowed(self, summary: RunSummary, count: int, present: int) -> bool:
         """Whether marking `count` of `present` movies removed is plausible; if not, say why and keep it."""

@@ -761,6 +761,34 @@ def test_new_movies_listed_below_the_pages_an_incremental_reads_are_reported(
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+class Killed(BaseException):
+    """A kill at that very statement, as far as the database can tell."""
+
+
+def test_the_unread_warning_outlives_a_kill_as_it_is_given(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                           config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = simulator(movies=300)
+    sync(db_path, sim, config_file, "--no-enrich")
+    [backdated] = sim.catalog.add(1)
+    with sim.catalog.lock:  # listed on page 3: not read by an incremental walk
+        sim.catalog.order.remove(backdated)
+        sim.catalog.order.insert(120, backdated)
+    update_run = store.update_run
+
+    def killed_at_the_warning(db: Any, run_id: int, **values: Any) -> None:
+        if "warning" in values:
+            raise Killed
+        update_run(db, run_id, **values)
+
+    monkeypatch.setattr(store, "update_run", killed_at_the_warning)
+    with pytest.raises(Killed):
+        run_cli(["sync", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file),
+                 "--no-enrich"])
+    monkeypatch.undo()
+    assert sync(db_path, sim, config_file, "--no-enrich")["warning"] == WARNING_UNREAD.format(count=301, held=300,
+                                                                                              unread=1)
+
+
 def test_a_removal_found_by_the_count_is_checked_once_while_the_endpoints_disagree(
         simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
     sim = simulator(movies=300)
