@@ -30,6 +30,7 @@ MIGRATION_BATCH = 1000  # rows a migration step holds in memory at once
 # sync_state keys
 CRAWL_STATE = "crawl"  # the checkpoint of an unfinished crawl
 FULL_CRAWL_STATE = "full_crawl"  # when the last full crawl completed (its enrichment may have been cut short)
+CRAWLED_STATE = "crawled"  # when the last crawl or incremental walk of any kind completed
 RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
 HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
 SEEN_STATE = "seen"  # the latest seen-at time a crawl wrote (a clock set back since must not undercut it)
@@ -846,18 +847,26 @@ def last_runs(db: sqlite_utils.Database, limit: int = 5) -> list[dict[str, Any]]
 
 
 def freshness(db: sqlite_utils.Database) -> dict[str, Any]:
-    """When the mirror last finished a sync of each kind."""
+    """When the mirror last completed a crawl, of any kind and full (its run may have ended in enrichment)."""
     rows = db.execute(
         "SELECT kind, MAX(finished_at) FROM sync_runs WHERE status = 'ok' GROUP BY kind"
     ).fetchall()
     last = {kind: finished for kind, finished in rows}
+    # A run whose crawl completed is ok for freshness even if its enrichment was stopped or failed.
+    full = _latest(last.get("full"), (get_state(db, FULL_CRAWL_STATE) or {}).get("completed_at"))
+    crawled = (get_state(db, CRAWLED_STATE) or {}).get("completed_at")
     checkpoint = get_state(db, CRAWL_STATE)
     return {
-        "last_ok_sync": max((v for k, v in last.items() if k != "enrich"), default=None),
-        "last_ok_full": last.get("full"),
+        "last_ok_sync": _latest(full, last.get("incremental"), crawled),
+        "last_ok_full": full,
         "last_ok_incremental": last.get("incremental"),
         "crawl_in_progress": checkpoint,
     }
+
+
+def _latest(*times: str | None) -> str | None:
+    """The latest of some stored times, or None if none is set."""
+    return max((t for t in times if t), default=None)
 
 
 def last_full_refresh(path: str | os.PathLike[str]) -> datetime | None:

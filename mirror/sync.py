@@ -245,6 +245,7 @@ class Syncer:
         """Drop the checkpoint; if the catalog moved, leave the next incremental sync a removal check."""
         with self.db.atomic():
             store.clear_state(self.db, CHECKPOINT)
+            store.set_state(self.db, store.CRAWLED_STATE, {"completed_at": store.now_iso()})
             if moved:
                 # Movies removed after the crawl read them (or above an incremental walk) still
                 # look present: the next incremental sync looks for them (find_missing).

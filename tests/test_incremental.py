@@ -761,6 +761,23 @@ def test_new_movies_listed_below_the_pages_an_incremental_reads_are_reported(
     assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
+def test_a_crawl_whose_enrichment_was_stopped_counts_as_fresh(simulator: Callable[..., FakeYTS], db_path: Path,
+                                                               config_file: Path) -> None:
+    sim = simulator(movies=60)
+    config = resolve(str(config_file), db=str(db_path), base_url=sim.url, rate=0)
+    for kind in ("full", "incremental"):  # the first crawl of an empty mirror is a full one
+        stop = threading.Event()
+        with closing(store.open_db(db_path)) as db, closing(make_client(config)) as client:
+            summary = Syncer(db, client, config, stop=stop).run(after_crawl=lambda _: stop.set())
+            fresh = store.freshness(db)
+        run = last_run(db_path)
+        assert (run["kind"], run["status"]) == (kind, "interrupted")  # as after Ctrl-C during its enrichment
+        assert fresh["last_ok_sync"] > run["started_at"] and fresh["last_ok_full"] and summary.counts["pages"]
+        health = json.loads((Path(store.__file__).parent / "datasette_queries.json").read_text())["sync_health"]
+        shown = {row[1]: row[2] for row in connect(db_path).execute(health["sql"]) if row[0] == "freshness"}
+        assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
+
+
 class Killed(BaseException):
     """A kill at that very statement, as far as the database can tell."""
 
