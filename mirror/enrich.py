@@ -254,7 +254,7 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
                 not_found += status == "not_found"
             db.execute(
                 "INSERT INTO enrich_state (movie_id, endpoint, status, fetched_at, attempts, last_error, list_hash, "
-                "attempted_at) VALUES (:movie_id, :endpoint, :status, :now, :status = 'failed', :error, :list_hash, :now) "
+                "attempted_at) VALUES (:movie_id, :endpoint, :status, :fetched_at, :status = 'failed', :error, :fetched_hash, :now) "
                 "ON CONFLICT(movie_id, endpoint) DO UPDATE SET attempted_at = excluded.attempted_at, "
                 # a recheck of a "not found" that fails leaves it "not found": asked again in a day, the rest wait
                 "status = CASE WHEN excluded.status = 'failed' AND enrich_state.status = 'not_found' THEN 'not_found' "
@@ -264,7 +264,9 @@ def write_movie(db: sqlite_utils.Database, item: WorkItem, outcomes: Mapping[str
                 "last_error = excluded.last_error, "
                 "list_hash = CASE WHEN excluded.status = 'failed' THEN enrich_state.list_hash ELSE excluded.list_hash END",
                 {"movie_id": item.movie_id, "endpoint": endpoint, "status": status, "now": now,
-                 "error": payload if status == "failed" else None, "list_hash": item.list_hash},
+                 "error": payload if status == "failed" else None,
+                 "fetched_at": None if status == "failed" else now,  # of the data kept: none yet
+                 "fetched_hash": None if status == "failed" else item.list_hash},
             )
     return fetched, not_found
 

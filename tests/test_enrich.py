@@ -153,6 +153,8 @@ def test_paused_endpoint_is_probed_once_then_resumed(simulator: Callable[..., Fa
     run_cli(sync_args(db_path, sim, config_file, "--concurrency", "3"))
     spent = sim.counts["movie_reviews"]
     assert spent <= 20
+    failed = query(db_path, "SELECT fetched_at, list_hash, attempted_at FROM enrich_state WHERE status = 'failed'")
+    assert failed and all(row[0] is None and row[1] is None and row[2] for row in failed)  # no data kept: no fetch time
     # Still dead: the next run spends one probe (one fetch with its retries) and stays paused.
     run_cli(["enrich", "--db", str(db_path), "--base-url", sim.url, "--rate", "0", "--config", str(config_file)])
     assert sim.counts["movie_reviews"] - spent <= 6  # one probe: max_attempts in the test config
