@@ -335,6 +335,11 @@ class Syncer:
         if count is None or self._refused:
             return  # a full crawl of this run refused its removals: the same gap is not searched again
         present = store.present_count(self.db)
+        if present - count != self._known_gap():  # news, unless this one count is wrong: a second read must agree
+            page_one = fetch_page(self.client, 1)
+            if page_one.total != count:
+                log.info("movie_count read %d, then %d: the count check waits for the next run", count, page_one.total)
+                return
         gone = present - count - max(self._known_gap(), 0)  # fewer listed than mirrored: removals since the last crawl
         if gone > 0 and not self._removals_allowed(summary, gone, present):
             return  # unexplained, it is warned about each run, and searched once the setting allows

@@ -633,7 +633,7 @@ def test_an_implausible_removal_check_asks_nothing(simulator: Callable[..., Fake
     before, listed = sim.counts.get("movie_details", 0), sim.counts["list_movies"]
     run = sync(db_path, sim, config_file, "--no-enrich")
     assert sim.counts.get("movie_details", 0) == before  # confirming each would not change the verdict
-    assert sim.counts["list_movies"] - listed == 1  # the count says it all: no search
+    assert sim.counts["list_movies"] - listed == 2  # the count, read twice, says it all: no search
     assert run["warning"].startswith("not marking") and store_state(db_path, "reconcile")  # kept for later
     assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
 
@@ -753,7 +753,7 @@ def test_new_movies_listed_below_the_pages_an_incremental_reads_are_reported(
         sim.catalog.order.insert(120, backdated)
     before = sim.counts["list_movies"]
     run = sync(db_path, sim, config_file, "--no-enrich")
-    assert sim.counts["list_movies"] - before == 1 and run["movies_new"] == 0
+    assert sim.counts["list_movies"] - before == 2 and run["movies_new"] == 0  # page 1, and its count confirmed
     assert run["warning"] == WARNING_UNREAD.format(count=301, held=300, unread=1)
     assert sync(db_path, sim, config_file, "--no-enrich")["warning"] is None  # said once
     run = sync(db_path, sim, config_file, "--no-enrich", "--full")
@@ -776,6 +776,28 @@ def test_a_crawl_whose_enrichment_was_stopped_counts_as_fresh(simulator: Callabl
         health = json.loads((Path(store.__file__).parent / "datasette_queries.json").read_text())["sync_health"]
         shown = {row[1]: row[2] for row in connect(db_path).execute(health["sql"]) if row[0] == "freshness"}
         assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
+
+
+class OneBadCount(FakeYTS):
+    """A simulator whose next list answer (once armed) has a movie_count that ends the list at its page."""
+
+    armed = False
+
+    def _list_movies(self, params: Any, fault: str | None = None) -> bytes:
+        bad, self.armed = self.armed, False
+        return super()._list_movies(params, "badcount" if bad else fault)
+
+
+def test_one_wrong_movie_count_is_no_removal(db_path: Path, config_file: Path) -> None:
+    with OneBadCount(Catalog(300, 5)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        sim.catalog.add(3)
+        sim.armed = True  # page 1 says 50 movies: 253 removed, if believed
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert (run["movies_new"], run["movies_removed"], run["warning"]) == (3, 0, None)
+        [gone] = sim.catalog.remove(ids=[sim.catalog.order[100]])  # then a real removal is found as ever
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert (run["movies_removed"], run["warning"]) == (1, None) and marked_removed(db_path) == {gone}
 
 
 class Killed(BaseException):
@@ -886,14 +908,14 @@ def test_a_full_crawl_that_grew_reads_page_one_once_at_its_end(db_path: Path, co
         assert sim.pages_read == [*range(1, 9), 1]
 
 
-def test_a_removal_check_takes_page_one_from_the_walk(db_path: Path, config_file: Path) -> None:
+def test_a_removal_check_reads_page_one_once_more(db_path: Path, config_file: Path) -> None:
     with ScriptedChurn(Catalog(400, 6)) as sim:
         sync(db_path, sim, config_file, "--no-enrich")
         [gone] = sim.catalog.remove(ids=[sim.catalog.order[-1]])  # the oldest: the search ends on page 8
         sim.pages_read.clear()
         run = sync(db_path, sim, config_file, "--no-enrich")
         assert run["movies_removed"] == 1 and marked_removed(db_path) == {gone}
-        assert sim.pages_read.count(1) == 1, sim.pages_read
+        assert sim.pages_read.count(1) == 2, sim.pages_read  # the walk's, and the count confirmed: the search's too
 
 
 def test_a_removal_hidden_by_a_movie_listed_out_of_order_is_never_silent(simulator: Callable[..., FakeYTS],
@@ -934,11 +956,11 @@ def test_removals_refused_by_the_setting_are_searched_once_it_allows_them(
     sim = simulator(movies=500)
     sync(db_path, sim, config_file, "--no-enrich")
     gone = set(sim.catalog.remove(80))
-    for _ in range(2):  # refused each time, from the count alone: no search, no request beyond page 1
+    for _ in range(2):  # refused each time, from the count alone (read twice): no search
         before = sim.counts["list_movies"]
         run = sync(db_path, sim, config_file, "--no-enrich")
         assert run["warning"].startswith("not marking 80 of 500 movies removed") and run["movies_removed"] == 0
-        assert sim.counts["list_movies"] - before == 1
+        assert sim.counts["list_movies"] - before == 2
     raised = config_file.parent / "raised.toml"
     raised.write_text(config_file.read_text() + "\n[sync]\nmax_removed_fraction = 0.5\n")
     run = sync(db_path, sim, raised, "--no-enrich")
