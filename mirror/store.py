@@ -171,8 +171,12 @@ def file_uri(path: str | os.PathLike[str]) -> str:
     return Path(path).absolute().as_uri()
 
 
-def connect(path: str | os.PathLike[str], busy_timeout_ms: int = 30000) -> ImmediateDatabase:
+BUSY_TIMEOUT_MS = 30_000  # how long a command waits for a lock another connection holds on the file
+
+
+def connect(path: str | os.PathLike[str], busy_timeout_ms: int | None = None) -> ImmediateDatabase:
     """Open a database file with the settings every connection here uses."""
+    busy_timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
     try:
         conn = sqlite3.connect(file_uri(path), uri=True, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     except sqlite3.OperationalError as error:
@@ -468,7 +472,7 @@ def mirror_version(path: str | os.PathLike[str]) -> int:
     that every command, `schedule` included, refuses a damaged one before it starts.
     """
     try:
-        conn = connect_read_only(path, immutable=on_read_only_media(path))
+        conn = connect_read_only(path, immutable=on_read_only_media(path), timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -1238,6 +1238,24 @@ def test_python_dash_m_works() -> None:
     assert process.returncode == 0 and stdout.startswith("yts-mirror, version")
 
 
+def test_a_database_another_program_keeps_locked_is_waited_for_as_long_as_the_busy_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.db"
+    store.open_db(path).close()
+    holder = sqlite3.connect(path)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 400, raising=False)  # 30 s in use; the same for every connection
+    try:
+        for command in (["stats"], ["search", "x"], ["sync", "--base-url", "http://127.0.0.1:9"]):
+            started = time.monotonic()
+            result = run_cli([*command, "--db", str(path)])
+            assert result.exit_code == 1 and "database is locked" in result.output, result.output
+            assert 0.35 < time.monotonic() - started < 4, command  # not sqlite3's own 5 s default
+    finally:
+        holder.close()
+
+
 def test_readers_never_see_locked_database(simulator: Callable[..., FakeYTS], db_path: Path,
                                            config_file: Path) -> None:
     import threading
