@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -301,6 +302,15 @@ def check_path_length(path: Path) -> None:
         raise ConfigError(f"the database file name {path.name[:40]}... is too long: at most {name_max - suffix} bytes here")
 
 
+def _link_loop(path: Path) -> bool:
+    """Whether a path is a symbolic link that leads back to itself."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
+
+
 def _config_text(path: str | os.PathLike[str]) -> str:
     """A config file's text; ConfigError for what is no config file (a device such as /dev/zero would never end)."""
     mode = os.stat(path).st_mode
@@ -338,11 +348,15 @@ def resolve(
     enrich = config.enrich
     if concurrency is not None:
         enrich = replace(enrich, concurrency=concurrency)
+    if db.endswith(("/", os.sep)):  # Path() would drop the slash, and a file would take the directory's name
+        raise ConfigError(f"the database path {db} names a directory; give a file in it")
     path = Path(db)
     if str(path) == ":memory:":
         raise ConfigError("the database path :memory: names SQLite's database in memory, which keeps nothing; "
                           "give a file")
     check_path_length(path)
+    if _link_loop(path):
+        raise ConfigError(f"the database path {db} is a symbolic link loop")
     if path.is_dir():
         raise ConfigError(f"the database path {db} is a directory")
     if path.exists() and not path.is_file():  # a FIFO would block the first read for good
@@ -351,6 +365,6 @@ def resolve(
     if links > 1:  # SQLite finds its -wal file by name: two names, two WALs, a corrupt database
         raise ConfigError(f"the database {db} has {links} hard links; SQLite corrupts a database written "
                           "through two names, so keep one (a symbolic link is fine)")
-    if not path.parent.is_dir():
+    if not Path(os.path.realpath(path)).parent.is_dir():  # a symbolic link's target's directory, too
         raise ConfigError(f"the database path {db} is not in an existing directory")
     return validate(replace(config, db=str(path), api=api, enrich=enrich))

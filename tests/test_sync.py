@@ -801,9 +801,17 @@ def test_a_flag_makes_its_blank_environment_variable_irrelevant(monkeypatch: pyt
 
 @pytest.mark.parametrize("command", [["sync"], ["stats"], ["enrich"], ["search", "x"]])
 def test_a_database_in_a_missing_directory_is_a_config_error(tmp_path: Path, command: list[str]) -> None:
-    result = run_cli([*command, "--db", str(tmp_path / "nodir" / "x.db")])
-    assert result.exit_code == 2 and "is not in an existing directory" in result.output
-    assert result.output.count("\n") == 1
+    (tmp_path / "dangling.db").symlink_to(tmp_path / "nodir" / "x.db")  # the link's directory exists, not its target's
+    (tmp_path / "loop.db").symlink_to(tmp_path / "loop.db")
+    host = [] if command[0] in ("stats", "search") else ["--base-url", "http://127.0.0.1:9"]  # no request is made
+    for db, reason in ((tmp_path / "nodir" / "x.db", "is not in an existing directory"),
+                       (tmp_path / "dangling.db", "is not in an existing directory"),
+                       (f"{tmp_path}/newdir/", "names a directory"),
+                       (tmp_path / "loop.db", "is a symbolic link loop")):
+        result = run_cli([*command, "--db", str(db), *host])
+        assert result.exit_code == 2 and reason in result.output, (db, result.output)
+        assert result.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.db", "loop.db"]  # nothing made
 
 
 def test_a_database_named_like_a_uri_is_a_file_of_that_name(simulator: Callable[..., FakeYTS], tmp_path: Path,
