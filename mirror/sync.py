@@ -72,10 +72,17 @@ def logged_run(db: sqlite_utils.Database, kind: str, base_url: Callable[[], str]
         outcome.status = "interrupted" if stopped() else "ok"
     except BaseException as error:
         outcome.status = "interrupted" if isinstance(error, KeyboardInterrupt) or stopped() else "failed"
-        outcome.error = f"{type(error).__name__}: {error}"
+        outcome.error = error_text(error)
         raise
     finally:
         store.finish_run(db, outcome.run_id, outcome.status, outcome.error, base_url=base_url(), **counts())
+
+
+def error_text(error: BaseException) -> str:
+    """How the run log names what ended a run."""
+    if isinstance(error, KeyboardInterrupt):  # a second stop signal, which ends a run at once
+        return "aborted"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def logged_enrichment(db: sqlite_utils.Database, client: YTSClient, config: Config, stop: threading.Event,

@@ -778,6 +778,19 @@ def test_a_crawl_whose_enrichment_was_stopped_counts_as_fresh(simulator: Callabl
         assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
 
 
+def test_the_run_log_names_what_ended_a_run(tmp_path: Path) -> None:
+    from mirror.sync import logged_run
+
+    with closing(store.open_db(tmp_path / "log.db")) as db:
+        for error, expected in ((KeyboardInterrupt(), ("interrupted", "aborted")),  # a second Ctrl-C
+                                (OSError("disk full"), ("failed", "OSError: disk full")),
+                                (RuntimeError(), ("failed", "RuntimeError"))):
+            with pytest.raises(type(error)), logged_run(db, "full", lambda: "http://x", lambda: False, dict):
+                raise error
+            run = store.last_runs(db, 1)[0]
+            assert (run["status"], run["error"]) == expected
+
+
 class OneBadCount(FakeYTS):
     """A simulator whose next list answer (once armed) has a movie_count that ends the list at its page."""
 
