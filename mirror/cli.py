@@ -33,14 +33,14 @@ from .sync import JobReport, RunSummary, Syncer, logged_enrichment, writing
 
 log = logging.getLogger("mirror")
 
-
-
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
+# Bidirectional embeddings, overrides and isolates: a title holding one would reorder the rest of the line.
+_BIDI = {c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_CONTROLS = {**{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}, **_BIDI}
 _CONTROLS_BUT_NEWLINE = {c: text for c, text in _CONTROLS.items() if c != 0x0A}
 
 
-# What json.dumps(ensure_ascii=False) leaves raw: DEL, C1, and the lone surrogates of undecodable file names.
-_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000))}
+# What json.dumps(ensure_ascii=False) leaves raw: DEL, C1, the lone surrogates of undecodable file names, bidi controls.
+_JSON_CONTROLS = {**{c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000))}, **_BIDI}
 
 
 def terminal_safe(text: str, lines: bool = False) -> str:

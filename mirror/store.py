@@ -821,8 +821,9 @@ def search(db: sqlite_utils.Database, query: str, limit: int = 20, include_remov
         message = str(error)
         if any(sign in message for sign in ("fts5", "syntax", "no such column", "unterminated", "special query",
                                             "expected integer")):  # NEAR(a b, x)
+            shown = query if len(query) <= 60 else f"{query[:60]}..."
             raise SearchSyntaxError(
-                f"invalid search syntax in {query!r}: {message} (put phrases or odd characters in double quotes)"
+                f"invalid search syntax in {shown!r}: {message} (put phrases or odd characters in double quotes)"
             ) from None
         raise
 

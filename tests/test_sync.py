@@ -570,6 +570,8 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
         bad = run_cli(["search", bad_query, "--db", str(db_path)])
         assert bad.exit_code == 2, (bad_query, bad.output)
         assert bad.output.count("\n") == 1 and bad.output.startswith("error: invalid search syntax")
+    huge = run_cli(["search", '"' + "a" * 100_000, "--db", str(db_path)])
+    assert huge.exit_code == 2 and len(huge.output) < 300, len(huge.output)  # the query is named, not echoed whole
     assert run_cli(["search", " ".join(["zanzibar"] * 64), "--db", str(db_path)]).exit_code == 0
     long = run_cli(["search", " ".join(["zanzibar"] * 65), "--db", str(db_path)])  # each word is a pass over the index
     assert long.exit_code == 2 and long.output == "error: the search has 65 words; at most 64, please\n"
@@ -580,6 +582,7 @@ def test_error_and_log_lines_show_control_characters_as_escapes() -> None:
 
     assert terminal_safe("bad\x1b[2J\nline\tend") == "bad\\x1b[2J\\x0aline\tend"  # an error stays one line
     assert terminal_safe("a\nb\x07", lines=True) == "a\nb\\x07"
+    assert terminal_safe("evil\u202egnp.exe \u2066x\u2069") == "evil\\u202egnp.exe \\u2066x\\u2069"  # bidi overrides
     record = logging.LogRecord("mirror", logging.WARNING, __file__, 1, "API said %s", ("\x1b]0;x\x07\nfake line",), None)
     assert SafeFormatter("%(message)s").format(record) == "API said \\x1b]0;x\\x07\\x0afake line"  # one record, one line
     debug = logging.LogRecord("mirror", logging.DEBUG, __file__, 1, "failed:\n%s", ("Traceback\n  line\x1b",), None)
