@@ -320,7 +320,7 @@ def _config_text(path: str | os.PathLike[str]) -> str:
         text = handle.read(MAX_CONFIG_BYTES + 1)
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KB; is it the right file?")
-    return text.decode()
+    return text.decode("utf-8-sig")  # a byte-order mark, as some editors write, is no TOML error
 
 
 def resolve(

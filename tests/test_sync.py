@@ -702,6 +702,7 @@ def test_config_file_sets_the_base_url(simulator: Callable[..., FakeYTS], tmp_pa
     config = write_config(tmp_path, f'\ndb = "{tmp_path / "cfg.db"}"\n')
     text = config.read_text().replace("[api]", f'[api]\nbase_urls = ["{sim.url}"]\nrate = 0', 1)
     config.write_text(f'db = "{tmp_path / "cfg.db"}"\n' + text.replace(f'\ndb = "{tmp_path / "cfg.db"}"\n', ""))
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())  # a byte-order mark, as Windows editors save one
     result = run_cli(["sync", "--config", str(config), "--no-enrich"])
     assert result.exit_code == 0, result.output
     assert len(mirror_movies(tmp_path / "cfg.db")) == 30
