@@ -270,19 +270,31 @@ class TerminalProgress:
         return Progress(total=self.total, advance=self.advance, message=self.message)
 
 
+STOPPING_CRAWL = "finishing the current page, then stopping"
+STOPPING_ENRICHMENT = "writing what the workers have fetched, then stopping"
+
+
+class StopRequest(threading.Event):
+    """The event a stop signal sets, with what the run says it does then (it changes as the run goes on)."""
+
+    def __init__(self, announce: str | None):
+        super().__init__()
+        self.announce = announce
+
+
 @contextmanager
-def stop_on_signals(announce: str | None = "finishing the current page, then stopping") -> Iterator[threading.Event]:
+def stop_on_signals(announce: str | None = STOPPING_CRAWL) -> Iterator[StopRequest]:
     """SIGTERM and SIGINT ask the run to stop after the page in flight (a second one interrupts)."""
-    stop = threading.Event()
+    stop = StopRequest(announce)
     previous = {}
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        if announce:
+        if stop.announce:
             with BarLine.lock:
-                click.echo(f"{BarLine.end()}{signal.Signals(signum).name}: {announce}", err=True)
+                click.echo(f"{BarLine.end()}{signal.Signals(signum).name}: {stop.announce}", err=True)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -391,8 +403,7 @@ def writer_session(config: Config, label: str, unit: str, wait: bool, quiet: boo
                    must_exist: bool = False) -> Iterator[tuple[Database, YTSClient, TerminalProgress, threading.Event]]:
     """A writer's database, client, progress output and stop event (set by SIGTERM or SIGINT)."""
     # Signals are caught once the lock is held, so a run queued by --wait still dies of SIGTERM.
-    announce = "finishing the current page, then stopping" if label == "sync" else \
-        "writing what the workers have fetched, then stopping"
+    announce = STOPPING_CRAWL if label == "sync" else STOPPING_ENRICHMENT
     with writing(config, wait, must_exist) as (db, client), stop_on_signals(announce) as signal_stop:
         client.stop = stop or signal_stop
         progress = TerminalProgress(label, unit=unit, quiet=quiet)
@@ -421,6 +432,8 @@ def enrich_after_crawl(syncer: Syncer, quiet: bool, limit: int | None = None,
             crawl.close()  # the crawl's bar stays as it ended, above the enrichment's
         progress = TerminalProgress("enrich", unit="requests", quiet=quiet)
         syncer.client.on_retry = progress.waiting
+        if isinstance(syncer.stop, StopRequest):  # a signal now stops the enrichment, not a crawl
+            syncer.stop.announce = STOPPING_ENRICHMENT
         try:
             report = syncer.enrich_new(summary, progress.callbacks(), limit)
         finally:

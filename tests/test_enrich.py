@@ -391,6 +391,18 @@ def test_a_stop_advances_the_bar_by_the_fetches_made(simulator: Callable[..., Fa
     assert len(advanced) > 5 and sum(advanced) == fetched < 4 * len(advanced)  # movies cut short count what they got
 
 
+def test_a_stop_during_a_syncs_enrichment_says_what_it_finishes(simulator: Callable[..., FakeYTS], tmp_path: Path,
+                                                                config_file: Path) -> None:
+    sim = simulator(movies=40)
+    db = tmp_path / "say.db"
+    process = cli_subprocess(["sync", "--db", str(db), "--base-url", sim.url, "--rate", "20", "--config",
+                              str(config_file)])
+    wait_for(lambda: sim.counts.get("movie_suggestions", 0) >= 2)  # the crawl is over: enrichment runs
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0 and "SIGTERM: writing what the workers have fetched, then stopping" in stderr, stderr
+
+
 def test_sigterm_during_rate_limited_enrichment_keeps_its_count_and_answers(simulator: Callable[..., FakeYTS], tmp_path: Path,
                                                                 config_file: Path) -> None:
     sim = simulator(movies=40)
