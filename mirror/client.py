@@ -391,6 +391,11 @@ class YTSClient:
             delay = max(delay, min(error.retry_after, self.backoff_max * 5))
         return delay
 
+    def _rate_limit_pause(self, error: TransientError) -> float:
+        """How long a final 429 holds the client: its Retry-After, or the longest backoff."""
+        backoff = min(self.backoff_max, self.backoff_initial * 2 ** (self.max_attempts - 1))
+        return backoff if error.retry_after is None else max(backoff, min(error.retry_after, self.backoff_max * 5))
+
     def _sleep(self, seconds: float) -> None:
         """Wait for a retry (backoff can last minutes) or a token, unless a stop is asked for meanwhile."""
         if self.stop is None:
@@ -446,6 +451,8 @@ class YTSClient:
         try:
             return retrying(attempt)
         except TransientError as error:
+            if error.rate_limited:  # refused to the last: what comes next waits, as after any 429
+                self.limiter.hold(self._rate_limit_pause(error))
             others = list(hosts)[:-1]  # the last named itself, if by the URL it was redirected to
             reason = f"{error.reason}; also tried {', '.join(others)}" if others else error.reason
             raise FetchError(error.url, reason, self.max_attempts, unanswered=not any(answered)) from error

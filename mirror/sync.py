@@ -276,9 +276,11 @@ class Syncer:
             return
         page_one = None if checkpoint.get("moved", False) else fetch_page(self.client, 1)
         moved = page_one is None or catalog_grew(page_one, seen)
+        asked = self.client.stats.requests
         if self._finish_full(summary, checkpoint["started_at"], checkpoint["movie_count"], moved,
                              removals_possible=not first) and moved and not self.stop.is_set():
-            self._top_up(summary, page_one)
+            # Page 1 as just read, unless confirming removals took requests (minutes, at the usual rate).
+            self._top_up(summary, page_one if self.client.stats.requests == asked else None)
 
     def _finish_full(self, summary: RunSummary, started_at: str, count: int | None, moved: bool,
                      removals_possible: bool) -> bool:
@@ -345,7 +347,12 @@ class Syncer:
         if present - count != self._known_gap():  # news, unless this one count is wrong: a second read must agree
             page_one = fetch_page(self.client, 1)
             if page_one.total != count:
-                log.info("movie_count read %d, then %d: the count check waits for the next run", count, page_one.total)
+                reason = f"movie_count read {count}, then {page_one.total}"
+                note = store.get_state(self.db, RECONCILE)
+                if note is None:
+                    log.info("%s: the count check waits for the next run", reason)
+                else:  # a count never read the same twice must not keep the check for good
+                    self._postpone_reconcile(summary, note, reason)
                 return
         gone = present - count - max(self._known_gap(), 0)  # fewer listed than mirrored: removals since the last crawl
         if gone > 0 and not self._removals_allowed(summary, gone, present):
@@ -361,7 +368,7 @@ class Syncer:
 
     def _walk_new(self, summary: RunSummary, checkpoint: dict[str, Any] | None,
                   page_one: Listing | None = None) -> tuple[dict[str, Any], Listing | None] | None:
-        """One incremental walk, page by page; its last checkpoint and its page 1, or None if stopped."""
+        """One incremental walk, page by page; its last checkpoint and its page 1 if read last, or None if stopped."""
         checkpoint, seen = self._begin("incremental", checkpoint)
         started_at = checkpoint["started_at"]
 
@@ -371,10 +378,12 @@ class Syncer:
         walk = Walk(seen, checkpoint["next_page"], checkpoint.get("movie_count"), first=page_one)
         pages = readahead.ready_pages(crawl_new(self.client, known_before, self.config.sync.overlap, walk),
                                       self.config.sync.trackers)
+        asked = self.client.stats.requests
         if not self._commit_pages(summary, pages, checkpoint, seen):
             return None
         self._end_crawl(started_at, checkpoint.get("moved", False), complete=False)
-        return checkpoint, walk.first
+        page_one_last = self.client.stats.requests - asked == (0 if page_one else 1)  # no request after it
+        return checkpoint, walk.first if page_one_last else None
 
     def _top_up(self, summary: RunSummary, page_one: Listing | None) -> None:
         """After a full crawl that saw the list move: walk the newest pages for movies added meanwhile."""
@@ -439,11 +448,12 @@ class Syncer:
         if unanswered:
             self._postpone_reconcile(summary, note, f"movie_details did not answer for {len(unanswered)} of them")
             return
-        if answered:  # the difference they leave becomes the count's baseline: say so once
+        if len(answered) > max(self._known_gap(), 0):  # beyond those the count's baseline holds: said once
             self._warn(summary, f"the removal check took {counted(len(answered), 'movie')} for removed that "
-                                f"movie_details still answers ({', '.join(map(str, answered[:5]))}): delisted, or "
-                                "listed out of date order, which hides a removal from the search; the next full "
-                                "sync (--full) settles it")
+                                f"movie_details still answers ({', '.join(map(str, answered[:5]))}): delisted while "
+                                "still answered (kept, as a full sync keeps them), or listed out of date order, "
+                                "which hides a removal from the search; the next full sync (--full) marks such a "
+                                "removal")
         self._drop_reconcile()
 
     def _drop_reconcile(self) -> None:

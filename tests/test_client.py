@@ -181,6 +181,26 @@ def test_a_429_holds_the_other_threads_requests_too() -> None:
     assert len(sim.arrivals) == 3 and min(sim.arrivals[1:]) - sim.arrivals[0] >= 0.9
 
 
+class Page1Refused(FirstAsked429):
+    """A simulator that always refuses page 1 with a 429 (Retry-After: 1)."""
+
+    def respond(self, endpoint: str, params: Mapping[str, str]) -> tuple[int, dict[str, str], bytes, str | None]:
+        with self.count_lock:
+            self.arrivals.append(time.monotonic())
+        if params.get("page") == "1":
+            return 429, {"Content-Type": "text/plain", "Retry-After": "1"}, b"Too Many Requests", "429"
+        return FakeYTS.respond(self, endpoint, params)
+
+
+def test_a_429_that_ends_a_request_holds_the_next_one_too() -> None:
+    with Page1Refused(Catalog(60, 2)) as sim:
+        client = YTSClient([sim.url], rate=0, max_attempts=2, backoff_initial=0.001, backoff_max=5)
+        with pytest.raises(FetchError, match="429"):
+            client.get("list_movies", {"page": 1})
+        client.get("list_movies", {"page": 2})  # the next movie's request, say
+    assert len(sim.arrivals) == 3 and sim.arrivals[2] - sim.arrivals[1] >= 0.9
+
+
 def test_retry_after_parsing() -> None:
     assert retry_after_seconds("7") == 7
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None

@@ -813,6 +813,26 @@ def test_one_wrong_movie_count_is_no_removal(db_path: Path, config_file: Path) -
         assert (run["movies_removed"], run["warning"]) == (1, None) and marked_removed(db_path) == {gone}
 
 
+class TwoCounts(FakeYTS):
+    """A simulator whose every other list answer has a movie_count that ends the list at its page."""
+
+    answers = 0
+
+    def _list_movies(self, params: Any, fault: str | None = None) -> bytes:
+        self.answers += 1
+        return super()._list_movies(params, "badcount" if self.answers % 2 else fault)
+
+
+def test_an_owed_check_gives_up_on_a_count_never_read_the_same_twice(db_path: Path, config_file: Path) -> None:
+    with TwoCounts(Catalog(300, 5)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich", "--full")
+        with closing(store.open_db(db_path)) as db, db.atomic():
+            store.set_state(db, store.RECONCILE_STATE, {"since": store.now_iso()})
+        warnings = [sync(db_path, sim, config_file, "--no-enrich")["warning"] for _ in range(3)]
+        assert warnings[:2] == [None, None] and warnings[2].startswith("removal check given up after 3 runs")
+        assert store_state(db_path, "reconcile") is None and not marked_removed(db_path)
+
+
 class Killed(BaseException):
     """A kill at that very statement, as far as the database can tell."""
 
@@ -947,6 +967,57 @@ def test_a_removal_hidden_by_a_movie_listed_out_of_order_is_never_silent(simulat
     run = sync(db_path, sim, config_file, "--no-enrich", "--full")
     assert marked_removed(db_path) == {gone}
     assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_delisted_movie_movie_details_answers_is_warned_about_once(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(400, 6)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        with sim.catalog.lock:  # off the list, while movie_details still answers for it: it stays present
+            delisted = sim.catalog.order.pop(150)
+        [gone] = sim.catalog.remove(ids=[sim.catalog.order[200]])
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert run["movies_removed"] == 1 and f"({delisted})" in run["warning"]
+        for _ in range(2):  # each full crawl sees the list grow, and owes a removal check that finds it again
+            sim.rescript({9: lambda catalog: catalog.add(3)})
+            run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+            assert (run["movies_new"], run["warning"]) == (3, None)
+        assert marked_removed(db_path) == {gone} and delisted in mirror_movies(db_path)
+
+
+class AddedWhileConfirming(ScriptedChurn):
+    """A simulator whose catalog grows by two movies at the first movie_details request once armed."""
+
+    armed = False
+    late: list[int] = []
+
+    def respond(self, endpoint: str, params: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        if endpoint == "movie_details" and self.armed:
+            self.armed = False
+            self.late = self.catalog.add(2)
+        return super().respond(endpoint, params)
+
+
+def test_movies_added_while_a_full_crawl_confirms_removals_are_walked_for(db_path: Path, config_file: Path) -> None:
+    with AddedWhileConfirming(Catalog(400, 6)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        sim.catalog.remove(ids=[sim.catalog.order[200]])  # unseen by the crawl: asked about with movie_details
+        sim.rescript({9: lambda catalog: catalog.add(3)})  # the re-read of page 1 shows the list grew
+        sim.armed = True
+        run = sync(db_path, sim, config_file, "--no-enrich", "--full")
+        assert (run["movies_new"], run["movies_removed"]) == (5, 1)  # the walk after the questions reads page 1 anew
+        assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
+def test_a_removal_check_reads_page_one_anew_after_a_longer_walk(db_path: Path, config_file: Path) -> None:
+    with ScriptedChurn(Catalog(400, 6)) as sim:
+        sync(db_path, sim, config_file, "--no-enrich")
+        with closing(store.open_db(db_path)) as db, db.atomic():  # a check owed, as after a crawl the list moved under
+            store.set_state(db, store.RECONCILE_STATE, {"since": store.now_iso()})
+        sim.catalog.add(60)  # the walk reads pages 1 and 2: its page 1 is no longer the latest read
+        sim.pages_read.clear()
+        run = sync(db_path, sim, config_file, "--no-enrich")
+        assert run["movies_new"] == 60 and sim.pages_read[:3] == [1, 2, 1], sim.pages_read
+        assert store_state(db_path, "reconcile") is None
 
 
 def test_a_run_keeps_every_warning_it_gives(simulator: Callable[..., FakeYTS], db_path: Path,
