@@ -427,7 +427,9 @@ def test_the_scheduler_stops_cleanly_whenever_the_signal_comes(simulator: Callab
     for attempt, sig in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGHUP] * 3):
         process = cli_subprocess(["schedule", "--db", str(tmp_path / "s.db"), "--base-url", sim.url, "--rate", "0",
                                   "--config", str(config)])
-        time.sleep(rng.uniform(0.5, 3.0))  # mid-job or between jobs, as it comes
+        lock = tmp_path / "s.db.schedule.lock"  # it names the scheduler once it runs (start-up is the interpreter's)
+        wait_for(lambda: lock.exists() and lock.read_text() == f"pid {process.pid}")
+        time.sleep(rng.uniform(0.0, 2.5))  # mid-job or between jobs, as it comes
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 0 and "Traceback" not in stderr, (attempt, sig, stderr[-2000:])
