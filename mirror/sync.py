@@ -492,7 +492,7 @@ class Syncer:
             return
         self._drop_reconcile()
         self._warn(summary, f"removal check given up after {tries} runs ({reason}); "
-                            "the next full sync (--full) marks what was removed")
+                            "removals it was looking for, if any, wait for the next full sync (--full)")
 
     def _gone_upstream(self, movie_id: int) -> bool | None:
         """Confirm a removal: movie_details answers an unknown id with its placeholder (None: no answer)."""
