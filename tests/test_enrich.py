@@ -309,6 +309,16 @@ def test_sigterm_while_an_endpoint_backs_off_stops_at_once(simulator: Callable[.
     assert connect(db).execute("SELECT COUNT(*) FROM enrich_state WHERE status = 'failed'").fetchone()[0] == 0
 
 
+def test_no_endpoints_fetches_none(simulator: Callable[..., FakeYTS], tmp_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=20)
+    config = tmp_path / "none.toml"
+    config.write_text(config_file.read_text() + "\nendpoints = []\n")  # the test config ends in [enrich]
+    db = tmp_path / "none.db"
+    assert run_cli(sync_args(db, sim, config)).exit_code == 0
+    assert run_cli(["enrich", "--db", str(db), "--base-url", sim.url, "--config", str(config)]).exit_code == 0
+    assert set(sim.counts) == {"list_movies"} and query(db, "SELECT COUNT(*) FROM enrich_state")[0][0] == 0
+
+
 class NullData(FakeYTS):
     """A simulator whose chosen endpoints answer status ok with `"data": null`."""
 
