@@ -270,42 +270,32 @@ class CatalogMoved(Exception):
     """The catalog changed (or its order disagrees with ours) while we compared it."""
 
 
-class UnmirroredMovies(CatalogMoved):
-    """A page the comparison read lists movies the mirror lacks: stored, they let it compare again."""
-
-    def __init__(self, page: int, movies: list[Mapping[str, Any]]):
-        super().__init__(f"page {page} holds movies the mirror lacks")
-        self.movies = movies
-
-
 PIVOT_MARGIN = 3  # places a movie may stray from the mirror's order (one, in the samples) and still be compared
 
 
 class RankedPages:
     """Upstream list pages read on demand, each as the sorted mirror ranks of its movies."""
 
-    def __init__(self, client: YTSClient, present: list[int], limit: int, listings: dict[int, Listing]):
+    def __init__(self, client: YTSClient, present: list[int], limit: int, first: Listing | None = None):
         self.client, self.limit = client, limit
         self.rank = {movie_id: index for index, movie_id in enumerate(present)}
         self.pages: dict[int, list[int]] = {}
         self.count: int | None = None  # movie_count, which must not change while we compare
-        self.listings = listings  # pages as read moments ago (by this comparison's earlier rounds, say)
+        self.first = first  # page 1 as read moments ago, if it was
 
     def ranks(self, number: int) -> list[int]:
         """Our ranks of page `number`'s movies, sorted; CatalogMoved if the page disagrees with the mirror."""
         if number not in self.pages:
-            if number not in self.listings:
-                self.listings[number] = fetch_page(self.client, number, self.limit)
-            movies, count, ends_early = self.listings[number]
+            listing = self.first if number == 1 else None
+            movies, count, ends_early = listing or fetch_page(self.client, number, self.limit)
             if ends_early:  # offsets mean nothing once movie_count and the pages disagree
                 raise CatalogMoved(f"page {number} lists fewer movies than movie_count promises")
             if self.count is not None and count != self.count:
                 raise CatalogMoved(f"movie_count changed from {self.count} to {count}")
             self.count = count
             ids = listed_ids(movies)
-            unmirrored = [movie for movie, movie_id in zip(movies, ids) if movie_id not in self.rank]
-            if unmirrored:
-                raise UnmirroredMovies(number, unmirrored)
+            if any(i not in self.rank for i in ids):
+                raise CatalogMoved(f"page {number} holds a movie the mirror lacks")
             if len(set(ids)) != len(ids):
                 raise CatalogMoved(f"page {number} lists a movie twice")
             # Movies added together can swap places (22838 above 22839 in
@@ -340,21 +330,19 @@ class Pivot(NamedTuple):
 
 
 def find_missing(client: YTSClient, present: list[int], limit: int = PAGE_LIMIT,
-                 listings: dict[int, Listing] | None = None) -> list[int]:
+                 first: Listing | None = None) -> list[int]:
     """Return the ids of `present` (mirror order, newest first) that the upstream list lacks.
 
     Compares the upstream list with ours by binary search over pages. Each page read tells how
     many of our movies upstream lacks above a movie near its top and one near its bottom; where
     that number does not change between two pages, nothing between them is missing, so only
     pages around removals are read: about log2(pages) requests per removal, never more than
-    every page once. A listed movie the mirror lacks changes that number too, so the search
-    reads its page, and raises UnmirroredMovies with it. Raises CatalogMoved if the catalog
-    changes meanwhile, or if its order strays from ours by more than the swaps of movies added
-    together. `listings` holds pages read moments ago (page 1 by a walk, say), and gains the
-    pages this search reads.
+    every page once. Raises CatalogMoved if the catalog changes meanwhile, or if its order
+    strays from ours by more than the swaps of movies added together. `first` is page 1 as an
+    incremental walk read it moments ago, if it did.
     """
-    pages = RankedPages(client, present, limit, {} if listings is None else listings)
-    if not pages.ranks(1) or pages.count == len(present):
+    pages = RankedPages(client, present, limit, first)
+    if not pages.ranks(1) or (pages.count or 0) >= len(present):
         return []
     upstream_count = pages.count or 0
     last_page = (upstream_count - 1) // limit + 1

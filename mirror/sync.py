@@ -15,8 +15,7 @@ import sqlite_utils
 from . import readahead, store, transform
 from .client import FetchError, Stopped, YTSClient, make_client
 from .config import Config
-from .crawl import (CatalogMoved, Listing, UnmirroredMovies, Walk, catalog_grew, crawl_new, fetch_page,
-                    find_missing)
+from .crawl import CatalogMoved, Listing, Walk, catalog_grew, crawl_new, fetch_page, find_missing
 from .enrich import EnrichReport, enrich_backlog, validator_for
 from .locks import writer_lock
 from .progress import Progress, counted
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = store.CRAWL_STATE
 RECONCILE = store.RECONCILE_STATE
 RECONCILE_TRIES = 3  # runs that may postpone a removal check (catalog moving, details unanswered)
-MAX_UNMIRRORED_PAGES = 10  # pages of listed movies the mirror lacks that one removal check stores
 
 
 @contextmanager
@@ -358,12 +356,11 @@ class Syncer:
                 else:  # a count never read the same twice must not keep the check for good
                     self._postpone_reconcile(summary, note, reason)
                 return
-        # Fewer listed than mirrored: removals since the last crawl; more: listed movies no walk read.
-        change = present - count - self._known_gap()
-        if change > 0 and not self._removals_allowed(summary, change, present):
+        gone = present - count - max(self._known_gap(), 0)  # fewer listed than mirrored: removals since the last crawl
+        if gone > 0 and not self._removals_allowed(summary, gone, present):
             return  # unexplained, it is warned about each run, and searched once the setting allows
         owed = store.get_state(self.db, RECONCILE) is not None
-        if change and not owed:  # the search finds both, and stores the listed movies it meets
+        if gone > 0 and not owed:
             with self.db.atomic():
                 store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
             owed = True
@@ -411,11 +408,11 @@ class Syncer:
             return
         with self.db.atomic():  # the baseline and its warning together: a kill between would lose the warning
             store.set_state(self.db, store.GAP_STATE, {"gap": gap, "movie_count": count})
-            if gap < 0:  # ties ordered one way for one page and another for the next, or far out of date order
+            if gap < 0:  # an older date_added, or ties ordered one way for one page and another for the next
                 self._warn(summary, f"movie_count says {count} movies and the mirror holds {count + gap}: the list "
-                                    f"holds {-gap} that no page read showed (hidden between two pages, or listed "
-                                    "far out of date order); the next full sync (--full) looks for them, and "
-                                    "removals may wait for it too")
+                                    f"holds {-gap} no page read showed (listed below the newest pages, or hidden "
+                                    "between two pages); the next full sync (--full) looks for them, and until then "
+                                    "removals wait for it too")
 
     def _removals_allowed(self, summary: RunSummary, count: int, present: int) -> bool:
         """Whether marking `count` of `present` movies removed is plausible; if not, say why and keep it."""
@@ -438,8 +435,9 @@ class Syncer:
     def _reconcile(self, summary: RunSummary, page_one: Listing | None) -> None:
         """Find movies removed upstream after a crawl had read them, and mark them (or try again next run)."""
         note = store.get_state(self.db, RECONCILE) or {}
+        present = store.present_ids(self.db)
         try:
-            candidates, present = self._compare_list(summary, {1: page_one} if page_one else {})
+            candidates = find_missing(self.client, present, first=page_one)
         except CatalogMoved as error:
             self._postpone_reconcile(summary, note, str(error))
             return
@@ -459,29 +457,6 @@ class Syncer:
                                 "which hides a removal from the search; the next full sync (--full) marks such a "
                                 "removal")
         self._drop_reconcile()
-
-    def _compare_list(self, summary: RunSummary, listings: dict[int, Listing]) -> tuple[list[int], list[int]]:
-        """The present movies the list lacks, and the present movies; listed ones the mirror lacks are stored first."""
-        for _ in range(MAX_UNMIRRORED_PAGES):
-            present = store.present_ids(self.db)
-            try:
-                return find_missing(self.client, present, listings=listings), present
-            except UnmirroredMovies as found:  # listed below the pages a walk reads (an older date_added), or again
-                self._store_listed(summary, found.movies)
-        raise CatalogMoved(f"more than {MAX_UNMIRRORED_PAGES} pages hold movies the mirror lacks")
-
-    def _store_listed(self, summary: RunSummary, movies: list[Mapping[str, Any]]) -> None:
-        """Store listed movies the removal search met, as a crawl would, with the run log's counts."""
-        rows = transform.page_values(transform.page_rows(movies, self.config.sync.trackers))
-        with self.db.atomic():
-            result = store.write_page(self.db, rows, store.now_iso())
-            summary.counts["movies_new"] += len(result.new_ids)
-            summary.counts["movies_updated"] += result.updated
-            summary.counts["torrents_new"] += result.torrents_new
-            summary.counts["torrents_removed"] += result.torrents_removed
-            store.update_run(self.db, summary.run_id, **{k: summary.counts[k] for k in (
-                "movies_new", "movies_updated", "torrents_new", "torrents_removed")})
-        log.info("stored %d listed movies the mirror lacked, met by the removal search", len(movies))
 
     def _drop_reconcile(self) -> None:
         """The removal check is done, or left to the next full sync."""
