@@ -329,7 +329,8 @@ def test_a_redirect_loop_fails_over_and_each_hop_waits_for_its_token(simulator: 
         with pytest.raises(FetchError, match="bad redirect"):
             client.get("list_movies")
         assert len(hops) == 2 * (MAX_REDIRECTS + 1) == client.stats.requests
-        assert hops[-1] - hops[0] >= (len(hops) - 1) / 20 * 0.9  # the rate limit holds across hops
+        # The rate limit holds across hops (timed from the second: the first arrival also waits for a connection).
+        assert hops[-1] - hops[1] >= (len(hops) - 2) / 20 * 0.9
         live = simulator(movies=4)
         client = fast_client(url, live.url, attempts=6)
         assert client.get("list_movies")["movie_count"] == 4
