@@ -384,17 +384,23 @@ class YTSClient:
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         """Exponential backoff with equal jitter (half to all of it), but never less than Retry-After."""
-        backoff = min(self.backoff_max, self.backoff_initial * 2 ** (retry_state.attempt_number - 1))
-        delay = random.uniform(backoff / 2, backoff)
+        backoff = self._backoff(retry_state.attempt_number)
         error = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(error, TransientError) and error.retry_after is not None:
-            delay = max(delay, min(error.retry_after, self.backoff_max * 5))
-        return delay
+        return self._at_least_retry_after(random.uniform(backoff / 2, backoff), error)
 
     def _rate_limit_pause(self, error: TransientError) -> float:
         """How long a final 429 holds the client: its Retry-After, or the longest backoff."""
-        backoff = min(self.backoff_max, self.backoff_initial * 2 ** (self.max_attempts - 1))
-        return backoff if error.retry_after is None else max(backoff, min(error.retry_after, self.backoff_max * 5))
+        return self._at_least_retry_after(self._backoff(self.max_attempts), error)
+
+    def _backoff(self, failed_attempts: int) -> float:
+        """The longest wait after that many failed attempts: doubling from backoff_initial, up to backoff_max."""
+        return min(self.backoff_max, self.backoff_initial * 2 ** (failed_attempts - 1))
+
+    def _at_least_retry_after(self, delay: float, error: BaseException | None) -> float:
+        """`delay`, or the error's Retry-After where longer (up to 5 x backoff_max)."""
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            return max(delay, min(error.retry_after, self.backoff_max * 5))
+        return delay
 
     def _sleep(self, seconds: float) -> None:
         """Wait for a retry (backoff can last minutes) or a token, unless a stop is asked for meanwhile."""
