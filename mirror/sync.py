@@ -345,21 +345,21 @@ class Syncer:
         count = checkpoint["movie_count"]
         if count is None or self._refused:
             return  # a full crawl of this run refused its removals: the same gap is not searched again
-        present = store.present_count(self.db)
-        if present - count != self._known_gap():  # news, unless this one count is wrong: a second read must agree
+        present, known_gap = store.present_count(self.db), self._known_gap()
+        note = store.get_state(self.db, RECONCILE)  # a removal check owed
+        if present - count != known_gap:  # news, unless this one count is wrong: a second read must agree
             page_one = fetch_page(self.client, 1)
             if page_one.total != count:
                 reason = f"movie_count read {count}, then {page_one.total}"
-                note = store.get_state(self.db, RECONCILE)
                 if note is None:
                     log.info("%s: the count check waits for the next run", reason)
                 else:  # a count never read the same twice must not keep the check for good
                     self._postpone_reconcile(summary, note, reason)
                 return
-        gone = present - count - max(self._known_gap(), 0)  # fewer listed than mirrored: removals since the last crawl
+        gone = present - count - max(known_gap, 0)  # fewer listed than mirrored: removals since the last crawl
         if gone > 0 and not self._removals_allowed(summary, gone, present):
             return  # unexplained, it is warned about each run, and searched once the setting allows
-        owed = store.get_state(self.db, RECONCILE) is not None
+        owed = note is not None
         if gone > 0 and not owed:
             with self.db.atomic():
                 store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
