@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
 import signal
 import socket
 import sqlite3
@@ -149,31 +150,58 @@ class MirrorFile:
     views: bool  # movie_catalog and movie_search exist
 
 
-MIRROR_FILES: dict[str, MirrorFile | None] = {}
+@dataclass(frozen=True)
+class Look:
+    """What a look at a database file found, and the file's state then (None once nothing more can appear)."""
+
+    mirror: MirrorFile | None
+    state: tuple[tuple[int, int] | None, ...] | None
+
+
+MIRROR_FILES: dict[str, Look] = {}
+
+
+def file_state(path: str) -> tuple[tuple[int, int] | None, ...]:
+    """The size and modification time of a database file and of its WAL, which a writer's commit changes."""
+    state = []
+    for name in (path, path + "-wal"):
+        try:
+            stat = os.stat(name)
+            state.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            state.append(None)
+    return tuple(state)
 
 
 def inspect_file(path: str) -> MirrorFile | None:
-    """Look (read-only) at a database file's tables, once per path; None if it is not a mirror."""
-    if path not in MIRROR_FILES:
+    """Look (read-only) at a database file's tables; None if it is not a mirror (yet: a sync may make it one)."""
+    look = MIRROR_FILES.get(path)
+    if look is not None and look.state is None:
+        return look.mirror
+    state = file_state(path)
+    if look is None or look.state != state:
+        mirror = _look_at(path)
+        look = Look(mirror, None if mirror is not None and mirror.views else state)
+        MIRROR_FILES[path] = look
+    return look.mirror
+
+
+def _look_at(path: str) -> MirrorFile | None:
+    """The mirror a database file holds, from its table names; None if it holds none."""
+    try:
+        conn = store.connect_read_only(path)
         try:
-            conn = store.connect_read_only(path)
-            try:
-                names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-            finally:
-                conn.close()
-        except sqlite3.DatabaseError:
-            names = set()
-        is_mirror = all(name in names for name in store.MIRROR_TABLES)
-        MIRROR_FILES[path] = MirrorFile(views={CATALOG, SEARCH} <= names) if is_mirror else None
-    return MIRROR_FILES[path]
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        names = set()
+    is_mirror = all(name in names for name in store.MIRROR_TABLES)
+    return MirrorFile(views={CATALOG, SEARCH} <= names) if is_mirror else None
 
 
 def mirror_databases(datasette: Any) -> dict[str, MirrorFile]:
-    """The attached databases that are mirrors, by name (cached while the attached set is the same)."""
-    signature = (tuple(datasette.databases), len(MIRROR_FILES))
-    cached = getattr(datasette, "_yts_mirrors", None)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
+    """The attached databases that are mirrors, by name."""
     found = {}
     for name, db in list(datasette.databases.items()):
         path = getattr(db, "path", None)
@@ -181,7 +209,6 @@ def mirror_databases(datasette: Any) -> dict[str, MirrorFile]:
             info = inspect_file(path)
             if info is not None:
                 found[name] = info
-    datasette._yts_mirrors = ((tuple(datasette.databases), len(MIRROR_FILES)), found)
     return found
 
 

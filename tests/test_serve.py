@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 import pytest
 import requests
 from click.testing import CliRunner
+from datasette.app import Datasette
 from markupsafe import escape as markup_escape
 
 from mirror import datasette_render as render
@@ -629,6 +630,25 @@ def test_plain_datasette_picks_up_the_plugin(mirror: Mirror) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert '<a class="yts-magnet"' in result.stdout and "<h2>Torrents</h2>" in result.stdout
     assert_inert(result.stdout)
+
+
+def test_plain_datasette_on_an_empty_file_finds_the_mirror_a_sync_then_writes(mirror: Mirror, tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    path.touch()
+
+    async def fetch_twice() -> tuple[int, int, int]:
+        datasette = Datasette([str(path)])
+        await datasette.invoke_startup()
+        before = (await datasette.client.get("/later/newest_movies.json")).status_code
+        with closing(sqlite3.connect(mirror.path)) as source, closing(sqlite3.connect(path)) as target:
+            source.backup(target)  # as a first sync would fill it
+        after = await datasette.client.get("/later/newest_movies.json")
+        catalog = await datasette.client.get("/later/movies")
+        return before, after.status_code, catalog.status_code
+
+    before, after, catalog = asyncio.run(fetch_twice())
+    assert before == 404  # not a mirror yet: no canned queries
+    assert after == 200 and catalog == 302  # a mirror now: its queries, and the movies table opens the catalog
 
 
 def run_serve(*args: str) -> tuple[int, str]:
