@@ -9,6 +9,7 @@ page of rows, instead of fetching every matching movie first (a genre can hold h
 
 from __future__ import annotations
 
+import string
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, NamedTuple, TypeVar
@@ -20,6 +21,14 @@ from datasette.utils import path_with_added_args, path_with_removed_args
 
 from .api import DATA_VERSIONS
 from .datasette_render import MOVIE_TABLES
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold_case(text: str) -> str:
+    """`text` as SQLite's NOCASE collation compares it: ASCII letters in lower case."""
+    return text.translate(_ASCII_LOWER)
+
 
 class Related(NamedTuple):
     """How the catalog facets on, and filters by, one related table."""
@@ -39,9 +48,9 @@ RELATED = {
                      "join movie_genres g on g.movie_id = s.id group by g.genre order by count desc, value limit {limit}",
         all_sql="select genre as value, count(*) as count from movie_genres "
                 "group by genre order by count desc, value limit {limit}",
-        clause="+id in (select movie_id from movie_genres where genre = :{param})",
+        clause="+id in (select movie_id from movie_genres where genre = :{param} collate nocase)",
         description="genre is {value!r}",
-        ids_sql="select movie_id from movie_genres where genre = :{param}",
+        ids_sql="select movie_id from movie_genres where genre = :{param} collate nocase",
     ),
     "quality": Related(
         arg="_quality",
@@ -50,9 +59,10 @@ RELATED = {
                      "group by t.quality order by count desc, value limit {limit}",
         all_sql="select quality as value, count(distinct movie_id) as count from torrents where removed_at is null "
                 "group by quality order by count desc, value limit {limit}",
-        clause="+id in (select movie_id from torrents where quality = :{param} and removed_at is null)",
+        clause="+id in (select movie_id from torrents where quality = :{param} collate nocase and removed_at is null)",
         description="has a {value!r} torrent",
-        ids_sql="select distinct movie_id from torrents where quality = :{param} and removed_at is null",
+        ids_sql="select distinct movie_id from torrents where quality = :{param} collate nocase "
+                "and removed_at is null",
     ),
 }
 
@@ -144,7 +154,7 @@ class RelatedFacet(Facet):
             rows = await self.counts(size)
         except QueryInterrupted:
             return [], [self.type]
-        selected = set(self.request.args.getlist(arg))
+        selected = {fold_case(value): value for value in self.request.args.getlist(arg)}  # as the URL spells it
         return [{
             "name": self.type,
             "type": "column",
@@ -159,11 +169,11 @@ class RelatedFacet(Facet):
         filters = self.filter_key()
         return await count_pairs(self, self.count_sql(size), None if filters is None else (self.type, size, filters))
 
-    def result(self, arg: str, value: Any, count: int, selected: set[str]) -> dict[str, Any]:
-        """One facet value with the link that toggles it."""
+    def result(self, arg: str, value: Any, count: int, selected: dict[str, str]) -> dict[str, Any]:
+        """One facet value with the link that toggles it (?_genre=drama selects Drama, as the filter does)."""
         text = "" if value is None else str(value)
-        chosen = text in selected
-        path = (path_with_removed_args(self.request, {arg: text}) if chosen
+        chosen = fold_case(text) in selected
+        path = (path_with_removed_args(self.request, {arg: selected[fold_case(text)]}) if chosen
                 else path_with_added_args(self.request, {arg: text}))
         return {"value": text, "label": text, "count": count, "selected": chosen,
                 "toggle_url": self.ds.absolute_url(self.request, path)}

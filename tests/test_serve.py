@@ -342,6 +342,16 @@ def test_facet_selection_filters_and_recounts(mirror: Mirror) -> None:
     assert "_genre=Drama" not in selected[0]["toggle_url"]
 
 
+def test_facet_filters_ignore_case_as_the_api_does(mirror: Mirror) -> None:
+    exact = get_json(mirror, f"/{mirror.name}/movie_catalog.json?_genre=Drama&_quality=1080p&_size=max")
+    typed = get_json(mirror, f"/{mirror.name}/movie_catalog.json?_genre=dRAMA&_quality=1080P&_size=max")
+    assert exact["rows"] and typed["rows"] == exact["rows"]
+    assert facet_counts(typed, "genre") == facet_counts(exact, "genre")
+    selected = [item for item in typed["facet_results"]["genre"]["results"] if item["selected"]]
+    assert [item["value"] for item in selected] == ["Drama"]  # shown as selected, and its link drops what was typed
+    assert "_genre=" not in selected[0]["toggle_url"] and "_quality=1080P" in selected[0]["toggle_url"]
+
+
 @pytest.mark.parametrize("filters", ["", "&_quality=1080p"])
 def test_kept_facet_counts_follow_writes(mirror: Mirror, tmp_path: Path, filters: str) -> None:
     from mirror.datasette_facets import FACET_COUNTS
