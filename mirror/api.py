@@ -531,7 +531,7 @@ def find_movie(conn: sqlite3.Connection, query: MovieQuery, columns: str = "id, 
 
 HEAD_KEYS = ("id", "url", "imdb_code", "title", "title_english", "title_long", "slug", "year", "rating",
              "runtime", "genres")
-DETAIL_KEYS = ("like_count", "download_count", "description_intro")
+DETAIL_KEYS = ("download_count", "like_count", "description_intro")  # movie_details__yts-api-rs-basic.json
 BODY_KEYS = ("description_full", "yt_trailer_code", "language", "mpa_rating", "background_image",
              "background_image_original", "small_cover_image", "medium_cover_image", "large_cover_image")
 SCREENSHOT_KEYS = tuple(f"{size}_screenshot_image{n}" for size in ("medium", "large") for n in (1, 2, 3))

@@ -317,9 +317,9 @@ class Catalog:
             keep = ("id", "url", "imdb_code", "title", "title_english", "title_long", "slug", "year", "rating",
                     "runtime", "genres")
             out: dict[str, Any] = {k: movie[k] for k in keep if k in movie}
-            out["like_count"] = extra["like_count"]
-            if extra["download_count"] is not None:
+            if extra["download_count"] is not None:  # before like_count: movie_details__yts-api-rs-basic.json
                 out["download_count"] = extra["download_count"]
+            out["like_count"] = extra["like_count"]
             out["description_intro"] = extra["description_intro"]
             for k in ("description_full", "yt_trailer_code", "language", "mpa_rating", "background_image",
                       "background_image_original", "small_cover_image", "medium_cover_image", "large_cover_image"):

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from datasette.app import Datasette
 
+from conftest import SAMPLES
 from mirror.cli import cli
 from mirror.fakeapi import Catalog, FakeYTS
 
@@ -222,6 +223,16 @@ def test_movie_details_match_upstream(mirror: Mirror, flags: str) -> None:
     assert list(data) == ["movie"]
     expected = mirror.catalog.details(movie_id, "with_images" in flags, "with_cast" in flags)
     assert data["movie"] == expected
+
+
+def test_movie_details_keys_come_in_the_real_api_order(mirror: Mirror) -> None:
+    sample = json.loads((SAMPLES / "movie_details__yts-api-rs-images-cast.json").read_text())["data"]["movie"]
+    movie_id = next(i for i in mirror.catalog.ids() if mirror.catalog.extra[i]["download_count"] is not None)
+    ours = mirror.ok(f"{API}/movie_details.json?movie_id={movie_id}&with_images=1&with_cast=1")["movie"]
+    simulated = mirror.catalog.details(movie_id, True, True)
+    assert {"download_count", "like_count", "cast", "large_screenshot_image3"} <= set(ours) == set(simulated)
+    for keys in (list(ours), list(simulated)):
+        assert [key for key in keys if key in sample] == [key for key in sample if key in keys]
 
 
 def test_movie_details_by_imdb_id(mirror: Mirror) -> None:
