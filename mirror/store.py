@@ -852,20 +852,20 @@ def last_runs(db: sqlite_utils.Database, limit: int = 5) -> list[dict[str, Any]]
 
 
 def freshness(db: sqlite_utils.Database) -> dict[str, Any]:
-    """When the mirror last completed a crawl, of any kind and full (its run may have ended in enrichment)."""
+    """When the mirror last completed a crawl, of any kind and full (not when its run's enrichment ended)."""
     rows = db.execute(
         "SELECT kind, MAX(finished_at) FROM sync_runs WHERE status = 'ok' GROUP BY kind"
     ).fetchall()
     last = {kind: finished for kind, finished in rows}
-    # A run whose crawl completed is ok for freshness even if its enrichment was stopped or failed.
-    full = _latest(last.get("full"), (get_state(db, FULL_CRAWL_STATE) or {}).get("completed_at"))
+    # The states say when the crawl itself completed; run times only stand in for mirrors older than them.
+    full_crawl = (get_state(db, FULL_CRAWL_STATE) or {}).get("completed_at")
     crawled = (get_state(db, CRAWLED_STATE) or {}).get("completed_at")
-    checkpoint = get_state(db, CRAWL_STATE)
+    full = full_crawl or last.get("full")
     return {
-        "last_ok_sync": _latest(full, last.get("incremental"), crawled),
+        "last_ok_sync": _latest(crawled, full_crawl) if crawled else _latest(full, last.get("incremental")),
         "last_ok_full": full,
         "last_ok_incremental": last.get("incremental"),
-        "crawl_in_progress": checkpoint,
+        "crawl_in_progress": get_state(db, CRAWL_STATE),
     }
 
 

@@ -250,9 +250,10 @@ class Syncer:
 
     def _end_crawl(self, started_at: str, moved: bool, complete: bool) -> None:
         """Drop the checkpoint; if the catalog moved, leave the next incremental sync a removal check."""
+        completed_at = store.now_iso()
         with self.db.atomic():
             store.clear_state(self.db, CHECKPOINT)
-            store.set_state(self.db, store.CRAWLED_STATE, {"completed_at": store.now_iso()})
+            store.set_state(self.db, store.CRAWLED_STATE, {"completed_at": completed_at})
             if moved:
                 # Movies removed after the crawl read them (or above an incremental walk) still
                 # look present: the next incremental sync looks for them (find_missing). After a
@@ -263,7 +264,7 @@ class Syncer:
             elif complete:  # a full crawl of a quiet catalog has marked every removal itself
                 store.clear_state(self.db, RECONCILE)
             if complete:  # the scheduler's next full refresh counts from here
-                store.set_state(self.db, store.FULL_CRAWL_STATE, {"completed_at": store.now_iso()})
+                store.set_state(self.db, store.FULL_CRAWL_STATE, {"completed_at": completed_at})
 
     def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Crawl every page; mark what the complete crawl did not see as removed."""

@@ -780,6 +780,25 @@ def test_a_crawl_whose_enrichment_was_stopped_counts_as_fresh(simulator: Callabl
         assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
 
 
+def test_freshness_is_when_the_crawl_completed_not_when_its_enrichment_did(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=60)
+    config = resolve(str(config_file), db=str(db_path), base_url=sim.url, rate=0)
+    for kind in ("full", "incremental"):
+        with closing(store.open_db(db_path)) as db, closing(make_client(config)) as client:
+            Syncer(db, client, config).run(after_crawl=lambda _: time.sleep(0.2))  # enrichment taking its time
+            fresh = store.freshness(db)
+            crawled = store.get_state(db, store.CRAWLED_STATE)["completed_at"]
+            full_crawl = store.get_state(db, store.FULL_CRAWL_STATE)["completed_at"]
+        run = last_run(db_path)
+        assert (run["kind"], run["status"]) == (kind, "ok")
+        assert fresh["last_ok_sync"] == crawled < run["finished_at"]
+        assert fresh["last_ok_full"] == full_crawl <= crawled
+        health = json.loads((Path(store.__file__).parent / "datasette_queries.json").read_text())["sync_health"]
+        shown = {row[1]: row[2] for row in connect(db_path).execute(health["sql"]) if row[0] == "freshness"}
+        assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
+
+
 def test_the_run_log_names_what_ended_a_run(tmp_path: Path) -> None:
     from mirror.sync import logged_run
 
