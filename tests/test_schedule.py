@@ -193,7 +193,7 @@ def test_a_full_refresh_missed_while_stopped_is_due_at_start() -> None:
     jobs = Jobs(Config(), lambda config, full, **kwargs: ran.append("full" if full else "incremental"),
                 lambda *args, **kwargs: None)
     for last_full, expected in ((datetime.now(UTC) - timedelta(days=8), ["full", "incremental"]),
-                                (datetime.now(UTC) - timedelta(hours=1), ["incremental"])):
+                                (datetime.now(UTC), ["incremental"])):  # an hour ago fails on Sundays 04:00-05:00
         ran.clear()
         jobs.last_full = lambda: last_full  # read once, by build_scheduler
         scheduler = build_scheduler(Config(), jobs)
