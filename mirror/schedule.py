@@ -149,11 +149,10 @@ class Jobs:
 
     def full(self) -> None:
         """Run a full refresh, unless stopping or another process completed one while this one waited."""
-        due = datetime.now(UTC)
+        before = self.last_full()  # compared, not ordered: a clock set back can leave it in the future
 
         def work() -> Any:
-            completed = self.last_full()
-            if completed is not None and completed >= due:
+            if self.last_full() != before:
                 return JobReport("not needed: another process completed a full crawl meanwhile")
             return self.run_sync(self.config, full=True, stop=self.stop)
 

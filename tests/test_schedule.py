@@ -296,6 +296,18 @@ def test_a_run_that_outlasts_its_interval_runs_again_once_it_ends(caplog: pytest
         "incremental sync: still running when it fell due again; it runs again once it ends"]
 
 
+def test_a_full_refresh_runs_when_the_last_one_seems_to_lie_in_the_future() -> None:
+    calls: list[bool] = []
+
+    def run_sync(config: Config, full: bool, **kwargs: object) -> JobReport:
+        calls.append(full)
+        return JobReport("full sync ok")
+
+    ahead = datetime.now(UTC) + timedelta(days=180)  # stored before the system clock was set back
+    Jobs(Config(), run_sync, run_sync, last_full=lambda: ahead).full()
+    assert calls == [True]
+
+
 def test_a_full_refresh_another_process_completed_while_it_waited_is_not_repeated(
         caplog: pytest.LogCaptureFixture) -> None:
     completed: list[datetime] = []
