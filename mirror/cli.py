@@ -367,7 +367,7 @@ def an_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-rate_option = click.option("--rate", type=click.FloatRange(min=0), default=None, callback=finite,
+rate_option = click.option("--rate", type=click.FloatRange(min=0, max=1000), default=None, callback=finite,
                            help="Requests per second (default 0.4; 0 = unlimited, for local sources only).")
 concurrency_option = click.option("--concurrency", type=click.IntRange(min=1, max=64), default=None,
                                   help="Enrichment worker threads.")

@@ -7,6 +7,7 @@ import math
 import os
 import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,9 @@ def validate(config: Config) -> Config:
     for key in ("incremental_seconds", "enrich_seconds"):
         if 0 < getattr(config.schedule, key) < MIN_INTERVAL:
             raise ConfigError(f"schedule.{key} must be 0 (off) or at least {MIN_INTERVAL:g} second")
+    if config.api.backoff_initial > config.api.backoff_max:
+        raise ConfigError(f"api.backoff_initial ({config.api.backoff_initial:g}) must not exceed api.backoff_max "
+                          f"({config.api.backoff_max:g}), which caps every backoff")
     if 0 < config.api.rate < MIN_RATE:
         raise ConfigError(f"api.rate must be 0 (no limit) or at least one request a day ({MIN_RATE:.2g}/s)")
     for endpoint, days in config.enrich.ttl_days.items():
@@ -231,6 +235,8 @@ def check_base_url(url: str) -> None:
         raise ConfigError(f"api.base_urls: {url!r} is not a valid URL: {error}") from None
     host = parts.hostname or ""
     host_ok = 0 < len(host) <= 253 and all(0 < len(label) <= 63 for label in host.split("."))  # DNS limits
+    if not url.isprintable():  # a terminal's escape sequence, or bytes the locale could not decode
+        raise ConfigError(f"api.base_urls: {url!r} holds control characters or bytes that are not text")
     if parts.scheme not in ("http", "https") or not host_ok or any(c.isspace() for c in url) or port == 0:
         raise ConfigError(f"api.base_urls: {url!r} is not an http(s) URL with a host name")
     if parts.query or parts.fragment or "?" in url or "#" in url:  # the API path and parameters follow the base
@@ -339,6 +345,7 @@ def resolve(
             raise ConfigError(f"{flag} must not be empty")
     config = load_config(config_path)
     db = db or os.environ.get(ENV_DB) or config.db
+    base_url_flag = base_url is not None
     base_url = base_url or os.environ.get(ENV_BASE_URL)
     api = config.api
     if base_url:
@@ -367,4 +374,19 @@ def resolve(
                           "through two names, so keep one (a symbolic link is fine)")
     if not Path(os.path.realpath(path)).parent.is_dir():  # a symbolic link's target's directory, too
         raise ConfigError(f"the database path {db} is not in an existing directory")
-    return validate(replace(config, db=str(path), api=api, enrich=enrich))
+    sources = {"api.base_urls": "--base-url" if base_url_flag else ENV_BASE_URL if base_url else None,
+               "api.rate": "--rate" if rate is not None else None,
+               "enrich.concurrency": "--concurrency" if concurrency is not None else None}
+    try:
+        return validate(replace(config, db=str(path), api=api, enrich=enrich))
+    except ConfigError as error:
+        raise named_source(error, sources) from None
+
+
+def named_source(error: ConfigError, sources: Mapping[str, str | None]) -> ConfigError:
+    """`error`, naming the flag or environment variable its value came from, if not the config file."""
+    message = str(error)
+    for key, source in sources.items():
+        if source and message.startswith(key):
+            return ConfigError(f"{source} ({key}){message[len(key):]}")
+    return error

@@ -731,6 +731,8 @@ def test_a_base_url_may_end_in_the_api_path(simulator: Callable[..., FakeYTS], d
     ("[api]\nread_timeout = nan\n", "api.read_timeout must be a number"),
     ("[api]\nbackoff_initial = 1e300\n", "api.backoff_initial must be between"),
     ("[api]\nrate = 1e-300\n", "api.rate must be 0 (no limit) or at least"),
+    ("[api]\nbackoff_initial = 100\nbackoff_max = 1\n", "api.backoff_initial (100) must not exceed api.backoff_max"),
+    ('[api]\nbase_urls = ["http://127.0.0.1:9/\\u001b[31m"]\n', "holds control characters"),
     ("[enrich]\nconcurrency = 100000\n", "enrich.concurrency must be between 1 and 64"),
     ("[schedule]\nincremental_seconds = inf\n", "schedule.incremental_seconds must be a number"),
     ("[schedule]\nmisfire_grace_seconds = 1e9\n", "schedule.misfire_grace_seconds must be between"),
@@ -773,6 +775,12 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, body: str | bytes, me
     (["--base-url", "http://127.0.0.1:9/?q=1"], "has a query or fragment"),
     (["--base-url", "http://127.0.0.1:9/#top"], "has a query or fragment"),
     (["--base-url", "http://user:secret@127.0.0.1:9"], "holds credentials; put them in ~/.netrc"),
+    (["--base-url", "http://127.0.0.1:9/\x1b[31m"], "--base-url (api.base_urls): 'http://127.0.0.1:9/\\x1b[31m' holds "
+                                                     "control characters"),
+    (["--base-url", "http://127.0.0.1:9/\udcff"], "holds control characters or bytes that are not text"),  # argv's \xff
+    (["--base-url", " , "], "--base-url (api.base_urls) must name at least one URL"),
+    (["--rate", "5000"], "Invalid value for '--rate': 5000.0 is not in the range 0<=x<=1000"),
+    (["--rate", "1e-9"], "--rate (api.rate) must be 0 (no limit) or at least one request a day"),
     (["--db", ":memory:"], "names SQLite's database in memory, which keeps nothing"),
     (["--db", "./:memory:"], "names SQLite's database in memory, which keeps nothing"),
 ])
@@ -795,6 +803,13 @@ def test_a_blank_environment_variable_is_refused_like_a_blank_flag(tmp_path: Pat
     result = run_cli(command)
     assert result.exit_code == 2 and result.output == f"error: {message}\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_environment_variable_is_named_in_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YTS_MIRROR_BASE_URL", "ftp://x")
+    result = run_cli(["sync", "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 2
+    assert result.output == "error: YTS_MIRROR_BASE_URL (api.base_urls): 'ftp://x' is not an http(s) URL with a host name\n"
 
 
 def test_a_flag_makes_its_blank_environment_variable_irrelevant(monkeypatch: pytest.MonkeyPatch) -> None:
