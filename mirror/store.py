@@ -801,11 +801,24 @@ def close_stale_runs(db: sqlite_utils.Database) -> None:
 # ---- reading --------------------------------------------------------------------------------
 
 MAX_SEARCH_WORDS = 64  # FTS5 walks the index once per word: 250 common words took 10 s on 20,000 movies
+_COLUMN_FILTER = re.compile(r"\b\w++\s*+:")  # title: or cast_names: (\b: linear in a 100,000-letter word)
+_SEARCH_WORD = re.compile(r"[^\W_]+")  # FTS5's unicode61 tokenizer splits at "_" too: the_the is two words
+_FTS_OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR"})
+
+
+def search_words(query: str) -> int:
+    """How many words FTS5 looks up for `query` (not counting its operators and column names)."""
+    words = _SEARCH_WORD.findall(_COLUMN_FILTER.sub(" ", query))
+    return sum(1 for word in words if word not in _FTS_OPERATORS)
 
 
 def search(db: sqlite_utils.Database, query: str, limit: int = 20, include_removed: bool = False) -> list[dict[str, Any]]:
     """Rank movies matching an FTS5 query, best first."""
-    words = len(re.findall(r"\w+", query))
+    try:
+        query.encode()
+    except UnicodeEncodeError:  # argv bytes the locale could not decode
+        raise SearchSyntaxError("the search holds bytes that are not UTF-8 text (is the terminal's encoding UTF-8?)") from None
+    words = search_words(query)
     if words > MAX_SEARCH_WORDS:
         raise SearchSyntaxError(f"the search has {words} words; at most {MAX_SEARCH_WORDS}, please")
     sql = (

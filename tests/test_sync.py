@@ -575,6 +575,13 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
     assert run_cli(["search", " ".join(["zanzibar"] * 64), "--db", str(db_path)]).exit_code == 0
     long = run_cli(["search", " ".join(["zanzibar"] * 65), "--db", str(db_path)])  # each word is a pass over the index
     assert long.exit_code == 2 and long.output == "error: the search has 65 words; at most 64, please\n"
+    joined = run_cli(["search", "_".join(["zanzibar"] * 65), "--db", str(db_path)])  # FTS5 splits at "_" as well
+    assert joined.exit_code == 2 and "the search has 65 words" in joined.output
+    operators = " OR ".join(["title:zanzibar"] * 64)  # operators and column names are no words to look up
+    assert run_cli(["search", operators, "--db", str(db_path)]).exit_code == 0
+    latin1 = run_cli(["search", os.fsdecode(b"caf\xe9"), "--db", str(db_path)])  # typed in a Latin-1 terminal
+    assert latin1.exit_code == 2 and latin1.output == ("error: the search holds bytes that are not UTF-8 text "
+                                                       "(is the terminal's encoding UTF-8?)\n")
 
 
 def test_error_and_log_lines_show_control_characters_as_escapes() -> None:
