@@ -35,6 +35,7 @@ RECONCILE_STATE = "reconcile"  # a removal check the next incremental sync owes
 HOST_STATE = "api_host"  # the API host that answered last, and the base_urls list it came from
 SEEN_STATE = "seen"  # the latest seen-at time a crawl wrote (a clock set back since must not undercut it)
 GAP_STATE = "list_gap"  # present movies less movie_count, as the last quiet crawl left them
+REFUSED_STATE = "removals_refused"  # the count gap whose removal search found more than the setting allows
 DEMO_STATE = "demo"  # set by `yts-mirror demo`: this mirror holds simulated movies
 
 

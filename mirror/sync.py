@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = store.CRAWL_STATE
 RECONCILE = store.RECONCILE_STATE
+REFUSED = store.REFUSED_STATE
 RECONCILE_TRIES = 3  # runs that may postpone a removal check (catalog moving, details unanswered)
 
 
@@ -265,6 +266,7 @@ class Syncer:
                 store.clear_state(self.db, RECONCILE)
             if complete:  # the scheduler's next full refresh counts from here
                 store.set_state(self.db, store.FULL_CRAWL_STATE, {"completed_at": completed_at})
+                store.clear_state(self.db, REFUSED)  # it has marked, or refused itself, what a search refused
 
     def _full(self, summary: RunSummary, checkpoint: dict[str, Any] | None) -> None:
         """Crawl every page; mark what the complete crawl did not see as removed."""
@@ -357,6 +359,10 @@ class Syncer:
                 else:  # a count never read the same twice must not keep the check for good
                     self._postpone_reconcile(summary, note, reason)
                 return
+        refused = store.get_state(self.db, REFUSED)  # a search that found more removals than the setting allows
+        if note is None and refused is not None and refused["gap"] == present - count:
+            if not self._removals_allowed(summary, refused["found"], present):
+                return  # the same gap would find the same: warned from the count alone, searched once allowed
         gone = present - count - max(known_gap, 0)  # fewer listed than mirrored: removals since the last crawl
         if gone > 0 and not self._removals_allowed(summary, gone, present):
             return  # unexplained, it is warned about each run, and searched once the setting allows
@@ -366,7 +372,7 @@ class Syncer:
                 store.set_state(self.db, RECONCILE, {"since": checkpoint["started_at"]})
             owed = True
         if owed:
-            self._reconcile(summary, page_one)
+            self._reconcile(summary, page_one, present - count)
         self._note_gap(summary, count)
 
     def _walk_new(self, summary: RunSummary, checkpoint: dict[str, Any] | None,
@@ -433,8 +439,11 @@ class Syncer:
         with self.db.atomic():
             store.update_run(self.db, summary.run_id, warning="; also: ".join(summary.warnings))
 
-    def _reconcile(self, summary: RunSummary, page_one: Listing | None) -> None:
-        """Find movies removed upstream after a crawl had read them, and mark them (or try again next run)."""
+    def _reconcile(self, summary: RunSummary, page_one: Listing | None, gap: int) -> None:
+        """Find movies removed upstream after a crawl had read them, and mark them (or try again next run).
+
+        `gap` is present movies less movie_count: a search refused for it is not repeated while it stays.
+        """
         note = store.get_state(self.db, RECONCILE) or {}
         present = store.present_ids(self.db)
         try:
@@ -443,8 +452,12 @@ class Syncer:
             self._postpone_reconcile(summary, note, str(error))
             return
         if not self._removals_allowed(summary, len(candidates), len(present)):
-            self._drop_reconcile()  # asking movie_details about each would not change the answer
+            with self.db.atomic():  # asking movie_details about each would not change the answer
+                store.clear_state(self.db, RECONCILE)
+                store.set_state(self.db, REFUSED, {"gap": gap, "found": len(candidates)})
             return
+        with self.db.atomic():
+            store.clear_state(self.db, REFUSED)
         unanswered, answered = self._confirm_removals(summary, candidates)
         if self.stop.is_set():
             return  # the check stays for the next run

@@ -640,6 +640,27 @@ def test_an_implausible_removal_check_asks_nothing(simulator: Callable[..., Fake
     assert connect(db_path).execute("SELECT COUNT(*) FROM movies WHERE removed_at IS NOT NULL").fetchone()[0] == 0
 
 
+def test_a_refused_removal_search_is_not_repeated_while_the_count_stays(simulator: Callable[..., FakeYTS],
+                                                                        db_path: Path, config_file: Path) -> None:
+    sim = simulator(movies=1000, seed=7)
+    sync(db_path, sim, config_file, "--no-enrich")
+    sim.faults = FaultPlan.parse("dead=movie_details")
+    sim.catalog.remove(40)  # allowed (up to 50 of 1,000), but never confirmed: the count's baseline after 3 runs
+    runs = [sync(db_path, sim, config_file, "--no-enrich") for _ in range(3)]
+    assert "given up after 3 runs" in runs[-1]["warning"] and store_state(db_path, "list_gap")["gap"] == 40
+    sim.catalog.remove(20)  # 20 more is allowed by the count; the search finds all 60, which is not
+    refusals = []
+    for _ in range(3):
+        before = sim.counts["list_movies"]
+        refusals.append((sync(db_path, sim, config_file, "--no-enrich")["warning"], sim.counts["list_movies"] - before))
+    assert refusals[0][0].startswith("not marking 60 of 1000 movies removed") and refusals[0][1] > 6  # it searched
+    assert refusals[1:] == [(refusals[0][0], 2)] * 2  # then the count alone (read twice) says so, each run
+    sim.faults = FaultPlan.parse("")
+    raised = write_config(db_path.parent, "\n[sync]\nmax_removed_fraction = 0.1\n")
+    assert sync(db_path, sim, raised, "--no-enrich")["movies_removed"] == 60  # allowed now: searched and marked
+    assert_mirror_equals_catalog(db_path, sim.catalog)
+
+
 def test_a_full_crawl_of_a_quiet_catalog_settles_a_pending_removal_check(simulator: Callable[..., FakeYTS],
                                                                           db_path: Path, config_file: Path) -> None:
     sim = owing_a_removal_check(simulator, db_path, config_file)
