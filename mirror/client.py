@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import requests
@@ -314,6 +314,7 @@ class YTSClient:
         self._answering_index = 0  # the host that answered last; a change is worth a warning
         self._answered: set[int] = set()  # hosts that have answered at least once
         self._strikes = 0  # failures of the current host since it last answered
+        self.moved: set[tuple[str, str]] = set()  # (host, where it redirects for good), warned about
         self._host_lock = threading.Lock()
         self.stop: threading.Event | None = None  # when set, it ends any wait of a request
         self.on_retry: Callable[[str | None], None] | None = None  # told of each wait for a retry; None: answered
@@ -496,7 +497,19 @@ class YTSClient:
         location = response.headers.get("Location", "")
         if urlsplit(response.url).scheme == "https" and urlsplit(location).scheme == "http":
             raise InsecureRedirect(f"redirected from https to plain {location}")
+        if response.status_code in (301, 308):
+            self._warn_if_moved(response.url, urljoin(response.url, location))
         self._take_token()
+
+    def _warn_if_moved(self, url: str, target: str) -> None:
+        """Warn, once per run and host, that a host redirects for good: every request then costs two tokens."""
+        old, new = origin(url), origin(target)
+        with self._host_lock:
+            if old == new or (old, new) in self.moved:
+                return
+            self.moved.add((old, new))
+        log.warning("%s has moved to %s for good (HTTP redirects): each request costs two; put %s first in "
+                    "api.base_urls or pass --base-url %s", old, new, new, new)
 
     def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
         """Send one request and classify its outcome."""
@@ -568,6 +581,12 @@ def retry_notice(error: BaseException | None, attempt: int, attempts: int, wait:
     where = f"{urlsplit(error.url).netloc}, " if isinstance(error, TransientError) else ""
     reason = error.reason if isinstance(error, TransientError) else str(error)
     return f"retrying in {math.ceil(wait)} s: {reason} ({where}attempt {attempt + 1} of {attempts})"
+
+
+def origin(url: str) -> str:
+    """A URL's scheme and host (with its port), as a base URL names a site."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def with_query(url: str, params: Mapping[str, Any]) -> str:

@@ -135,7 +135,8 @@ class PageReader:
         try:
             if self._next_message()[0] == "up":
                 level = logging.getLogger("mirror").getEffectiveLevel()
-                self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level)))
+                self.requests.send_bytes(pickle.dumps((self.config, self.client.base_url, walk, level,
+                                                       self.client.moved)))
                 self.working = True
         except (EOFError, OSError):
             pass
@@ -259,10 +260,10 @@ def main() -> None:
     _end_with_writer(int(sys.argv[3]))
     try:
         replies.send_bytes(marshal.dumps(("up", (0, 0, 0, None), ())))
-        config, host, walk, log_level = pickle.loads(requests.recv_bytes())
+        config, host, walk, log_level, moved = pickle.loads(requests.recv_bytes())
     except (EOFError, OSError):
         return  # the writer is gone already
-    read_ahead(requests, replies, config, host, walk, log_level)
+    read_ahead(requests, replies, config, host, walk, log_level, moved)
 
 
 def _end_with_writer(writer: int) -> None:
@@ -276,10 +277,11 @@ def _end_with_writer(writer: int) -> None:
 
 
 def read_ahead(requests: Connection, replies: Connection, config: Config, host: str, walk: Walk,
-               log_level: int) -> None:
+               log_level: int, moved: set[tuple[str, str]]) -> None:
     """Step the walk, sending each page's rows when asked; send errors and log lines as they come."""
     client = make_client(config)
     client.adopt(host)
+    client.moved.update(moved)  # the writer has warned of these already
     client.stats = ForwardedStats(replies, client)
     _send_logs(replies, client, log_level)
     try:

@@ -76,6 +76,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ENVELOPE = b'{"status":"ok","status_message":"Query was successful","data":{"movie_count":1}}'
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = ENVELOPE, **headers: str) -> None:
+    """Answer with `status`, `headers` (underscores for dashes) and `body`, its length included unless given."""
+    handler.send_response(status)
+    headers.setdefault("Content_Length", str(len(body)))
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @contextmanager
 def misbehaving_server(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
     """A loopback HTTP server whose every GET `answer` writes to the socket as it likes; yields its URL."""

@@ -14,7 +14,7 @@ import requests
 from mirror.client import (MAX_BODY_BYTES, MAX_REDIRECTS, FetchError, InsecureRedirect, RateLimiter, YTSClient,
                            extract_json, retry_after_seconds)
 from mirror.fakeapi import FAULT_KINDS, Catalog, FakeYTS
-from support import free_port, misbehaving_server, wait_for
+from support import ENVELOPE, free_port, misbehaving_server, send, wait_for
 
 
 def fast_client(*urls: str, attempts: int = 8, rate: float = 0) -> YTSClient:
@@ -304,19 +304,6 @@ def test_json_error_envelope_on_404_is_final() -> None:
         server.server_close()
 
 
-ENVELOPE = b'{"status":"ok","status_message":"Query was successful","data":{"movie_count":1}}'
-
-
-def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = ENVELOPE, **headers: str) -> None:
-    """Answer with `status`, `headers` (underscores for dashes) and `body`, its length included unless given."""
-    handler.send_response(status)
-    headers.setdefault("Content_Length", str(len(body)))
-    for name, value in headers.items():
-        handler.send_header(name.replace("_", "-"), value)
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 def test_a_redirect_loop_fails_over_and_each_hop_waits_for_its_token(simulator: Callable[..., FakeYTS]) -> None:
     hops: list[float] = []
 
@@ -334,6 +321,23 @@ def test_a_redirect_loop_fails_over_and_each_hop_waits_for_its_token(simulator: 
         live = simulator(movies=4)
         client = fast_client(url, live.url, attempts=6)
         assert client.get("list_movies")["movie_count"] == 4
+
+
+def test_a_host_that_moved_for_good_is_warned_about_once(simulator: Callable[..., FakeYTS],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    live = simulator(movies=4)
+
+    def moved(handler: BaseHTTPRequestHandler) -> None:
+        send(handler, 301, b"", Location=live.url + handler.path)
+
+    with misbehaving_server(moved) as url, caplog.at_level(logging.WARNING, logger="mirror.client"):
+        client = fast_client(url)
+        for _ in range(3):
+            assert client.get("list_movies")["movie_count"] == 4
+    assert client.stats.requests == 6  # each redirect waits for a token of its own
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{url} has moved to {live.url} for good (HTTP redirects): each request costs two; put {live.url} first in "
+        f"api.base_urls or pass --base-url {live.url}"]
 
 
 @pytest.mark.parametrize("location", ["http://[::zz", "file:///etc/passwd"])

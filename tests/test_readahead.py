@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from mirror import readahead
 from mirror.fakeapi import Catalog, FakeYTS
 from support import (FAST_CONFIG, assert_mirror_equals_catalog, checkpoint, cli_subprocess, connect, integrity_ok, last_run,
-                     mirror_movies, run_cli, sync_args, wait_for, wait_for_page, write_config)
+                     misbehaving_server, mirror_movies, run_cli, send, sync_args, wait_for, wait_for_page, write_config)
 
 READER_STARTS = "reading pages ahead in a second process"
 
@@ -71,6 +72,24 @@ def test_a_long_unthrottled_crawl_is_read_ahead_and_equals_the_catalog(
     retried_pages = [int(found[1]) for text in retries if (found := re.search(r"[?&]page=(\d+)", text))]
     assert max(retried_pages) >= handover_page(caplog) == 2, "the reader's log lines should reach the writer's log"
     assert integrity_ok(db_path)
+
+
+@pytest.mark.usefixtures("always_read_ahead", "reader_takes_over_when_up")
+def test_a_moved_host_is_warned_about_once_though_the_reader_meets_it_too(
+        simulator: Callable[..., FakeYTS], db_path: Path, config_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sim = simulator(movies=300)
+
+    def moved(handler: BaseHTTPRequestHandler) -> None:
+        send(handler, 301, b"", Location=sim.url + handler.path)
+
+    with misbehaving_server(moved) as url:
+        result = run_cli(sync_args(db_path, url, config_file, "--no-enrich"))
+    assert result.exit_code == 0, result.output
+    assert reader_used(caplog) and handover_page(caplog) == 2
+    moved_lines = [r.getMessage() for r in caplog.records if "has moved to" in r.getMessage()]
+    assert len(moved_lines) == 1 and moved_lines[0].startswith(f"{url} has moved to {sim.url} for good")
+    assert_mirror_equals_catalog(db_path, sim.catalog)
 
 
 @pytest.mark.usefixtures("always_read_ahead", "reader_takes_over_when_up")
