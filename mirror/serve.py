@@ -163,7 +163,7 @@ MIRROR_FILES: dict[str, Look] = {}
 
 def file_state(path: str) -> tuple[tuple[int, int] | None, ...]:
     """The size and modification time of a database file and of its WAL, which a writer's commit changes."""
-    state = []
+    state: list[tuple[int, int] | None] = []
     for name in (path, path + "-wal"):
         try:
             stat = os.stat(name)
