@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 from sqlite_utils import Database
 
-from . import __version__, store
+from . import __version__, signals, store
 from .client import YTSClient
 from .config import ENRICH_ENDPOINTS, Config, ConfigError, resolve
 from .enrich import backlog_summary
@@ -100,7 +100,7 @@ class BarLine:
     open = False
     notice = False  # the open line is a retry notice, which what comes next erases rather than ends
     plain: Callable[[], None] | None = None  # redraws the open bar without the retry notice on its label
-    lock = threading.RLock()  # reentrant: a signal handler may write while its thread draws
+    lock = threading.RLock()  # stderr's bar line: worker threads log, the signal relay announces a stop
 
     @classmethod
     def end(cls) -> str:
@@ -286,24 +286,18 @@ class StopRequest(threading.Event):
 def stop_on_signals(announce: str | None = STOPPING_CRAWL) -> Iterator[StopRequest]:
     """SIGTERM and SIGINT ask the run to stop after the page in flight (a second one interrupts)."""
     stop = StopRequest(announce)
-    previous = {}
 
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
+    def request_stop(signum: int) -> None:
         stop.set()
         if stop.announce:
             with BarLine.lock:
                 click.echo(f"{BarLine.end()}{signal.Signals(signum).name}: {stop.announce}", err=True)
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, handler)
-    try:
+    def interrupt(signum: int) -> None:
+        raise KeyboardInterrupt
+
+    with signals.relayed((signal.SIGTERM, signal.SIGINT), request_stop, interrupt):
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # ---- the group --------------------------------------------------------------------------------

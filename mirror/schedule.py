@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from . import signals
 from .config import Config, ConfigError
 from .errors import error_line
 from .locks import LockedError
@@ -277,24 +277,24 @@ def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn,
     """Run the scheduler until SIGTERM, SIGINT or SIGHUP; the job in progress finishes its page first."""
     jobs = Jobs(config, run_sync, run_enrich, last_full=last_full)
 
-    def request_stop(signum: int, frame: Any) -> None:
+    def request_stop(signum: int) -> None:
         # Only set a flag: the scheduler runs in its own thread, and shutting it down from a
         # handler that interrupted it mid-step broke it.
-        if jobs.stop.is_set():  # a second signal: stop at once, as after kill -9 (the next run resumes)
-            sys.stderr.write("error: aborted\n")
-            sys.stderr.flush()
-            os._exit(1)
         log.warning("%s: stopping after the current page", signal.Signals(signum).name)
         jobs.stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN):  # nohup: outlive the terminal
-            signal.signal(sig, request_stop)
-    scheduler = build_scheduler(config, jobs)
-    log_next_run_times(scheduler)  # before the first runs are dispatched, which moves them on
-    scheduler.start()
-    while not jobs.stop.wait(1.0):
-        pass
-    scheduler.shutdown(wait=False)
-    with jobs.busy:  # wait for the running job to commit its page and return
-        pass
+    def abort(signum: int) -> None:  # a second signal: stop at once, as after kill -9 (the next run resumes)
+        os.write(2, b"error: aborted\n")  # no Python-level lock: the main thread may hold stderr's
+        os._exit(1)
+
+    stop_signals = [sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                    if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)]  # nohup: outlive it
+    with signals.relayed(stop_signals, request_stop, abort):
+        scheduler = build_scheduler(config, jobs)
+        log_next_run_times(scheduler)  # before the first runs are dispatched, which moves them on
+        scheduler.start()
+        while not jobs.stop.wait(1.0):
+            pass
+        scheduler.shutdown(wait=False)
+        with jobs.busy:  # wait for the running job to commit its page and return
+            pass
