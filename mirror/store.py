@@ -803,14 +803,21 @@ def close_stale_runs(db: sqlite_utils.Database) -> None:
 
 MAX_SEARCH_WORDS = 64  # FTS5 walks the index once per word: 250 common words took 10 s on 20,000 movies
 _COLUMN_FILTER = re.compile(r"\b\w++\s*+:")  # title: or cast_names: (\b: linear in a 100,000-letter word)
-_SEARCH_WORD = re.compile(r"[^\W_]+")  # FTS5's unicode61 tokenizer splits at "_" too: the_the is two words
+# A word as FTS5's unicode61 tokenizer reads one: letters, digits, private-use characters and the
+# common combining marks; "_" and other punctuation split words (the_the is two).
+_SEARCH_WORD = re.compile("(?:[^\\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\ue000-\uf8ff])+")
 _FTS_OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR"})
 
 
 def search_words(query: str) -> int:
-    """How many words FTS5 looks up for `query` (not counting its operators and column names)."""
-    words = _SEARCH_WORD.findall(_COLUMN_FILTER.sub(" ", query))
-    return sum(1 for word in words if word not in _FTS_OPERATORS)
+    """How many words FTS5 looks up for `query`: every word of a "quoted string", others but operators and columns."""
+    words = 0
+    for index, part in enumerate(query.split('"')):  # odd parts are inside quotes ("" inside one splits twice)
+        if index % 2:
+            words += len(_SEARCH_WORD.findall(part))
+        else:
+            words += sum(1 for word in _SEARCH_WORD.findall(_COLUMN_FILTER.sub(" ", part)) if word not in _FTS_OPERATORS)
+    return words
 
 
 def search(db: sqlite_utils.Database, query: str, limit: int = 20, include_removed: bool = False) -> list[dict[str, Any]]:

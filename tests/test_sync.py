@@ -584,6 +584,17 @@ def test_search_ranks_and_reports_bad_syntax(simulator: Callable[..., FakeYTS], 
                                                        "(is the terminal's encoding UTF-8?)\n")
 
 
+@pytest.mark.parametrize("query, words", [
+    ("the matrix", 2), ("the_the_the", 3), ('"a b" OR c', 3), ("title:dune OR title:arrival", 2),
+    ('cast_names:"Keanu Reeves"', 2), ("-title:storm", 1), ('"the:" OR "the:"', 2), ('"AND" OR "NEAR"', 2),
+    ("e\u0301te\u0301", 1), ("x\ue000y", 1), ('"a ""b"" c"', 3),
+])
+def test_search_words_are_counted_as_fts5_looks_them_up(query: str, words: int) -> None:
+    from mirror.store import search_words
+
+    assert search_words(query) == words
+
+
 def test_error_and_log_lines_show_control_characters_as_escapes() -> None:
     from mirror.cli import SafeFormatter, terminal_safe
 
