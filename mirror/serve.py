@@ -16,6 +16,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 import webbrowser
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -156,9 +157,11 @@ class Look:
 
     mirror: MirrorFile | None
     state: tuple[tuple[int, int] | None, ...] | None
+    checked: float  # time.monotonic() of the state
 
 
 MIRROR_FILES: dict[str, Look] = {}
+RECHECK_SECONDS = 1.0  # a file that is not a mirror (yet) is looked at again at most this often
 
 
 def file_state(path: str) -> tuple[tuple[int, int] | None, ...]:
@@ -176,14 +179,13 @@ def file_state(path: str) -> tuple[tuple[int, int] | None, ...]:
 def inspect_file(path: str) -> MirrorFile | None:
     """Look (read-only) at a database file's tables; None if it is not a mirror (yet: a sync may make it one)."""
     look = MIRROR_FILES.get(path)
-    if look is not None and look.state is None:
-        return look.mirror
+    now = time.monotonic()
+    if look is not None and (look.state is None or now - look.checked < RECHECK_SECONDS):
+        return look.mirror  # hooks ask hundreds of times a request
     state = file_state(path)
-    if look is None or look.state != state:
-        mirror = _look_at(path)
-        look = Look(mirror, None if mirror is not None and mirror.views else state)
-        MIRROR_FILES[path] = look
-    return look.mirror
+    mirror = _look_at(path) if look is None or look.state != state else look.mirror
+    MIRROR_FILES[path] = Look(mirror, None if mirror is not None and mirror.views else state, now)
+    return mirror
 
 
 def _look_at(path: str) -> MirrorFile | None:
@@ -201,7 +203,7 @@ def _look_at(path: str) -> MirrorFile | None:
 
 
 def mirror_databases(datasette: Any) -> dict[str, MirrorFile]:
-    """The attached databases that are mirrors, by name."""
+    """The attached databases that are mirrors, by name (the same dict while they stay: metadata is kept by it)."""
     found = {}
     for name, db in list(datasette.databases.items()):
         path = getattr(db, "path", None)
@@ -209,6 +211,10 @@ def mirror_databases(datasette: Any) -> dict[str, MirrorFile]:
             info = inspect_file(path)
             if info is not None:
                 found[name] = info
+    cached = getattr(datasette, "_yts_mirrors", None)
+    if cached == found:
+        return cached  # type: ignore[no-any-return]
+    datasette._yts_mirrors = found
     return found
 
 

@@ -642,7 +642,11 @@ def test_plain_datasette_picks_up_the_plugin(mirror: Mirror) -> None:
     assert_inert(result.stdout)
 
 
-def test_plain_datasette_on_an_empty_file_finds_the_mirror_a_sync_then_writes(mirror: Mirror, tmp_path: Path) -> None:
+def test_plain_datasette_on_an_empty_file_finds_the_mirror_a_sync_then_writes(mirror: Mirror, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirror import serve
+
+    monkeypatch.setattr(serve, "RECHECK_SECONDS", 0.0)  # look again at once, not within a second
     path = tmp_path / "later.db"
     path.touch()
 
@@ -659,6 +663,13 @@ def test_plain_datasette_on_an_empty_file_finds_the_mirror_a_sync_then_writes(mi
     before, after, catalog = asyncio.run(fetch_twice())
     assert before == 404  # not a mirror yet: no canned queries
     assert after == 200 and catalog == 302  # a mirror now: its queries, and the movies table opens the catalog
+
+
+def test_the_mirrors_of_a_datasette_are_one_dict_while_they_stay(mirror: Mirror) -> None:
+    from mirror.serve import mirror_databases
+
+    datasette = make_datasette(str(mirror.path))
+    assert mirror_databases(datasette) is mirror_databases(datasette)  # the metadata built for it is kept
 
 
 def run_serve(*args: str) -> tuple[int, str]:
