@@ -818,6 +818,15 @@ def test_freshness_is_when_the_crawl_completed_not_when_its_enrichment_did(
         health = json.loads((Path(store.__file__).parent / "datasette_queries.json").read_text())["sync_health"]
         shown = {row[1]: row[2] for row in connect(db_path).execute(health["sql"]) if row[0] == "freshness"}
         assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
+        older = db_path.with_name(f"older-{kind}.db")  # a mirror from before the states: the run log stands in
+        with closing(sqlite3.connect(db_path)) as source, closing(sqlite3.connect(older)) as target:
+            source.backup(target)
+        for state in (store.CRAWLED_STATE, store.FULL_CRAWL_STATE):
+            with closing(store.open_db(older)) as db:
+                store.clear_state(db, state)
+                fresh = store.freshness(db)
+            shown = {row[1]: row[2] for row in connect(older).execute(health["sql"]) if row[0] == "freshness"}
+            assert (shown["last ok sync"], shown["last ok full sync"]) == (fresh["last_ok_sync"], fresh["last_ok_full"])
 
 
 def test_the_run_log_names_what_ended_a_run(tmp_path: Path) -> None:
