@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import requests
@@ -497,19 +497,19 @@ class YTSClient:
         location = response.headers.get("Location", "")
         if urlsplit(response.url).scheme == "https" and urlsplit(location).scheme == "http":
             raise InsecureRedirect(f"redirected from https to plain {location}")
-        if response.status_code in (301, 308):
-            self._warn_if_moved(response.url, urljoin(response.url, location))
         self._take_token()
 
-    def _warn_if_moved(self, url: str, target: str) -> None:
-        """Warn, once per run and host, that a host redirects for good: every request then costs two tokens."""
-        old, new = origin(url), origin(target)
+    def _warn_if_moved(self, response: requests.Response) -> None:
+        """Warn, once per process and host, of an answer that came through permanent redirects to another host."""
+        if not response.history or any(hop.status_code not in (301, 308) for hop in response.history):
+            return
+        old, new = origin(response.history[0].url), origin(response.url)
         with self._host_lock:
             if old == new or (old, new) in self.moved:
                 return
             self.moved.add((old, new))
-        log.warning("%s has moved to %s for good (HTTP redirects): each request costs two; put %s first in "
-                    "api.base_urls or pass --base-url %s", old, new, new, new)
+        log.warning("%s has moved to %s for good (HTTP redirects): each request costs %d; put %s first in "
+                    "api.base_urls or pass --base-url %s", old, new, len(response.history) + 1, new, new)
 
     def _attempt(self, endpoint: str, params: dict[str, Any], validate: Validator | None) -> Mapping[str, Any]:
         """Send one request and classify its outcome."""
@@ -534,6 +534,7 @@ class YTSClient:
             if validate is not None:
                 validate(data)
             self._answered_by(host_index)
+            self._warn_if_moved(response)
             return data
         except TransientError as error:
             # A 403/404 page for one endpoint of a host that serves the list is that endpoint's.

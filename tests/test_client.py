@@ -336,8 +336,16 @@ def test_a_host_that_moved_for_good_is_warned_about_once(simulator: Callable[...
             assert client.get("list_movies")["movie_count"] == 4
     assert client.stats.requests == 6  # each redirect waits for a token of its own
     assert [r.getMessage() for r in caplog.records] == [
-        f"{url} has moved to {live.url} for good (HTTP redirects): each request costs two; put {live.url} first in "
+        f"{url} has moved to {live.url} for good (HTTP redirects): each request costs 2; put {live.url} first in "
         f"api.base_urls or pass --base-url {live.url}"]
+
+
+def test_a_permanent_redirect_that_leads_nowhere_is_no_news_of_a_move(caplog: pytest.LogCaptureFixture) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"
+    with misbehaving_server(lambda handler: send(handler, 301, b"", Location=gone + handler.path)) as url:
+        with caplog.at_level(logging.WARNING, logger="mirror.client"), pytest.raises(FetchError):
+            fast_client(url, attempts=2).get("list_movies")
+    assert not [r for r in caplog.records if "has moved" in r.getMessage()]  # it did not work: no advice to use it
 
 
 @pytest.mark.parametrize("location", ["http://[::zz", "file:///etc/passwd"])
