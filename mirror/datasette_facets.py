@@ -124,8 +124,8 @@ class RelatedFacet(Facet):
         """The ?_genre= and ?_quality= values when the page is filtered by them alone (() if unfiltered), else None."""
         if not self.unfiltered() and self.related_ids() is None:
             return None
-        return tuple(sorted((related.arg, value) for related in RELATED.values()
-                            for value in self.request.args.getlist(related.arg)))
+        return tuple(sorted({(related.arg, fold_case(value)) for related in RELATED.values()  # drama is Drama
+                             for value in self.request.args.getlist(related.arg)}))
 
     def related_ids(self) -> str | None:
         """When the page is filtered by ?_genre= and ?_quality= alone, SQL for its movie ids without the movies table."""
@@ -154,7 +154,9 @@ class RelatedFacet(Facet):
             rows = await self.counts(size)
         except QueryInterrupted:
             return [], [self.type]
-        selected = {fold_case(value): value for value in self.request.args.getlist(arg)}  # as the URL spells it
+        selected: dict[str, list[str]] = {}  # each value as the URL spells it, by how NOCASE reads it
+        for value in self.request.args.getlist(arg):
+            selected.setdefault(fold_case(value), []).append(value)
         return [{
             "name": self.type,
             "type": "column",
@@ -169,12 +171,16 @@ class RelatedFacet(Facet):
         filters = self.filter_key()
         return await count_pairs(self, self.count_sql(size), None if filters is None else (self.type, size, filters))
 
-    def result(self, arg: str, value: Any, count: int, selected: dict[str, str]) -> dict[str, Any]:
+    def result(self, arg: str, value: Any, count: int, selected: dict[str, list[str]]) -> dict[str, Any]:
         """One facet value with the link that toggles it (?_genre=drama selects Drama, as the filter does)."""
         text = "" if value is None else str(value)
         chosen = fold_case(text) in selected
-        path = (path_with_removed_args(self.request, {arg: selected[fold_case(text)]}) if chosen
-                else path_with_added_args(self.request, {arg: text}))
+        if chosen:
+            path = None
+            for spelling in selected[fold_case(text)]:  # drop every spelling of it
+                path = path_with_removed_args(self.request, {arg: spelling}, path=path)
+        else:
+            path = path_with_added_args(self.request, {arg: text})
         return {"value": text, "label": text, "count": count, "selected": chosen,
                 "toggle_url": self.ds.absolute_url(self.request, path)}
 

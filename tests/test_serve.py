@@ -350,6 +350,9 @@ def test_facet_filters_ignore_case_as_the_api_does(mirror: Mirror) -> None:
     selected = [item for item in typed["facet_results"]["genre"]["results"] if item["selected"]]
     assert [item["value"] for item in selected] == ["Drama"]  # shown as selected, and its link drops what was typed
     assert "_genre=" not in selected[0]["toggle_url"] and "_quality=1080P" in selected[0]["toggle_url"]
+    twice = get_json(mirror, f"/{mirror.name}/movie_catalog.json?_genre=Drama&_genre=drama&_size=max")
+    [drama] = [item for item in twice["facet_results"]["genre"]["results"] if item["selected"]]
+    assert "_genre=" not in drama["toggle_url"]  # both spellings go
 
 
 @pytest.mark.parametrize("filters", ["", "&_quality=1080p"])
