@@ -360,7 +360,10 @@ class Syncer:
                     self._postpone_reconcile(summary, note, reason)
                 return
         refused = store.get_state(self.db, REFUSED)  # a search that found more removals than the setting allows
-        if note is None and refused is not None and refused["gap"] == present - count:
+        if refused is not None and refused["gap"] != present - count:
+            with self.db.atomic():  # the list has moved on since: what it found no longer stands
+                store.clear_state(self.db, REFUSED)
+        elif refused is not None and note is None:
             if not self._removals_allowed(summary, refused["found"], present):
                 return  # the same gap would find the same: warned from the count alone, searched once allowed
         gone = present - count - max(known_gap, 0)  # fewer listed than mirrored: removals since the last crawl

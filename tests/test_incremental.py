@@ -648,13 +648,24 @@ def test_a_refused_removal_search_is_not_repeated_while_the_count_stays(simulato
     sim.catalog.remove(40)  # allowed (up to 50 of 1,000), but never confirmed: the count's baseline after 3 runs
     runs = [sync(db_path, sim, config_file, "--no-enrich") for _ in range(3)]
     assert "given up after 3 runs" in runs[-1]["warning"] and store_state(db_path, "list_gap")["gap"] == 40
-    sim.catalog.remove(20)  # 20 more is allowed by the count; the search finds all 60, which is not
+    later = sim.catalog.order[100:120]
+    kept = {movie_id: sim.catalog.movies[movie_id] for movie_id in later}
+    sim.catalog.remove(ids=later)  # 20 more is allowed by the count; the search finds all 60, which is not
     refusals = []
     for _ in range(3):
         before = sim.counts["list_movies"]
         refusals.append((sync(db_path, sim, config_file, "--no-enrich")["warning"], sim.counts["list_movies"] - before))
     assert refusals[0][0].startswith("not marking 60 of 1000 movies removed") and refusals[0][1] > 6  # it searched
     assert refusals[1:] == [(refusals[0][0], 2)] * 2  # then the count alone (read twice) says so, each run
+    with sim.catalog.lock:  # the 20 come back where they were: the count is the baseline's again
+        sim.catalog.movies.update(kept)
+        sim.catalog.order[100:100] = later
+    assert sync(db_path, sim, config_file, "--no-enrich")["warning"] is None
+    assert store_state(db_path, "removals_refused") is None  # what the search found no longer stands
+    sim.catalog.remove(ids=later)  # gone again: searched again, not taken for the old refusal
+    before = sim.counts["list_movies"]
+    assert sync(db_path, sim, config_file, "--no-enrich")["warning"].startswith("not marking 60 of 1000")
+    assert sim.counts["list_movies"] - before > 6
     sim.faults = FaultPlan.parse("")
     raised = write_config(db_path.parent, "\n[sync]\nmax_removed_fraction = 0.1\n")
     assert sync(db_path, sim, raised, "--no-enrich")["movies_removed"] == 60  # allowed now: searched and marked
