@@ -152,7 +152,8 @@ class Jobs:
         before = self.last_full()  # compared, not ordered: a clock set back can leave it in the future
 
         def work() -> Any:
-            if self.last_full() != before:
+            after = self.last_full()
+            if after is not None and after != before:  # None: unreadable just now (locked), not news
                 return JobReport("not needed: another process completed a full crawl meanwhile")
             return self.run_sync(self.config, full=True, stop=self.stop)
 

@@ -308,6 +308,18 @@ def test_a_full_refresh_runs_when_the_last_one_seems_to_lie_in_the_future() -> N
     assert calls == [True]
 
 
+def test_a_full_refresh_runs_when_the_last_one_cannot_be_read_for_a_moment() -> None:
+    calls: list[bool] = []
+    reads = iter([datetime.now(UTC) - timedelta(days=8), None])  # then locked, say: None
+
+    def run_sync(config: Config, full: bool, **kwargs: object) -> JobReport:
+        calls.append(full)
+        return JobReport("full sync ok")
+
+    Jobs(Config(), run_sync, run_sync, last_full=lambda: next(reads)).full()
+    assert calls == [True]
+
+
 def test_a_full_refresh_another_process_completed_while_it_waited_is_not_repeated(
         caplog: pytest.LogCaptureFixture) -> None:
     completed: list[datetime] = []
