@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 
 from mirror.fakeapi import Catalog, Churn, FakeYTS, FaultPlan
-from support import write_config
+from support import kill_leftovers, write_config
 
 SAMPLES = Path(__file__).resolve().parent / "samples"  # a copy of the project's ../shared/yts-samples
+
+
+@pytest.fixture(autouse=True)
+def no_cli_process_outlives_its_test() -> Iterator[None]:
+    """A CLI process a failed test left running (hung, say) is killed, not left behind by the suite."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture

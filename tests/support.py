@@ -120,10 +120,24 @@ def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None) -> Result
     return CliRunner().invoke(cli, list(args), env=dict(env or {}), catch_exceptions=False)
 
 
+STARTED: list[subprocess.Popen[str]] = []  # CLI processes of the running test, killed after it if still alive
+
+
 def cli_subprocess(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
     """Start the CLI as a separate process (for kill -9 and signal tests)."""
-    return subprocess.Popen([sys.executable, "-m", "mirror", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    process = subprocess.Popen([sys.executable, "-m", "mirror", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, **kwargs)
+    STARTED.append(process)
+    return process
+
+
+def kill_leftovers() -> None:
+    """Kill the CLI processes a test started and left running (a failed test's hung child, say)."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
