@@ -653,13 +653,13 @@ def fake_api(ctx: click.Context, movies: int, port: int, host: str, seed: int, l
     except ValueError as error:
         raise ConfigError(str(error)) from None
     sim = FakeYTS(Catalog(movies, seed), plan, latency_ms, rate_limit, churn_plan, seed)
-    try:
-        sim.start(port, host)
-    except OSError as error:
-        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    if not ctx.obj["quiet"]:
-        click.echo(f"fake YTS API with {movies} movies: sync with --base-url {sim.url} (Ctrl-C stops)", err=True)
-    with stop_on_signals(announce=None) as stop:  # nothing in flight worth announcing
+    with stop_on_signals(announce=None) as stop:  # before it answers: a client may stop it at once
+        try:
+            sim.start(port, host)
+        except OSError as error:
+            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        if not ctx.obj["quiet"]:
+            click.echo(f"fake YTS API with {movies} movies: sync with --base-url {sim.url} (Ctrl-C stops)", err=True)
         while not stop.wait(0.5):
             pass
     sim.stop()

@@ -39,8 +39,8 @@ def relayed(signals: Iterable[signal.Signals], first: Callable[[int], None],
         if signum is not None:
             first(signum)
 
+    previous = {sig: signal.signal(sig, handler) for sig in signals}  # a signal before the thread runs waits for it
     threading.Thread(target=run, name="signal-relay", daemon=True).start()
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
