@@ -25,16 +25,22 @@ SIGNAL_INSIDE_WAIT = textwrap.dedent("""
 """)
 
 
-def test_a_stop_signal_inside_the_stop_events_own_wait_does_not_deadlock() -> None:
-    process = subprocess.Popen([sys.executable, "-c", SIGNAL_INSIDE_WAIT], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+def run_script(script: str) -> tuple[str, str]:
+    """Run Python `script` in a fresh interpreter; its stdout and stderr, failing the test if it hangs or fails."""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     try:
         out, err = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
-        pytest.fail("the process hung: the signal handler waited for a lock its own thread held")
+        pytest.fail("it hung: the signal handler waited for a lock its own thread held")
     assert process.returncode == 0, err
+    return out, err
+
+
+def test_a_stop_signal_inside_the_stop_events_own_wait_does_not_deadlock() -> None:
+    out, _ = run_script(SIGNAL_INSIDE_WAIT)
     assert out.split() == ["set", "interrupted"]
 
 
@@ -59,13 +65,5 @@ def test_the_scheduler_stops_on_a_signal_inside_its_own_wait() -> None:
         schedule.run_forever(config, lambda *a, **k: None, lambda *a, **k: None)
         print("stopped", flush=True)
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        out, err = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        pytest.fail("the scheduler hung: its signal handler waited for a lock its own thread held")
-    assert process.returncode == 0, err
+    out, err = run_script(script)
     assert out.split() == ["stopped"] and "SIGTERM: stopping after the current page" in err
