@@ -279,8 +279,8 @@ def run_forever(config: Config, run_sync: SyncFn, run_enrich: SyncFn,
     jobs = Jobs(config, run_sync, run_enrich, last_full=last_full)
 
     def request_stop(signum: int) -> None:
-        # Only set a flag: the scheduler runs in its own thread, and shutting it down from a
-        # handler that interrupted it mid-step broke it.
+        # Only set a flag (on the signal relay thread): the loop below shuts the scheduler down,
+        # since shutting it down from a handler that interrupted it mid-step broke it.
         log.warning("%s: stopping after the current page", signal.Signals(signum).name)
         jobs.stop.set()
 
